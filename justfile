@@ -1,0 +1,43 @@
+# Recipes take `key=value` overrides of any config field, e.g. `just extract batch_size=8`.
+export HF_HUB_OFFLINE := "1"
+export TOKENIZERS_PARALLELISM := "false"
+
+default:
+    @just --list
+
+# extract -> train-pretrain -> train-sft on the embedded default (bundled sample, tiny models)
+demo: extract train-pretrain train-sft
+
+# fill the feature cache (default: embedded sample into ./cache); config=configs/extract/llava558k.yaml for the real run
+extract *args:
+    python -m pipeline.cli extract {{args}}
+
+# stage 1: projector only, LLM frozen
+train-pretrain *args:
+    python -m train.cli pretrain {{args}}
+
+# stage 2: LLM + projector, question-conditioned SD features on the fly
+train-sft *args:
+    python -m train.cli sft {{args}}
+
+# list cache stores under a cache root
+caches root="cache":
+    python -m pipeline.cli caches {{root}}
+
+# check every shard of a store; non-zero exit on any problem
+verify store:
+    python -m pipeline.cli verify {{store}}
+
+test *args:
+    python -m pytest -q tests {{args}}
+
+bench: bench-extract bench-store bench-train
+
+bench-extract:
+    python -m benchmarks.bench_extract
+
+bench-store:
+    python -m benchmarks.bench_store
+
+bench-train:
+    python -m benchmarks.bench_train

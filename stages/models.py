@@ -1,0 +1,103 @@
+"""Loading Stable Diffusion components from a local directory, a hub id or an embedded default.
+
+The same `from_pretrained` calls load a real SD 2.1-base checkout and the tiny embedded model. The
+precision follows the device unless given: bfloat16 on CUDA, float32 on CPU (bf16 matmuls on CPUs
+without bf16 units are two orders of magnitude slower).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["SDComponents", "ModelLoadError", "load_sd_components", "default_device", "default_dtype",
+           "resolve_dtype"]
+
+SD_PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be found or loaded, with the location that was tried."""
+
+
+@dataclass(frozen=True)
+class SDComponents:
+    """What the extractor needs; `vae` is None when only the U-Net pass runs (on cached latents)."""
+
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    vae: Any = None
+    source: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """`None`/'auto' -> the device default; otherwise 'float32', 'bfloat16' or 'float16'."""
+    if name in (None, "auto"):
+        return default_dtype(device)
+    try:
+        dtype = getattr(torch, name)
+    except AttributeError:
+        dtype = None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+    return dtype
+
+
+def _looks_local(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or Path(spec).exists() or spec.count("/") != 1
+
+
+def load_sd_components(
+    spec: str, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+    with_vae: bool = True,
+) -> SDComponents:
+    """Load an SD 2.x-layout pipeline (`unet/ vae/ text_encoder/ tokenizer/ scheduler/`) for inference."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from stages.embedded import resolve_model
+
+    source = resolve_model(spec)
+    if _looks_local(source) and not Path(source).expanduser().is_dir():
+        raise ModelLoadError(f"model directory {source!r} does not exist (expected unet/ vae/ text_encoder/ "
+                             "tokenizer/ scheduler/ inside, as in a diffusers Stable Diffusion checkout)")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+
+    def load(cls: Any, subfolder: str, **kwargs: Any) -> Any:
+        try:
+            return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
+        except (OSError, ValueError, EnvironmentError) as exc:
+            raise ModelLoadError(f"cannot load {subfolder}/ of {source!r}: {exc}") from exc
+
+    def ready(module: Any) -> Any:
+        return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+    return SDComponents(
+        unet=ready(load(UNet2DConditionModel, "unet")),
+        text_encoder=ready(load(CLIPTextModel, "text_encoder")),
+        tokenizer=load(CLIPTokenizer, "tokenizer"),
+        scheduler=load(DDPMScheduler, "scheduler"),
+        vae=ready(load(AutoencoderKL, "vae")) if with_vae else None,
+        source=source,
+    )

@@ -1,0 +1,91 @@
+"""Image loading and preprocessing (DESIGN §3): decode, EXIF-transpose, RGB, pad/crop/stretch, resize.
+
+`load_image` is the only place that opens user images: it refuses keys that escape the image root and
+caps the decoded size (decompression bombs), raising `ImageError` with a reason the caller records.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+__all__ = ["ImageSpec", "ImageError", "safe_image_path", "load_image", "preprocess", "to_tensor"]
+
+CLIP_MEAN_RGB = (122, 116, 104)  # round(CLIP mean * 255): LLaVA-1.5's expand2square background
+RESIZE_MODES = ("pad", "crop", "stretch")
+
+
+class ImageError(ValueError):
+    """An image that cannot be used: escaping path, missing, unreadable, truncated or too large."""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    resolution: int = 512
+    resize_mode: str = "pad"
+    pad_color: tuple[int, int, int] = CLIP_MEAN_RGB
+    max_pixels: int = 89_478_485  # PIL's default bomb threshold; larger images are refused
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode {self.resize_mode!r} is not one of {RESIZE_MODES}")
+        if len(self.pad_color) != 3 or not all(0 <= c <= 255 for c in self.pad_color):
+            raise ValueError(f"pad_color {self.pad_color!r} must be three integers in 0..255")
+        if self.resolution <= 0:
+            raise ValueError(f"resolution must be positive, got {self.resolution}")
+
+
+def safe_image_path(root: str | Path, key: str) -> Path:
+    """`root/key`, refusing absolute keys, `..` and symlinks that resolve outside `root`."""
+    if not key or os.path.isabs(key) or key.startswith("~") or ".." in Path(key).parts:
+        raise ImageError(f"image path {key!r} escapes the image root")
+    root_real = Path(root).resolve()
+    path = root_real / key
+    real = path.resolve()
+    if real != root_real and root_real not in real.parents:
+        raise ImageError(f"image path {key!r} resolves outside the image root ({real})")
+    return path
+
+
+def load_image(root: str | Path, key: str, *, max_pixels: int = ImageSpec.max_pixels) -> Image.Image:
+    """Decode `root/key` fully into an RGB PIL image with EXIF orientation applied."""
+    path = safe_image_path(root, key)
+    if not path.is_file():
+        raise ImageError(f"missing image file {path}")
+    if path.stat().st_size == 0:
+        raise ImageError(f"zero-byte image file {path}")
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                raise ImageError(f"{path}: {image.width}x{image.height} exceeds max_pixels={max_pixels}")
+            image.load()
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except ImageError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise ImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+
+def preprocess(image: Image.Image, spec: ImageSpec) -> Image.Image:
+    """Pad to square (LLaVA-1.5 `expand2square`), centre-crop or stretch, then BICUBIC-resize."""
+    width, height = image.size
+    if spec.resize_mode == "pad" and width != height:
+        side = max(width, height)
+        canvas = Image.new("RGB", (side, side), tuple(spec.pad_color))
+        canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+        image = canvas
+    elif spec.resize_mode == "crop" and width != height:
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    return image.resize((spec.resolution, spec.resolution), Image.BICUBIC)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, R, R) float32 in [-1, 1]: `pixels / 255 * 2 - 1`."""
+    array = np.asarray(image, dtype=np.float32)  # (R, R, 3)
+    return torch.from_numpy(array / 255.0 * 2.0 - 1.0).permute(2, 0, 1).contiguous()
