@@ -1,0 +1,217 @@
+"""The DeepSpeed ZeRO-2 loop end to end on CPU (gloo, fp32): real tiny Llama, dataset, collate, sampler.
+
+Features come from an in-memory feature source (the dataset's `FeatureSource` protocol) with fixed
+seeded arrays, so the tests need no extraction. DeepSpeed initialises torch.distributed once per
+process; each `train()` call builds a new engine (~1-2 s), so the engine count is kept small.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from train.collate import collate
+from train.config import DataConfig, TrainConfig, VisionConfig
+from train.data import LlavaDataset
+from train.engine import CHECKPOINTS_DIR, cosine_with_warmup, deepspeed_config, seed_everything
+from train.fusion import ADAPTERS
+from train.loop import FINAL_DIR, METRICS_FILE, train
+from train.model import ADAPTER_FILE, LLM_DIR, build_model
+from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
+
+SD, CLIP = "U-L1-R1-B0-Cross-Q@t50", "clip"
+DIMS = {SD: 12, CLIP: 10}
+TOKENS = 4  # image tokens per sample, both arrays
+CAPTIONS = ["a cat on a red sofa", "two dogs playing with a ball in a park", "a plate of food with rice",
+            "a train at a station", "a man in a suit talking on a phone", "a boat on a lake",
+            "a clock tower in a town square", "a bowl of fruit on a table"]
+
+
+class MemoryFeatures:
+    """A feature source over fixed arrays: `{key: {array_id: (T, C)}}`."""
+
+    def __init__(self, keys: list[str], *, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.arrays = {k: {a: rng.standard_normal((TOKENS, c)).astype(np.float16) for a, c in DIMS.items()}
+                       for k in keys}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.arrays
+
+    def read(self, keys: list[str], array_ids: list[str]) -> dict[str, np.ndarray]:
+        return {a: np.stack([self.arrays[k][a] for k in keys]) for a in array_ids}
+
+
+def _records(text_only: int = 0) -> list[dict]:
+    image = [{"id": str(i), "image": f"img/{i:03d}.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is in the image?"}, {"from": "gpt", "value": caption}]}
+        for i, caption in enumerate(CAPTIONS)]
+    text = [{"id": f"t{i}", "conversations": [{"from": "human", "value": "What time of day is it?"},
+                                              {"from": "gpt", "value": "It is late afternoon."}]}
+            for i in range(text_only)]
+    return image + text
+
+
+@pytest.fixture(scope="module")
+def llm_dir() -> str:
+    from stages.embedded import resolve_model
+
+    return resolve_model("embedded:tiny-llm")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(llm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(llm_dir)
+
+
+def _config(llm_dir: str, tmp_path, **kwargs) -> TrainConfig:
+    vision = VisionConfig(sd_array=SD, clip_array=CLIP, xattn_heads=2, **kwargs.pop("vision", {}))
+    base = dict(model=llm_dir, vision=vision, data=DataConfig(), max_length=64, per_device_batch_size=2,
+                output_dir=str(tmp_path), deepspeed_config="configs/deepspeed/zero2.json", precision="fp32")
+    return TrainConfig(**{**base, **kwargs})
+
+
+def _dataset(config: TrainConfig, tokenizer, records: list[dict]) -> LlavaDataset:
+    keys = [r["image"] for r in records if "image" in r]
+    return LlavaDataset(records, template="plain" if config.stage == "pretrain" else "v1", tokenizer=tokenizer,
+                        max_length=config.max_length, num_image_tokens=TOKENS, feature_source=MemoryFeatures(keys),
+                        array_ids=config.vision.array_ids)
+
+
+def _run(config: TrainConfig, dataset: LlavaDataset, tokenizer, *, sampler=None, **kwargs):
+    seed_everything(config.seed)  # the adapter's initial weights
+    model = build_model(config, feature_dims=DIMS)
+    sampler = sampler or SeededRandomSampler(len(dataset), seed=config.seed)
+    make_loader = lambda s: DataLoader(dataset, sampler=s, batch_size=config.per_device_batch_size,  # noqa: E731
+                                       collate_fn=functools.partial(collate, pad_token_id=tokenizer.pad_token_id))
+    return model, train(config=config, model=model, sampler=sampler, make_loader=make_loader, **kwargs)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    factor = cosine_with_warmup(total_steps=10, warmup_steps=2)
+    assert [round(factor(s), 6) for s in (0, 1, 2, 6, 10)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+
+
+def test_deepspeed_config_fills_auto_and_rejects_conflicts(llm_dir, tmp_path):
+    ds = deepspeed_config(_config(llm_dir, tmp_path, gradient_accumulation_steps=3, max_grad_norm=0.5))
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["gradient_clipping"],
+            ds["bf16"]["enabled"], ds["zero_optimization"]["stage"]) == (2, 3, 0.5, False, 2)
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps({"gradient_accumulation_steps": 4, "zero_optimization": {"stage": 2}}))
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        deepspeed_config(_config(llm_dir, tmp_path, deepspeed_config=str(fixed)))
+
+
+@pytest.mark.parametrize("mode", sorted(ADAPTERS))
+def test_each_vision_mode_trains_a_step_through_deepspeed(mode, llm_dir, tokenizer, tmp_path):
+    config = _config(llm_dir, tmp_path, vision={"mode": mode}, max_steps=1, warmup_ratio=0.0)
+    dataset = _dataset(config, tokenizer, _records())
+    model, history = _run(config, dataset, tokenizer)
+    assert len(history) == 1 and np.isfinite(history[0].loss) and history[0].grad_norm > 0
+    saved = load_file(str(tmp_path / FINAL_DIR / ADAPTER_FILE))
+    initial = build_adapter_weights(config)
+    assert any(not torch.equal(saved[k], initial[k]) for k in saved), "the adapter did not change"
+    assert [json.loads(line)["step"] for line in (tmp_path / METRICS_FILE).read_text().splitlines()] == [1]
+
+
+def build_adapter_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The adapter weights `_run` starts from (same seed, same construction order)."""
+    seed_everything(config.seed)
+    return {k: v.clone() for k, v in build_model(config, feature_dims=DIMS).adapter.state_dict().items()}
+
+
+def test_pretrain_leaves_llm_bit_identical_and_loss_decreases(llm_dir, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    # 8 samples, 2 steps per epoch, 10 epochs: an epoch's mean loss is over the same samples every time.
+    # A frozen random tiny LLM leaves the projector little room: ~6.41 -> ~6.23 (ln(vocab) = 6.39).
+    config = _config(llm_dir, tmp_path, stage="pretrain", lr=1e-2, epochs=10, per_device_batch_size=4,
+                     save_every=8, keep_checkpoints=0)
+    dataset = _dataset(config, tokenizer, _records())
+    model, history = _run(config, dataset, tokenizer)
+    assert len(history) == 20
+    first, last = np.mean([m.loss for m in history[:2]]), np.mean([m.loss for m in history[-2:]])
+    assert last < first - 0.1, [round(m.loss, 3) for m in history]
+    original = AutoModelForCausalLM.from_pretrained(llm_dir).state_dict()
+    for name, value in model.llm.state_dict().items():
+        assert torch.equal(value, original[name]), f"pretrain changed LLM weight {name}"
+    checkpoint = tmp_path / CHECKPOINTS_DIR / "step-00000008"
+    assert (checkpoint / ADAPTER_FILE).is_file() and not (checkpoint / LLM_DIR).exists()
+    ds_bytes = sum(f.stat().st_size for f in (checkpoint / "deepspeed").rglob("*") if f.is_file())
+    llm_bytes = sum(v.numel() * v.element_size() for v in original.values())
+    assert ds_bytes < llm_bytes / 2, "frozen LLM weights were written into the DeepSpeed checkpoint"
+
+    # resume from the step-8 checkpoint alone (frozen weights excluded from it) in a fresh directory
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(checkpoint, resumed_dir / CHECKPOINTS_DIR / checkpoint.name)
+    (resumed_dir / CHECKPOINTS_DIR / "latest").write_text(checkpoint.name)
+    resumed_model, resumed = _run(dataclasses.replace(config, output_dir=str(resumed_dir), resume=True),
+                                  dataset, tokenizer)
+    assert [m.loss for m in resumed] == [m.loss for m in history[8:]]
+    assert all(torch.equal(v, original[k]) for k, v in resumed_model.llm.state_dict().items())
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _noisy_hook(*, crash_at: int = 0, seen: list | None = None):
+    """A prepare_features hook drawing from the torch, numpy and python RNGs (as prompt dropout would);
+    it dies on micro-batch `crash_at` (1-based) like a killed job and records batch modalities in `seen`."""
+    calls = {"n": 0}
+
+    def prepare(batch):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise _Crash(f"simulated crash at micro-batch {crash_at}")
+        if seen is not None:
+            seen.append(bool(batch["has_image"].any()))
+        scale = (1 + 0.1 * np.random.rand()) * (1 + 0.1 * random.random())
+        return {k: v * scale * (1 + 0.1 * torch.rand(len(v), 1, 1)) for k, v in batch["features"].items()}
+    return prepare
+
+
+def test_resume_after_crash_matches_uninterrupted_run_bit_for_bit(llm_dir, tokenizer, tmp_path):
+    # SFT (LLM + adapter train) on 8 image + 4 text-only samples, modality-grouped megabatches of 4,
+    # 2 micro-batches of 2 per step -> 3 steps per epoch, one of them text-only. The checkpoint at
+    # step 4 is mid-epoch; the crash hits step 5; the resumed run redoes steps 5 and 6.
+    records = _records(text_only=4)
+    base = dict(stage="sft", lr=1e-3, max_steps=6, gradient_accumulation_steps=2, save_every=4, weight_decay=0.1,
+                max_length=256, keep_checkpoints=1)
+
+    def sampler(dataset):
+        return ModalityLengthGroupedSampler(dataset.modality_lengths, batch_size=4, seed=0)
+
+    seen_images: list[bool] = []
+    ref_config = _config(llm_dir, tmp_path / "ref", **base)
+    dataset = _dataset(ref_config, tokenizer, records)
+    _, reference = _run(ref_config, dataset, tokenizer, sampler=sampler(dataset),
+                        prepare_features=_noisy_hook(seen=seen_images))
+    assert [m.step for m in reference] == [1, 2, 3, 4, 5, 6] and False in seen_images[6:]
+
+    config = _config(llm_dir, tmp_path / "run", **base)
+    with pytest.raises(_Crash):
+        _run(config, dataset, tokenizer, sampler=sampler(dataset), prepare_features=_noisy_hook(crash_at=9))
+    assert (tmp_path / "run" / CHECKPOINTS_DIR / "latest").read_text() == "step-00000004"
+    resumed_config = _config(llm_dir, tmp_path / "run", **base, resume=True)
+    _, resumed = _run(resumed_config, dataset, tokenizer, sampler=sampler(dataset), prepare_features=_noisy_hook())
+
+    assert [m.step for m in resumed] == [5, 6]
+    assert [p.name for p in (tmp_path / "run" / CHECKPOINTS_DIR).glob("step-*")] == ["step-00000006"]
+    assert [(m.loss, m.grad_norm, m.lr) for m in resumed] == [(m.loss, m.grad_norm, m.lr) for m in reference[4:]]
+    logged = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6]
+    assert [m["loss"] for m in logged] == [m.loss for m in reference]
+    for part in (ADAPTER_FILE, f"{LLM_DIR}/model.safetensors"):
+        a, b = load_file(str(tmp_path / "ref" / FINAL_DIR / part)), load_file(str(tmp_path / "run" / FINAL_DIR / part))
+        assert all(torch.equal(a[k], b[k]) for k in a), part

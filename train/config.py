@@ -1,0 +1,131 @@
+"""The trainer's settings: one frozen dataclass tree, read from YAML plus `key=value` overrides.
+
+`load_train_config("configs/train/pretrain.yaml", ["lr=2e-3", "vision.mode=sd+clip-concat"])` is the
+only way the CLI builds it; validation happens here, once, and nothing mutates it afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from stages.config import ConfigError, build_dataclass, load_config
+
+__all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "load_train_config",
+           "STAGES", "PRECISIONS", "OPTIMIZERS"]
+
+STAGES = ("pretrain", "sft")
+PRECISIONS = ("auto", "fp32", "bf16")
+OPTIMIZERS = ("adamw", "fused_adam")
+VISION_MODES = ("sd", "clip", "sd+clip-concat", "sd+clip-xattn")
+PROMPT_SOURCES = ("question", "caption")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Which cached arrays feed the LLM and how they are fused (see `train.fusion`)."""
+
+    mode: str = "sd"
+    sd_array: str = "U-L1-R1-B0-Cross-Q@t50"  # array id in the store (DESIGN §4)
+    clip_array: str = "clip"
+    projector: str = "mlp2x_gelu"
+    xattn_dim: int = 0  # sd+clip-xattn common width; 0 = CLIP's channel count
+    xattn_heads: int = 8
+
+    def __post_init__(self) -> None:
+        _check(self.mode in VISION_MODES, f"vision.mode {self.mode!r} is not one of {VISION_MODES}")
+        _check(self.xattn_dim >= 0 and self.xattn_heads > 0, "vision.xattn_dim must be >= 0, xattn_heads > 0")
+
+    @property
+    def array_ids(self) -> tuple[str, ...]:
+        """The store arrays this mode reads."""
+        return {"sd": (self.sd_array,), "clip": (self.clip_array,)}.get(self.mode, (self.sd_array, self.clip_array))
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Prompt-conditioned features: X = X_u + scale·(X_c − X_u); prompt dropped with `prompt_dropout`."""
+
+    scale: float = 0.0
+    prompt_dropout: float = 0.0
+    prompt_source: str = "question"
+
+    def __post_init__(self) -> None:
+        _check(self.scale >= 0, f"guidance.scale must be >= 0, got {self.scale}")
+        _check(0 <= self.prompt_dropout <= 1, f"guidance.prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
+        _check(self.prompt_source in PROMPT_SOURCES,
+               f"guidance.prompt_source {self.prompt_source!r} is not one of {PROMPT_SOURCES}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where samples and their cached features come from."""
+
+    data_path: str = ""  # LLaVA JSON
+    stores: tuple[str, ...] = ()  # cache store directories
+    missing: str = "error"  # image not in the cache: "error" or "skip" (and count)
+    group_by_modality_length: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.missing in ("error", "skip"), f"data.missing must be 'error' or 'skip', got {self.missing!r}")
+        _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage. Batch = per_device_batch_size × gradient_accumulation_steps × world size."""
+
+    stage: str = "pretrain"
+    model: str = "embedded:tiny-llm"  # `embedded:<name>`, a local HF directory or a hub id
+    pretrained_adapter: str = ""  # sft: the stage-1 adapter.safetensors to start from
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # torch AdamW; fused_adam = DeepSpeed FusedAdam (CUDA only)
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    per_device_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    epochs: int = 1
+    max_steps: int = 0  # > 0 overrides epochs
+    max_length: int = 2048
+    seed: int = 0
+    output_dir: str = "runs/pretrain"
+    save_every: int = 0  # checkpoint every N optimizer steps; 0 = only at the end
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk; 0 = keep all
+    resume: bool = False
+    gradient_checkpointing: bool = False
+    deepspeed_config: str = "configs/deepspeed/zero2.json"
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+
+    def __post_init__(self) -> None:
+        _check(self.stage in STAGES, f"stage {self.stage!r} is not one of {STAGES}")
+        _check(self.precision in PRECISIONS, f"precision {self.precision!r} is not one of {PRECISIONS}")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be >= 0")
+        _check(self.per_device_batch_size > 0 and self.gradient_accumulation_steps > 0,
+               "per_device_batch_size and gradient_accumulation_steps must be > 0")
+        _check(self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0")
+        _check(min(self.max_steps, self.save_every, self.keep_checkpoints) >= 0,
+               "max_steps, save_every and keep_checkpoints must be >= 0")
+        _check(self.max_length > 0, f"max_length must be > 0, got {self.max_length}")
+
+    @property
+    def freeze_llm(self) -> bool:
+        """Stage 1 trains the projector only."""
+        return self.stage == "pretrain"
+
+
+def load_train_config(default_path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """YAML (`config=` override or `default_path`) + dotted `key=value` overrides -> `TrainConfig`."""
+    return build_dataclass(TrainConfig, load_config(default_path, overrides), where="train config")

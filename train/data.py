@@ -1,0 +1,146 @@
+"""A map-style dataset over a LLaVA JSON whose image features come from a feature store.
+
+Records are LLaVA's: `{"id": ..., "image": "coco/train2017/x.jpg" (optional), "conversations": [...]}`.
+The image key is the `image` string exactly as written (DESIGN §3). Features are read through a
+`FeatureSource` — the cache store's reader provides it — one sample at a time, as float32.
+Text is tokenized lazily in `__getitem__` (cheap, and it keeps start-up instant on 665k records);
+membership of every image key in the store is checked up front, so a missing image fails before
+training starts (`missing="error"`) or is dropped and counted (`missing="skip"`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from train.conversation import IMAGE_TOKEN_INDEX, first_human_text, get_template, tokenize_conversation
+
+__all__ = ["FeatureSource", "MissingImageError", "load_llava_json", "LlavaDataset"]
+
+
+class FeatureSource(Protocol):
+    """What the dataset needs from a feature store (the cache reader implements it)."""
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def read(self, keys: list[str], array_ids: list[str]) -> dict[str, np.ndarray]:
+        """`{array_id: (len(keys), T, C)}` in the order of `keys`."""
+        ...
+
+
+class MissingImageError(KeyError):
+    """An image sample whose key is not in the feature store."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def load_llava_json(path: str | Path) -> list[dict[str, Any]]:
+    """Read a LLaVA JSON (a list of records with `conversations` and an optional `image`)."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        records = json.load(fh)
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: a LLaVA JSON holds a list of records, got {type(records).__name__}")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+            raise ValueError(f"{path}: record {i} has no 'conversations' list: {str(record)[:200]}")
+        if "image" in record and not isinstance(record["image"], str):
+            raise ValueError(f"{path}: record {i} has a non-string 'image': {record['image']!r}")
+    return records
+
+
+def _word_count(record: Mapping[str, Any]) -> int:
+    return sum(len(turn.get("value", "").split()) for turn in record["conversations"])
+
+
+class LlavaDataset(Dataset):
+    """Tokenized LLaVA samples with their cached image features.
+
+    `max_length` bounds the sequence the LLM sees after the image placeholder is replaced by
+    `num_image_tokens` tokens, so image samples keep `max_length - num_image_tokens + 1` text ids.
+    `feature_source=None` reads no features (`features` is None; the caller computes them from
+    `image_key`). Items: `input_ids`, `labels` (LongTensor, L), `image_key` (str | None),
+    `question` (first human turn without `<image>`, stripped; None for text-only), `caption` (first
+    gpt turn), `features` ({array_id: float32 (T, C)} or None).
+    """
+
+    def __init__(
+        self, records: Sequence[Mapping[str, Any]], *, template: str, tokenizer: Any, max_length: int,
+        num_image_tokens: int, feature_source: FeatureSource | None, array_ids: Sequence[str],
+        missing: Literal["error", "skip"] = "error",
+    ) -> None:
+        get_template(template)  # fail on a bad name now, not in a worker
+        if missing not in ("error", "skip"):
+            raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}")
+        if num_image_tokens < 1 or max_length < num_image_tokens + 1:
+            raise ValueError(f"max_length ({max_length}) must exceed num_image_tokens ({num_image_tokens})")
+        if feature_source is not None and not array_ids:
+            raise ValueError("array_ids must name at least one array to read from the feature source")
+        self.template, self.tokenizer, self.feature_source = template, tokenizer, feature_source
+        self.max_length, self.num_image_tokens = max_length, num_image_tokens
+        self.array_ids = tuple(array_ids)
+        self.records, self.skipped_keys = self._check_images(records, missing)
+
+    def _check_images(self, records: Sequence[Mapping[str, Any]], missing: str) -> tuple[list, tuple[str, ...]]:
+        if self.feature_source is None:
+            return list(records), ()
+        kept, skipped = [], []
+        for i, record in enumerate(records):
+            key = record.get("image")
+            if key is None or key in self.feature_source:
+                kept.append(record)
+            elif missing == "skip":
+                skipped.append(key)
+            else:
+                raise MissingImageError(
+                    f"image {key!r} (record {i}, id {record.get('id')!r}) is not in the feature store "
+                    f"{self.feature_source!r}; extract it first or pass missing='skip' to drop such samples")
+        return kept, tuple(skipped)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped_keys)
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """Word-count length estimates: positive for image samples, negative for text-only (LLaVA's sign)."""
+        return [max(1, _word_count(r)) * (1 if r.get("image") is not None else -1) for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _features(self, key: str) -> dict[str, torch.Tensor]:
+        arrays = self.feature_source.read([key], list(self.array_ids))
+        if set(arrays) != set(self.array_ids):
+            raise KeyError(f"feature store {self.feature_source!r} returned arrays {sorted(arrays)} for "
+                           f"{key!r}, expected {sorted(self.array_ids)}")
+        return {name: torch.from_numpy(np.asarray(arrays[name][0])).float() for name in self.array_ids}  # (T, C)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        conversations = record["conversations"]
+        key = record.get("image")
+        try:
+            sample = tokenize_conversation(conversations, template=self.template, tokenizer=self.tokenizer,
+                                           has_image=key is not None)
+        except ValueError as exc:
+            raise ValueError(f"sample {record.get('id')!r} (image {key!r}): {exc}") from exc
+        limit = self.max_length - self.num_image_tokens + 1 if key is not None else self.max_length
+        input_ids, labels = sample.input_ids[:limit], sample.labels[:limit]
+        if key is not None and IMAGE_TOKEN_INDEX not in input_ids:
+            raise ValueError(f"sample {record.get('id')!r}: max_length {self.max_length} truncates the image "
+                             "placeholder away; raise max_length")
+        gpt_turns = [turn["value"] for turn in conversations if turn.get("from") == "gpt"]
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "image_key": key,
+            "question": first_human_text(conversations) if key is not None else None,
+            "caption": gpt_turns[0] if gpt_turns else None,
+            "features": self._features(key) if key is not None and self.feature_source is not None else None,
+        }

@@ -1,0 +1,249 @@
+"""The DeepSpeed ZeRO-2 engine on CPU and CUDA: distributed setup, config, optimizer, schedule, checkpoints.
+
+One code path everywhere. On a CPU-only host `DS_ACCELERATOR=cpu`, gloo and fp32; on CUDA, nccl and
+(by default) bf16. A single process not started by `deepspeed`/`torchrun` gets the rendezvous variables
+of a world of one, on a free port.
+
+Checkpoints (`<output_dir>/checkpoints/step-XXXXXXXX/`, `latest` names the newest complete one):
+`deepspeed/` (engine.save_checkpoint: module, ZeRO optimizer partitions, LR schedule), `adapter.safetensors`,
+`llm/` (HF format, when the LLM trains), `trainer_state.json` (step, sampler position) and
+`rng-rank<r>.json` (torch/CUDA/numpy/python RNG states). The DeepSpeed part is torch pickle files that
+DeepSpeed itself loads with `weights_only=False`: resume only from checkpoints you wrote.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import socket
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.config import TrainConfig
+
+__all__ = ["ensure_distributed", "resolve_precision", "deepspeed_config", "param_groups", "cosine_with_warmup",
+           "build_engine", "seed_everything", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+           "restore_rng", "is_main_process", "barrier", "CHECKPOINTS_DIR"]
+
+CHECKPOINTS_DIR = "checkpoints"
+_LATEST = "latest"
+_DS_TAG = "deepspeed"
+_STATE_FILE = "trainer_state.json"
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_distributed() -> None:
+    """Initialise torch.distributed through DeepSpeed once per process (gloo on CPU, nccl on CUDA)."""
+    cuda = torch.cuda.is_available()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")  # read when deepspeed is imported
+    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:  # not launched: a world of one
+        defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(_free_port())}
+        for key in _LAUNCH_VARS:
+            os.environ.setdefault(key, defaults[key])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    import deepspeed
+
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+
+
+def is_main_process() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def resolve_precision(name: str) -> str:
+    """'auto' -> bf16 on CUDA, fp32 on CPU (bf16 matmuls are ~150x slower on CPUs without bf16 units)."""
+    if name == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return name
+
+
+def _fill(section: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """Replace an 'auto' (or missing) entry with `value`; an explicit, different value is a conflict."""
+    current = section.get(key, "auto")
+    if current != "auto" and current != value:
+        raise ValueError(f"{where}.{key} is {current!r} but the train config says {value!r}; set it to \"auto\"")
+    section[key] = value
+
+
+def deepspeed_config(config: TrainConfig) -> dict[str, Any]:
+    """The DeepSpeed JSON named by the config with its "auto" entries filled from the train config."""
+    path = Path(config.deepspeed_config)
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed config {path} does not exist (see configs/deepspeed/)")
+    ds = json.loads(path.read_text())
+    ds.pop("train_batch_size", None)  # DeepSpeed derives it from micro batch × accumulation × world
+    _fill(ds, "train_micro_batch_size_per_gpu", config.per_device_batch_size, path.name)
+    _fill(ds, "gradient_accumulation_steps", config.gradient_accumulation_steps, path.name)
+    _fill(ds, "gradient_clipping", config.max_grad_norm, path.name)
+    bf16 = dict(ds.get("bf16", {}))
+    _fill(bf16, "enabled", resolve_precision(config.precision) == "bf16", f"{path.name}.bf16")
+    ds["bf16"] = bf16
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ValueError(f"{path}: optimizer and scheduler come from the train config, remove them from the JSON")
+    ds["zero_allow_untested_optimizer"] = True  # a torch optimizer is passed in
+    return ds
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters; no weight decay on biases and norm weights (ndim < 2), as HF's Trainer does."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters")
+    decay = [p for _, p in trainable if p.ndim >= 2]
+    no_decay = [p for _, p in trainable if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def _optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    if name == "fused_adam":
+        if not torch.cuda.is_available():
+            raise ValueError("optimizer=fused_adam needs CUDA; use optimizer=adamw on CPU")
+        from deepspeed.ops.adam import FusedAdam
+
+        return FusedAdam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, adam_w_mode=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def cosine_with_warmup(*, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear 0→1 over `warmup_steps`, then half a cosine to 0 at `total_steps` (HF's schedule)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+    return factor
+
+
+def build_engine(model: nn.Module, config: TrainConfig, *, total_steps: int) -> Any:
+    """`deepspeed.initialize` with a torch optimizer and a cosine-with-warmup LambdaLR (stepped per optimizer step)."""
+    ensure_distributed()
+    import deepspeed
+
+    optimizer = _optimizer(config.optimizer, param_groups(model, config.weight_decay), config.lr)
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(total_steps=total_steps, warmup_steps=warmup))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=deepspeed_config(config))
+    return engine
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG the step may touch, as plain JSON (no pickle)."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(words), gauss], "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _prune(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints (0 keeps all)."""
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".partial"))
+    for old in done[:-keep] if keep else []:
+        shutil.rmtree(old)
+
+
+def save_checkpoint(engine: Any, *, output_dir: str | Path, step: int, state: Mapping[str, Any],
+                    with_llm: bool, keep: int = 0) -> Path:
+    """Write checkpoint `step` (all ranks call this); it becomes `latest` only once complete, then
+    older ones beyond the newest `keep` are deleted."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    final = root / f"step-{step:08d}"
+    partial = root / f"step-{step:08d}.partial"
+    if is_main_process():
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    barrier()
+    frozen = any(not p.requires_grad for p in engine.module.parameters())
+    engine.save_checkpoint(str(partial), tag=_DS_TAG, save_latest=False, exclude_frozen_parameters=frozen)
+    _write_text(partial / f"rng-rank{_rank()}.json", json.dumps(_rng_state()))
+    if is_main_process():
+        engine.module.save_pretrained(partial, with_llm=with_llm)
+        _write_text(partial / _STATE_FILE, json.dumps({"step": step, **state}, indent=1, sort_keys=True))
+    barrier()
+    if is_main_process():
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        _write_text(root / _LATEST, final.name)
+        _prune(root, keep)
+    barrier()
+    return final
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under `output_dir`, or None."""
+    pointer = Path(output_dir) / CHECKPOINTS_DIR / _LATEST
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / _STATE_FILE).is_file():
+        raise FileNotFoundError(f"{pointer} names {path.name}, which is missing or incomplete")
+    return path
+
+
+def load_checkpoint(engine: Any, path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore the engine (module, optimizer, schedule); returns (trainer state, this rank's RNG state).
+
+    The RNG state is applied by the caller with `restore_rng` once its data iterator exists: creating a
+    DataLoader iterator draws from the torch RNG, which an uninterrupted run did at the epoch start.
+    """
+    path = Path(path)
+    frozen = any(not p.requires_grad for p in engine.module.parameters())
+    loaded, _ = engine.load_checkpoint(str(path), tag=_DS_TAG, load_module_strict=not frozen)
+    if loaded is None:
+        raise FileNotFoundError(f"DeepSpeed could not load {path / _DS_TAG}")
+    rng_file = path / f"rng-rank{_rank()}.json"
+    if not rng_file.is_file():
+        raise FileNotFoundError(f"{rng_file} missing: was the checkpoint written with a different world size?")
+    return json.loads((path / _STATE_FILE).read_text()), json.loads(rng_file.read_text())

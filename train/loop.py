@@ -1,0 +1,234 @@
+"""The training loop: DeepSpeed engine steps over a resumable sampler, with metrics and checkpoints.
+
+Position is counted in optimizer steps. Step `s` reads micro-batches `[a·k, a·(k+1))` of epoch
+`s // steps_per_epoch` (`k = s % steps_per_epoch`, `a` = gradient accumulation, a micro-batch =
+`per_device_batch_size` samples of this rank), so the step alone says where the data stands; an
+epoch's samples beyond the last whole optimizer step are not used.
+Resuming from a checkpoint at step `s` repositions the sampler there, restores optimizer, schedule and
+RNGs, and continues with losses equal to an uninterrupted run's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+
+import torch
+from torch import Tensor
+
+from train.config import TrainConfig
+from train.engine import (build_engine, is_main_process, latest_checkpoint, load_checkpoint, restore_rng,
+                          save_checkpoint, seed_everything)
+from train.model import LlavaModel
+
+__all__ = ["ResumableSampler", "StepMetrics", "train", "total_steps", "default_prepare_features",
+           "METRICS_FILE", "FINAL_DIR"]
+
+METRICS_FILE = "metrics.jsonl"
+FINAL_DIR = "final"
+Batch = Mapping[str, Any]
+
+
+class ResumableSampler(Protocol):
+    """This rank's sample indices, deterministic in (seed, epoch); `train.sampler` implements it."""
+
+    def __len__(self) -> int: ...  # samples left in the epoch on this rank
+
+    def __iter__(self) -> Iterator[int]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def state_dict(self, *, consumed: int) -> dict[str, Any]:
+        """JSON-able position after `consumed` samples of the current epoch on this rank."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a `state_dict` position (and reject one from another seed/dataset/world size)."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMetrics:
+    step: int  # optimizer steps completed, 1-based
+    epoch: int
+    loss: float  # mean over micro-batches and ranks
+    lr: float  # the rate this step used
+    grad_norm: float  # before clipping
+    samples_per_s: float
+    tokens_per_s: float
+
+
+def default_prepare_features(batch: Batch) -> Mapping[str, Tensor]:
+    """Cached features as they are (the SFT question conditioning replaces this hook)."""
+    return batch["features"]
+
+
+def total_steps(config: TrainConfig, *, batches_per_epoch: int) -> tuple[int, int]:
+    """(steps per epoch, total optimizer steps) for `batches_per_epoch` whole micro-batches per epoch."""
+    per_epoch = batches_per_epoch // config.gradient_accumulation_steps
+    if per_epoch == 0:
+        raise ValueError(f"the sampler yields {batches_per_epoch} micro-batches per epoch, fewer than "
+                         f"gradient_accumulation_steps={config.gradient_accumulation_steps}")
+    return per_epoch, config.max_steps or config.epochs * per_epoch
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def _micro_step(engine: Any, batch: Batch, prepare: Callable[[Batch], Mapping[str, Tensor]]) -> tuple[Tensor, Tensor]:
+    features = _to_device(prepare(batch), engine.device)
+    inputs = {k: _to_device(batch[k], engine.device) for k in ("input_ids", "labels", "attention_mask", "has_image")}
+    out = engine(**inputs, features=features)
+    engine.backward(out.loss)
+    engine.step()  # applies the optimizer and the schedule only at the accumulation boundary
+    return out.loss.detach().float(), out.tokens.detach().float()
+
+
+def _train_step(engine: Any, batches: Iterator[Batch], *, accumulation: int, micro: int,
+                prepare: Callable[[Batch], Mapping[str, Tensor]]) -> dict[str, float]:
+    """One optimizer step; loss averaged, samples and tokens summed over micro-batches and ranks."""
+    lr = float(engine.get_lr()[0])  # before the step advances the schedule
+    totals = torch.zeros(3, device=engine.device)  # loss, tokens, samples
+    for _ in range(accumulation):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            raise RuntimeError("the data loader ended before the epoch's last optimizer step") from None
+        if len(batch["input_ids"]) != micro:  # positions are counted in whole micro-batches
+            raise ValueError(f"loader gave a batch of {len(batch['input_ids'])}, per_device_batch_size is {micro}")
+        loss, tokens = _micro_step(engine, batch, prepare)
+        totals += torch.stack([loss / accumulation, tokens, torch.tensor(float(micro), device=engine.device)])
+    world = 1
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+        world = torch.distributed.get_world_size()
+    norm = engine.get_global_grad_norm()
+    loss, tokens, samples = totals.tolist()
+    return {"loss": loss / world, "lr": lr, "grad_norm": float("nan") if norm is None else float(norm),
+            "samples": samples, "tokens": tokens}
+
+
+class _Reporter:
+    """Progress bar, metrics.jsonl and TensorBoard (when importable), on rank 0 only.
+
+    A resumed run drops metric lines past its start step, so each step is logged exactly once.
+    """
+
+    def __init__(self, output_dir: Path, *, start_step: int, total: int, desc: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.active = is_main_process()
+        self.path = output_dir / METRICS_FILE
+        self.bar = tqdm(total=total, initial=start_step, disable=not self.active, desc=desc, dynamic_ncols=True)
+        self.board = None
+        if not self.active:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if start_step and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= start_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.board = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step + 1)
+        except ImportError:
+            self.board = None
+
+    def report(self, metrics: StepMetrics) -> None:
+        if not self.active:
+            return
+        values = dataclasses.asdict(metrics)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(values) + "\n")
+        if self.board is not None:
+            for key, value in values.items():
+                if key != "step":
+                    self.board.add_scalar(f"train/{key}", value, metrics.step)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{metrics.loss:.4f}", lr=f"{metrics.lr:.2e}",
+                             samples_s=f"{metrics.samples_per_s:.1f}", tokens_s=f"{metrics.tokens_per_s:.0f}")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def _position(sampler: ResumableSampler, *, epoch: int, consumed: int) -> dict[str, Any]:
+    """Put the sampler at `consumed` samples into `epoch`; returns that position's state."""
+    sampler.set_epoch(epoch)
+    state = sampler.state_dict(consumed=consumed)
+    sampler.load_state_dict(state)
+    return state
+
+
+def _resume(engine: Any, config: TrainConfig, sampler: ResumableSampler) -> tuple[int, dict[str, Any] | None]:
+    """(start step, RNG state to restore) from the latest checkpoint when `config.resume`."""
+    checkpoint = latest_checkpoint(config.output_dir) if config.resume else None
+    if checkpoint is None:
+        return 0, None
+    state, rng = load_checkpoint(engine, checkpoint)
+    sampler.load_state_dict(state["sampler"])  # rejects a different seed, dataset or world size
+    return int(state["step"]), rng
+
+
+def train(
+    *, config: TrainConfig, model: LlavaModel, sampler: ResumableSampler,
+    make_loader: Callable[[ResumableSampler], Iterable[Batch]],
+    prepare_features: Callable[[Batch], Mapping[str, Tensor]] = default_prepare_features,
+) -> list[StepMetrics]:
+    """Train `model` for the configured steps; returns the metrics of the steps this call ran.
+
+    `make_loader(sampler)` builds the batch iterable (a DataLoader with `sampler=sampler`,
+    `batch_size=config.per_device_batch_size` and the padding collate) after the sampler has been
+    positioned; it is called once per epoch and once on resume.
+    """
+    seed_everything(config.seed)
+    micro, accumulation = config.per_device_batch_size, config.gradient_accumulation_steps
+    _position(sampler, epoch=0, consumed=0)
+    per_epoch, total = total_steps(config, batches_per_epoch=len(sampler) // micro)
+    engine = build_engine(model, config, total_steps=total)
+    step, rng = _resume(engine, config, sampler)
+    reporter = _Reporter(Path(config.output_dir), start_step=step, total=total, desc=config.stage)
+    history: list[StepMetrics] = []
+    engine.train()
+    while step < total:
+        epoch, offset = divmod(step, per_epoch)
+        _position(sampler, epoch=epoch, consumed=offset * accumulation * micro)
+        batches = iter(make_loader(sampler))
+        if rng is not None:  # after the iterator exists: it drew from the RNG at the epoch start
+            restore_rng(rng)
+            rng = None
+        for _ in range(min(per_epoch - offset, total - step)):
+            started = time.perf_counter()
+            done = _train_step(engine, batches, accumulation=accumulation, micro=micro, prepare=prepare_features)
+            elapsed = time.perf_counter() - started
+            step += 1
+            history.append(StepMetrics(step=step, epoch=epoch, loss=done["loss"], lr=done["lr"],
+                                       grad_norm=done["grad_norm"], samples_per_s=done["samples"] / elapsed,
+                                       tokens_per_s=done["tokens"] / elapsed))
+            reporter.report(history[-1])
+            if step == total or (config.save_every and step % config.save_every == 0):
+                _checkpoint(engine, config, sampler, step=step, per_epoch=per_epoch, total=total)
+    reporter.close()
+    if is_main_process():
+        engine.module.save_pretrained(Path(config.output_dir) / FINAL_DIR, with_llm=not config.freeze_llm)
+    return history
+
+
+def _checkpoint(engine: Any, config: TrainConfig, sampler: ResumableSampler, *, step: int, per_epoch: int,
+                total: int) -> None:
+    """Save, recording how far into its epoch the sampler is as of `step` (the object itself runs ahead)."""
+    epoch = (step - 1) // per_epoch  # the epoch the sampler is in now
+    consumed = (step - epoch * per_epoch) * config.gradient_accumulation_steps * config.per_device_batch_size
+    save_checkpoint(engine, output_dir=config.output_dir, step=step, with_llm=not config.freeze_llm,
+                    state={"sampler": sampler.state_dict(consumed=consumed), "total_steps": total},
+                    keep=config.keep_checkpoints)

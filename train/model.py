@@ -1,0 +1,165 @@
+"""The LLaVA-style model: a vision adapter whose tokens are spliced into a Hugging Face causal LM.
+
+Each `IMAGE_TOKEN_INDEX` in `input_ids` is replaced by the adapter's `T` image tokens for that image
+(labels `IGNORE_INDEX` there); every text token moves right by `(T - 1)` × (images before it). The
+splice is one scatter for text and one for image tokens, for any number of images per row.
+Right padding is assumed (the collate's convention); position ids come from the attention mask.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from train.config import TrainConfig, VisionConfig
+from train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from train.engine import resolve_precision
+from train.fusion import adapter_config, build_adapter, save_adapter
+from train.projector import load_module, read_config
+
+__all__ = ["LlavaOutput", "LlavaModel", "splice_image_tokens", "load_llm", "build_model", "ADAPTER_FILE",
+           "LLM_DIR"]
+
+ADAPTER_FILE = "adapter.safetensors"
+LLM_DIR = "llm"
+
+
+class LlavaOutput(NamedTuple):
+    loss: Tensor  # scalar, mean over supervised tokens
+    tokens: Tensor  # scalar, attended positions after the splice (for tokens/s)
+
+
+def splice_image_tokens(
+    *, embeds: Tensor, input_ids: Tensor, labels: Tensor, attention_mask: Tensor, image_tokens: Tensor | None,
+    max_length: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Replace each image placeholder by its tokens; returns (embeds, labels, attention_mask) cut to max_length.
+
+    embeds (B, L, D) text embeddings (anything at placeholder positions); image_tokens (N_img, T, D) in
+    row-major placeholder order. Rows with fewer images get extra masked, ignored padding at the end.
+    """
+    batch, length, width = embeds.shape
+    is_image = input_ids == IMAGE_TOKEN_INDEX  # (B, L)
+    n_image = int(is_image.sum())
+    if n_image != (0 if image_tokens is None else image_tokens.shape[0]):
+        got = 0 if image_tokens is None else image_tokens.shape[0]
+        raise ValueError(f"batch has {n_image} image placeholders but {got} images' features")
+    if n_image == 0:
+        return embeds[:, :max_length], labels[:, :max_length], attention_mask[:, :max_length]
+    extra = image_tokens.shape[1] - 1
+    before = torch.cumsum(is_image, dim=1) - is_image.long()  # images strictly before each position (B, L)
+    dest = torch.arange(length, device=embeds.device) + extra * before  # (B, L)
+    out_len = length + extra * int(is_image.sum(dim=1).max())
+    rows = torch.arange(batch, device=embeds.device)[:, None].expand(batch, length)  # (B, L)
+    text = ~is_image
+    out_embeds = embeds.new_zeros(batch, out_len, width)
+    out_labels = labels.new_full((batch, out_len), IGNORE_INDEX)
+    out_mask = attention_mask.new_zeros(batch, out_len)
+    out_embeds[rows[text], dest[text]] = embeds[text]
+    out_labels[rows[text], dest[text]] = labels[text]
+    out_mask[rows[text], dest[text]] = attention_mask[text]
+    img_rows, img_cols = is_image.nonzero(as_tuple=True)  # (N,) each, row-major = feature order
+    slots = dest[img_rows, img_cols][:, None] + torch.arange(extra + 1, device=embeds.device)  # (N, T)
+    out_embeds[img_rows[:, None], slots] = image_tokens.to(embeds.dtype)
+    out_mask[img_rows[:, None], slots] = attention_mask[img_rows, img_cols][:, None]
+    return out_embeds[:, :max_length], out_labels[:, :max_length], out_mask[:, :max_length]
+
+
+class LlavaModel(nn.Module):
+    """`adapter` (features → image tokens) + `llm` (any `AutoModelForCausalLM`)."""
+
+    def __init__(self, *, llm: nn.Module, adapter: nn.Module, adapter_config: Mapping[str, object],
+                 max_length: int) -> None:
+        super().__init__()
+        self.llm = llm
+        self.adapter = adapter
+        self.adapter_config = dict(adapter_config)
+        self.max_length = max_length
+
+    def freeze_llm(self) -> None:
+        """Stage 1: only the adapter trains."""
+        self.llm.requires_grad_(False)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute LLM activations in backward (transformers 5 renamed it activation checkpointing)."""
+        self.llm.config.use_cache = False
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.llm, "activation_checkpointing_enable"):
+            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def forward(self, *, input_ids: Tensor, labels: Tensor, attention_mask: Tensor,
+                features: Mapping[str, Tensor], has_image: Tensor | None = None) -> LlavaOutput:
+        is_image = input_ids == IMAGE_TOKEN_INDEX  # (B, L)
+        if has_image is not None and not torch.equal(is_image.any(dim=1), has_image.to(is_image.device)):
+            raise ValueError("has_image disagrees with the image placeholders in input_ids")
+        embed = self.llm.get_input_embeddings()
+        embeds = embed(input_ids.masked_fill(is_image, 0))  # (B, L, D)
+        image_tokens = self.adapter(features) if bool(is_image.any()) else None  # (N_img, T, D)
+        embeds, labels, mask = splice_image_tokens(
+            embeds=embeds, input_ids=input_ids, labels=labels, attention_mask=attention_mask.bool(),
+            image_tokens=image_tokens, max_length=self.max_length)
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, L')
+        loss = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels).loss
+        if image_tokens is None:  # text-only batch: keep the adapter in the graph (zero grads, not None)
+            loss = loss + sum(p.sum() for p in self.adapter.parameters()) * 0.0
+        return LlavaOutput(loss=loss, tokens=mask.sum())
+
+    def save_pretrained(self, out_dir: str | Path, *, with_llm: bool) -> None:
+        """`adapter.safetensors` (config in its header) and, with `with_llm`, the LLM in HF format under `llm/`."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_adapter(self.adapter, out_dir / ADAPTER_FILE, config=self.adapter_config)
+        if with_llm:
+            self.llm.save_pretrained(out_dir / LLM_DIR, safe_serialization=True)
+
+
+def load_llm(spec: str, *, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A causal LM from `embedded:<name>`, a local directory or a hub id, in `dtype` (DeepSpeed casts for bf16)."""
+    from transformers import AutoModelForCausalLM
+
+    from stages.embedded import resolve_model
+
+    source = resolve_model(spec)  # embedded:<name> -> its built directory; anything else unchanged
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise OSError(f"cannot load causal LM {spec!r} (from {source!r}): {exc}") from exc
+
+
+def _check_compatible(path: Path, expected: Mapping[str, object]) -> None:
+    found = read_config(path)
+    keys = ("vision", "feature_dims", "hidden_size")
+    diff = {k: (found.get(k), expected.get(k)) for k in keys if found.get(k) != expected.get(k)}
+    if diff:
+        raise ValueError(f"adapter {path} was trained for a different setup: {json.dumps(diff)} (file, config)")
+
+
+def build_model(config: TrainConfig, *, feature_dims: Mapping[str, int]) -> LlavaModel:
+    """LLM + fresh adapter (or the stage-1 adapter from `config.pretrained_adapter`), frozen for pretrain.
+
+    The LLM loads in the training precision (bf16 halves host memory for a 7B model on every rank);
+    DeepSpeed keeps fp32 master weights of whatever trains.
+    """
+    bf16 = resolve_precision(config.precision) == "bf16"
+    llm = load_llm(config.model, dtype=torch.bfloat16 if bf16 else torch.float32)
+    hidden = int(llm.config.hidden_size)
+    vision: VisionConfig = config.vision
+    dims = {a: int(feature_dims[a]) for a in vision.array_ids if a in feature_dims}
+    adapter_cfg = {**adapter_config(vision, feature_dims=dims, hidden_size=hidden), "llm": config.model}
+    adapter = build_adapter(vision, feature_dims=dims, hidden_size=hidden)
+    if config.pretrained_adapter:
+        path = Path(config.pretrained_adapter)
+        _check_compatible(path, adapter_cfg)
+        load_module(adapter, path)
+    adapter.to(dtype=llm.dtype)
+    model = LlavaModel(llm=llm, adapter=adapter, adapter_config=adapter_cfg, max_length=config.max_length)
+    if config.freeze_llm:
+        model.freeze_llm()
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
