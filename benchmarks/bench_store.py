@@ -1,0 +1,230 @@
+"""Store benchmark: write MB/s and read samples/s of our zarr store and webdataset export against
+per-sample .npy / torch.save files and the raw page-cache bandwidth (`np.fromfile`), plus the
+compression table that picks the default codec.
+
+Data: synthetic but activation-like float16 `[256, 1280]` samples (16x16 token grid): a low-rank
+(r=32) spatially smooth field (bicubic-upsampled 4x4 noise) mixed into 1280 channels, plus token
+noise, times a heavy-tailed per-channel scale (log-normal, sigma 0.8) with 4 outlier channels x30.
+All reads are warm (files just written, in the page cache): the comparison is per-format overhead.
+
+    python -m benchmarks.bench_store [--n 768] [--workdir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+
+from benchmarks.common import best_seconds, markdown_table, write_results
+from stages.store import COMPRESSIONS, CacheStore, Fingerprint, StoreReader
+
+T, C, SHARD, BATCH = 256, 1280, 256, 32
+ARRAY = "U-L1-R1-B0-Cross-Q@t50"
+SAMPLE_MB = T * C * 2 / 1e6
+
+
+def activations(n: int, *, seed: int = 0) -> np.ndarray:
+    """`(n, T, C)` float16 activation-like samples (see module docstring)."""
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.randn(32, C, generator=gen) / 32 ** 0.5
+    scale = torch.exp(0.8 * torch.randn(C, generator=gen))
+    scale[torch.randperm(C, generator=gen)[:4]] *= 30
+    out = np.empty((n, T, C), np.float16)
+    for start in range(0, n, 64):
+        b = min(64, n - start)
+        coarse = torch.randn(b, 32, 4, 4, generator=gen)
+        field = F.interpolate(coarse, size=(16, 16), mode="bicubic", align_corners=False)  # (b, 32, 16, 16)
+        x = 3 * field.flatten(2).transpose(1, 2) @ mix + 0.35 * torch.randn(b, T, C, generator=gen)
+        out[start:start + b] = (x * scale).to(torch.float16).numpy()
+    return out
+
+
+def _mbps(nbytes: float, seconds: float) -> float:
+    return round(nbytes / 1e6 / seconds, 1)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---- datasets for torch.utils.data.DataLoader ------------------------------------------------
+class _Batched(torch.utils.data.Dataset):
+    """Map-style dataset indexed by a list of indices (a BatchSampler's batch): one `load` per batch."""
+
+    def __init__(self, n: int, load: Callable[[list[int]], np.ndarray]) -> None:
+        self.n, self.load = n, load
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, indices: list[int]) -> torch.Tensor:
+        return torch.from_numpy(self.load(indices))
+
+
+class _ShardStream(torch.utils.data.IterableDataset):
+    """Shard-order streaming through `StoreReader.iter_shards`, shards split across workers."""
+
+    def __init__(self, reader: StoreReader) -> None:
+        self.reader = reader
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = torch.utils.data.get_worker_info()
+        shards = self.reader.complete_shards()
+        if info is not None:
+            shards = shards[info.id::info.num_workers]
+        for _, arrays in self.reader.iter_shards([ARRAY], shards=shards):
+            data = arrays[ARRAY]
+            for start in range(0, len(data), BATCH):
+                yield torch.from_numpy(data[start:start + BATCH])
+
+
+def _loader_rate(dataset: torch.utils.data.Dataset, *, workers: int, shuffle: bool, batched: bool) -> float:
+    """Samples/s of the second epoch (workers persist, so start-up is not counted)."""
+    kwargs = dict(num_workers=workers, persistent_workers=workers > 0, collate_fn=lambda x: x)
+    if batched:
+        sampler = torch.utils.data.BatchSampler(
+            torch.utils.data.RandomSampler(dataset) if shuffle else torch.utils.data.SequentialSampler(dataset),
+            batch_size=BATCH, drop_last=False)
+        loader = torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, **kwargs)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, **kwargs)
+
+    def epoch() -> int:
+        return sum(len(batch) for batch in loader)
+
+    count = epoch()
+    seconds = min(_timed(epoch) for _ in range(2))
+    return count / seconds
+
+
+def _read_rates(name: str, write_s: float, nbytes: int, n: int, datasets: dict[str, tuple]) -> list[dict]:
+    rows = []
+    for label, (dataset, shuffle, batched) in datasets.items():
+        for workers in (0, 2):
+            rate = _loader_rate(dataset, workers=workers, shuffle=shuffle, batched=batched)
+            rows.append({"format": name, "access": label, "workers": workers, "write_MBps": _mbps(nbytes, write_s),
+                         "samples_per_s": round(rate, 1), "read_MBps": round(rate * SAMPLE_MB, 1)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+# ---- formats ---------------------------------------------------------------------------------
+def bench_raw(work: Path, data: np.ndarray) -> dict:
+    path = work / "raw.bin"
+    write_s = _timed(lambda: data.tofile(path))
+    read_s = best_seconds(lambda: np.fromfile(path, dtype=np.float16), repeats=3)
+    return {"format": "raw np.fromfile (one big file)", "access": "sequential", "workers": 0,
+            "write_MBps": _mbps(data.nbytes, write_s), "samples_per_s": round(len(data) / read_s, 1),
+            "read_MBps": _mbps(data.nbytes, read_s)}
+
+
+def bench_zarr(work: Path, data: np.ndarray) -> tuple[list[dict], StoreReader]:
+    fp = Fingerprint.from_fields({"bench": "store"})
+    store = CacheStore.open_or_create(work / "cache", fingerprint=fp, shard_size=SHARD)
+    keys = [f"bench/{i:06d}.jpg" for i in range(len(data))]
+    store.add_keys(keys)
+    store.ensure_array(ARRAY, sample_shape=(T, C))
+    write_s = _timed(lambda: [store.write_shard(p.index, {ARRAY: data[p.rows.start:p.rows.stop]})
+                              for p in store.shards()])
+    reader = StoreReader(store.path)
+    assert np.array_equal(reader.read(keys[:5])[ARRAY], data[:5])
+    datasets = {"random": (_Batched(len(keys), lambda idx: reader.read([keys[i] for i in idx])[ARRAY]), True, True),
+                "shard-order stream": (_ShardStream(reader), False, False)}
+    rows = _read_rates("zarr store (StoreReader)", write_s, data.nbytes, len(data), datasets)
+    stock = zarr.open_group(str(store.path / "zarr"), mode="r")[ARRAY]
+    stock_ds = _Batched(len(keys), lambda idx: np.stack([stock[i] for i in idx]))
+    rows += _read_rates("zarr store (stock zarr, per sample)", write_s, data.nbytes, len(data),
+                        {"random": (stock_ds, True, True)})
+    return rows, reader
+
+
+def bench_webdataset(work: Path, data: np.ndarray, reader: StoreReader) -> list[dict]:
+    import webdataset as wds
+
+    store = CacheStore(reader.paths.root)
+    write_s = _timed(lambda: [store.write_webdataset_shard(p.index, {ARRAY: data[p.rows.start:p.rows.stop]})
+                              for p in store.shards()])
+    urls = sorted(str(p) for p in reader.paths.wds.glob("*.tar"))
+    field = f"{ARRAY}.npy".lower()
+    dataset = (wds.WebDataset(urls, shardshuffle=False, workersplitter=wds.split_by_worker).decode()
+               .to_tuple(field).map(lambda s: torch.from_numpy(s[0])).batched(BATCH, collation_fn=torch.stack))
+    return _read_rates("webdataset tars (.decode())", write_s, data.nbytes, len(data),
+                       {"shard-order stream": (dataset, False, False)})
+
+
+def bench_per_sample(work: Path, data: np.ndarray, kind: str) -> list[dict]:
+    folder = work / kind
+    folder.mkdir()
+    if kind == "npy":
+        write = lambda i: np.save(folder / f"{i:06d}.npy", data[i])  # noqa: E731
+        load = lambda i: np.load(folder / f"{i:06d}.npy")  # noqa: E731
+    else:
+        write = lambda i: torch.save(torch.from_numpy(data[i].copy()), folder / f"{i:06d}.pt")  # noqa: E731
+        load = lambda i: torch.load(folder / f"{i:06d}.pt", weights_only=True).numpy()  # noqa: E731
+    write_s = _timed(lambda: [write(i) for i in range(len(data))])
+    dataset = _Batched(len(data), lambda idx: np.stack([load(i) for i in idx]))
+    return _read_rates(f"per-sample .{kind} files", write_s, data.nbytes, len(data),
+                       {"random": (dataset, True, True)})
+
+
+def bench_compression(work: Path, data: np.ndarray) -> list[dict]:
+    """Ratio, write MB/s and whole-shard read MB/s per codec on one shard of the same data."""
+    rows = []
+    shard = data[:SHARD]
+    for name in COMPRESSIONS:
+        store = CacheStore.open_or_create(work / f"comp-{name}", fingerprint=Fingerprint.from_fields({"c": name}),
+                                          shard_size=SHARD)
+        store.add_keys([f"k{i}" for i in range(SHARD)])
+        store.ensure_array(ARRAY, sample_shape=(T, C), compression=name)
+        write_s = min(_timed(lambda: store.write_shard(0, {ARRAY: shard})) for _ in range(2))
+        reader = StoreReader(store.path)
+        arr = zarr.open_group(str(store.path / "zarr"), mode="r")[ARRAY]
+        stored = sum(p.stat().st_size for p in (store.path / "zarr" / ARRAY / "c").rglob("*") if p.is_file())
+        rows.append({"compression": name, "ratio": round(shard.nbytes / stored, 3),
+                     "write_MBps": _mbps(shard.nbytes, write_s),
+                     "read_MBps_zarr": _mbps(shard.nbytes, best_seconds(lambda: arr[:SHARD], repeats=2)),
+                     "read_MBps_StoreReader": _mbps(shard.nbytes, best_seconds(lambda: reader.read_shard(ARRAY, 0),
+                                                                               repeats=2))})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=768, help="samples (multiple of 256 keeps shards full)")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a temp dir)")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.workdir))
+    try:
+        data = activations(args.n)
+        rows = [bench_raw(work, data)]
+        print(rows[-1], flush=True)
+        zarr_rows, reader = bench_zarr(work, data)
+        rows += zarr_rows + bench_webdataset(work, data, reader)
+        rows += bench_per_sample(work, data, "npy") + bench_per_sample(work, data, "pt")
+        compression = bench_compression(work, data)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path = write_results("store", {"n_samples": args.n, "sample_shape": [T, C], "dtype": "float16",
+                                   "batch": BATCH, "shard_size": SHARD, "reads": rows, "compression": compression})
+    keys = ["format", "access", "workers", "write_MBps", "samples_per_s", "read_MBps"]
+    print(markdown_table(keys, [[r[k] for k in keys] for r in rows]))
+    ckeys = list(compression[0])
+    print()
+    print(markdown_table(ckeys, [[r[k] for k in ckeys] for r in compression]))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

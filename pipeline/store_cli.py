@@ -1,0 +1,57 @@
+"""`caches [ROOT]` and `verify STORE`: the store commands (wired into pipeline/cli.py)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from stages.store import list_caches, verify_store
+
+__all__ = ["caches_main", "verify_main", "DEFAULT_CACHE_ROOT"]
+
+DEFAULT_CACHE_ROOT = os.environ.get("FEATURE_CACHE_ROOT", "cache")
+
+
+def _human(nbytes: int) -> str:
+    size = float(nbytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def caches_main(argv: Sequence[str] | None = None) -> int:
+    """List the stores under ROOT: fingerprint, models, timesteps, arrays, done/planned, size, created."""
+    parser = argparse.ArgumentParser(prog="caches", description=caches_main.__doc__)
+    parser.add_argument("root", nargs="?", default=DEFAULT_CACHE_ROOT,
+                        help="cache root (default: $FEATURE_CACHE_ROOT or ./cache)")
+    args = parser.parse_args(argv)
+    infos = list_caches(args.root)
+    if not infos:
+        print(f"no stores under {args.root}")
+        return 0
+    for info in infos:
+        print(f"{info.fingerprint}  created {info.created}  {_human(info.bytes_on_disk)}  {info.path}")
+        print(f"  models: {info.model_ids if info.model_ids is not None else '-'}"
+              f"  timesteps: {', '.join(map(str, info.timesteps)) or '-'}")
+        for array_id in info.array_ids:
+            print(f"  {array_id:<40} {info.n_done[array_id]:>9} / {info.n_planned} done")
+        if not info.array_ids:
+            print(f"  (no arrays yet; {info.n_planned} keys planned)")
+    return 0
+
+
+def verify_main(argv: Sequence[str] | None = None) -> int:
+    """Check every shard of STORE (completeness, checksums, shape, dtype, NaN/Inf); 1 on any problem."""
+    parser = argparse.ArgumentParser(prog="verify", description=verify_main.__doc__)
+    parser.add_argument("store", help="a store directory (<cache root>/<fingerprint>)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="do not report planned shards that are not written yet")
+    args = parser.parse_args(argv)
+    problems = verify_store(args.store, require_complete=not args.allow_incomplete)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{args.store}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0

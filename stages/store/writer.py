@@ -1,0 +1,267 @@
+"""`CacheStore`: create or reopen a fingerprinted store, plan rows for keys, write whole shards.
+
+Crash safety: a shard's data is written whole (one zarr write per array), fsynced, and only then is
+its completion record renamed into place. Readers trust records only, so a writer killed at any
+point leaves that shard invisible; writing it again completes it. One writer per shard (zarr
+partial-shard writes from several processes lose data); different shards may be written at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+from stages.store.arrays import DEFAULT_COMPRESSION, array_info, create_array, package_versions
+from stages.store.fingerprint import Fingerprint, FingerprintMismatch
+from stages.store.keys import check_array_id, check_key
+from stages.store.layout import ShardPlan, StorePaths, fsync_path, load_plans, write_json_atomic
+from stages.store.webdataset_shards import write_tar_shard
+
+__all__ = ["CacheStore", "ShardPlan", "DEFAULT_SHARD_SIZE", "LAYOUT_VERSION", "file_sha256"]
+
+DEFAULT_SHARD_SIZE = 256
+LAYOUT_VERSION = 1
+_BLOCK = 1 << 24
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, read in blocks."""
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while block := fh.read(_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+def load_fingerprint(root: Path) -> Fingerprint:
+    return Fingerprint.from_json(StorePaths(root).fingerprint.read_text(encoding="utf-8"))
+
+
+class CacheStore:
+    """Writer-side handle on one store directory. Use `open_or_create` or `open`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.paths = StorePaths(path)
+        if not self.paths.fingerprint.is_file():
+            raise FileNotFoundError(f"{path} is not a feature store (no fingerprint.json)")
+        self.fingerprint = load_fingerprint(self.paths.root)
+        self.attrs: dict[str, Any] = dict(self._group().attrs)
+        self.shard_size: int = self.attrs["feature_cache"]["shard_size"]
+        self._plans: list[ShardPlan] = []
+
+    @property
+    def path(self) -> Path:
+        return self.paths.root
+
+    # ---- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, fingerprint: Fingerprint | None = None) -> "CacheStore":
+        """Open an existing store; with `fingerprint`, refuse one made from other inputs."""
+        store = cls(path)
+        if fingerprint is not None and fingerprint.full != store.fingerprint.full:
+            raise FingerprintMismatch(store.path, store=store.fingerprint, requested=fingerprint)
+        return store
+
+    @classmethod
+    def open_or_create(cls, cache_root: str | Path, *, fingerprint: Fingerprint,
+                       shard_size: int | None = None,
+                       attrs: Mapping[str, Any] | None = None) -> "CacheStore":
+        """The store for `fingerprint` under `cache_root` (`<root>/<fingerprint.short>`), created
+        atomically (built in a temp dir, renamed) if absent. `shard_size` applies at creation; an
+        explicit value different from an existing store's is an error."""
+        target = Path(cache_root) / fingerprint.short
+        if not target.exists():
+            cls._create(target, fingerprint=fingerprint, shard_size=shard_size or DEFAULT_SHARD_SIZE,
+                        attrs=dict(attrs or {}))
+        store = cls.open(target, fingerprint=fingerprint)
+        if shard_size is not None and shard_size != store.shard_size:
+            raise ValueError(f"store {target} has shard_size {store.shard_size}, not {shard_size}; "
+                             "shard size is fixed when a store is created")
+        return store
+
+    @staticmethod
+    def _create(target: Path, *, fingerprint: Fingerprint, shard_size: int, attrs: dict[str, Any]) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        if "feature_cache" in attrs:
+            raise ValueError("attrs key 'feature_cache' is reserved for the store's own metadata")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{os.getpid()}.{time.time_ns()}.tmp"
+        paths = StorePaths(tmp)
+        paths.root.mkdir()
+        paths.fingerprint.write_text(fingerprint.json, encoding="utf-8")
+        own = {"layout_version": LAYOUT_VERSION, "fingerprint": fingerprint.fields,
+               "fingerprint_json": fingerprint.json, "fingerprint_sha256": fingerprint.full,
+               "shard_size": shard_size, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "versions": package_versions()}
+        zarr.open_group(store=LocalStore(paths.zarr), mode="w", zarr_format=3,
+                        attributes={**attrs, "feature_cache": own})
+        for sub in (paths.index, paths.done):
+            sub.mkdir()
+        try:
+            os.rename(tmp, target)  # atomic; fails if another process created it first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not target.exists():
+                raise
+            return
+        fsync_path(target.parent)
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _group(self, mode: str = "r") -> zarr.Group:
+        return zarr.open_group(store=LocalStore(self.paths.zarr, read_only=mode == "r"), mode=mode)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive lock for metadata changes (planning keys, creating or resizing arrays)."""
+        with self.paths.lock.open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _refresh(self) -> list[ShardPlan]:
+        return load_plans(self.paths, self._plans)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self._refresh()) * self.shard_size
+
+    def shards(self) -> list[ShardPlan]:
+        return list(self._refresh())
+
+    def array_ids(self) -> list[str]:
+        return sorted(name for name, _ in self._group().arrays())
+
+    # ---- planning ------------------------------------------------------------------------
+    def add_keys(self, keys: Sequence[str]) -> list[int]:
+        """Give rows to new keys, appended from the next shard boundary so that completed shards
+        never change; existing keys keep their rows. Idempotent. Returns the new shard indices."""
+        with self._locked():
+            known = {k for plan in self._refresh() for k in plan.keys if k is not None}
+            new = list(dict.fromkeys(check_key(k) for k in keys if k not in known))
+            first_new = len(self._plans)
+            size = self.shard_size
+            for offset in range(0, len(new), size):
+                chunk = new[offset:offset + size]
+                shard = first_new + offset // size
+                write_json_atomic(self.paths.index_file(shard), {
+                    "shard": shard, "first_row": shard * size,
+                    "keys": chunk + [None] * (size - len(chunk))})
+            self._refresh()
+            self._grow_arrays()
+        return list(range(first_new, len(self._plans)))
+
+    def _grow_arrays(self) -> None:
+        group, n_rows = self._group("r+"), self.n_rows
+        for _, array in group.arrays():
+            if array.shape[0] < n_rows:
+                array.resize((n_rows, *array.shape[1:]))
+
+    def ensure_array(self, array_id: str, *, sample_shape: Sequence[int], dtype: str = "float16",
+                     compression: str = DEFAULT_COMPRESSION,
+                     attrs: Mapping[str, Any] | None = None) -> None:
+        """Create array `array_id` `[n_rows, *sample_shape]` unless it exists with that shape and
+        dtype (another shape or dtype is an error; other arrays are never touched)."""
+        check_array_id(array_id)
+        sample_shape = tuple(int(s) for s in sample_shape)
+        with self._locked():
+            group = self._group("r+")
+            if array_id in group:
+                existing = group[array_id]
+                if tuple(existing.shape[1:]) != sample_shape or existing.dtype != np.dtype(dtype):
+                    raise ValueError(
+                        f"array {array_id!r} exists in {self.path} with sample shape {tuple(existing.shape[1:])} "
+                        f"and dtype {existing.dtype}; asked for {sample_shape} {np.dtype(dtype)}")
+            else:
+                create_array(group, array_id, n_rows=self.n_rows, sample_shape=sample_shape, dtype=dtype,
+                             shard_size=self.shard_size, compression=compression,
+                             attrs={**(attrs or {}), "feature_cache": {"array_id": array_id,
+                                                                      "compression": compression}})
+            self._grow_arrays()
+
+    # ---- completion ----------------------------------------------------------------------
+    def is_complete(self, array_id: str, shard: int) -> bool:
+        return self.paths.record(array_id, shard).is_file()
+
+    def missing_shards(self, array_ids: Sequence[str]) -> list[int]:
+        """Shards where any of `array_ids` has no completion record (work left to do)."""
+        return [plan.index for plan in self._refresh()
+                if not all(self.is_complete(a, plan.index) for a in array_ids)]
+
+    def _plan(self, index: int) -> ShardPlan:
+        plans = self._refresh()
+        if not 0 <= index < len(plans):
+            raise IndexError(f"shard {index} is not planned in {self.path} ({len(plans)} shards)")
+        return plans[index]
+
+    def _prepare(self, plan: ShardPlan, array_id: str, array: zarr.Array, data: np.ndarray,
+                 failed: Mapping[str, str]) -> np.ndarray:
+        """Cast to the stored dtype; rows of failed keys and padding rows become zeros."""
+        want = (len(plan.rows), *array.shape[1:])
+        if tuple(data.shape) != want:
+            raise ValueError(f"array {array_id!r} shard {plan.index}: got shape {tuple(data.shape)}, "
+                             f"expected {want}")
+        zero = [i for i, k in enumerate(plan.keys) if k is None or k in failed]
+        out = np.array(data, dtype=array.dtype, copy=bool(zero) or None, order="C")
+        out[zero] = 0
+        return out
+
+    def write_shard(self, index: int, arrays: Mapping[str, np.ndarray],
+                    failed: Mapping[str, str] | None = None) -> None:
+        """Write shard `index` of each array whole, make it durable, then record it complete (with the
+        sha256 of the shard file and the failed keys, whose rows are zeros)."""
+        plan, failed = self._plan(index), dict(failed or {})
+        unknown = sorted(set(failed) - set(plan.keys))
+        if unknown:
+            raise ValueError(f"failed keys {unknown[:3]} are not in shard {index}")
+        group = self._group("r+")
+        for array_id, data in arrays.items():
+            if array_id not in group:
+                raise KeyError(f"array {array_id!r} does not exist in {self.path}; call ensure_array first")
+            array = group[array_id]
+            values = self._prepare(plan, array_id, array, np.asarray(data), failed)
+            self._write_one(plan, array_id, array, values, failed)
+
+    def _write_one(self, plan: ShardPlan, array_id: str, array: zarr.Array, values: np.ndarray,
+                   failed: dict[str, str]) -> None:
+        record = self.paths.record(array_id, plan.index)
+        shard_file = self.paths.shard_file(array_id, plan.index, values.ndim - 1)
+        record.unlink(missing_ok=True)  # a rewrite makes the shard invisible until it is done again
+        if record.parent.is_dir():
+            fsync_path(record.parent)
+        if shard_file.parent.is_dir():
+            for stale in shard_file.parent.glob(f"{shard_file.name}.*.partial"):
+                stale.unlink(missing_ok=True)  # left by a writer killed inside zarr's atomic write
+        array[plan.rows.start:plan.rows.stop] = values  # the whole shard in one write
+        fsync_path(shard_file)
+        for directory in (shard_file.parents[i] for i in range(values.ndim + 1)):
+            fsync_path(directory)
+        nbytes, digest = file_sha256(shard_file)
+        info = array_info(array_id, array.metadata.to_dict())
+        write_json_atomic(record, {
+            "array_id": array_id, "shard": plan.index, "rows": [plan.rows.start, plan.rows.stop],
+            "chunk_key": shard_file.relative_to(self.paths.zarr / array_id).as_posix(),
+            "nbytes": nbytes, "sha256": digest, "dtype": info.dtype.str,
+            "sample_shape": list(info.sample_shape), "failed": failed,
+            "n_valid": sum(k is not None and k not in failed for k in plan.keys),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+    def write_webdataset_shard(self, index: int, arrays: Mapping[str, np.ndarray],
+                               failed: Mapping[str, str] | None = None) -> Path:
+        """Export shard `index` as `wds/NNNNNN.tar` (valid keys only); returns the tar path."""
+        plan, group = self._plan(index), self._group()
+        cast = {a: np.asarray(d, dtype=group[a].dtype if a in group else None) for a, d in arrays.items()}
+        return write_tar_shard(self.paths.tar(index), keys=plan.keys, rows=plan.rows, arrays=cast,
+                               failed=dict(failed or {}), store=self.fingerprint.short)
