@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["RESULTS", "best_seconds", "write_results", "markdown_table"]
+__all__ = ["RESULTS", "best_seconds", "best_seconds_interleaved", "write_results", "markdown_table"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -24,6 +24,20 @@ def best_seconds(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1) ->
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def best_seconds_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 5) -> dict[str, float]:
+    """Minimum wall time of each function, run in turn, so that all of them see the same machine load
+    (ratios between them are then meaningful on a noisy shared machine)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:

@@ -75,8 +75,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         args = typing.get_args(annotation)
         inner = args[0] if args else Any
         return tuple(_coerce(v, inner, where) for v in value)
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if annotation is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads `2e-3` (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not a number") from None
     return value
 
 

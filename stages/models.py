@@ -90,14 +90,15 @@ def load_sd_components(
         except (OSError, ValueError, EnvironmentError) as exc:
             raise ModelLoadError(f"cannot load {subfolder}/ of {source!r}: {exc}") from exc
 
-    def ready(module: Any) -> Any:
-        return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    def ready(cls: Any, subfolder: str) -> Any:
+        module = load(cls, subfolder, torch_dtype=dtype)
+        return module.to(device).eval().requires_grad_(False)
 
     return SDComponents(
-        unet=ready(load(UNet2DConditionModel, "unet")),
-        text_encoder=ready(load(CLIPTextModel, "text_encoder")),
+        unet=ready(UNet2DConditionModel, "unet"),
+        text_encoder=ready(CLIPTextModel, "text_encoder"),
         tokenizer=load(CLIPTokenizer, "tokenizer"),
         scheduler=load(DDPMScheduler, "scheduler"),
-        vae=ready(load(AutoencoderKL, "vae")) if with_vae else None,
+        vae=ready(AutoencoderKL, "vae") if with_vae else None,
         source=source,
     )

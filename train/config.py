@@ -32,7 +32,7 @@ class VisionConfig:
 
     mode: str = "sd"
     sd_array: str = "U-L1-R1-B0-Cross-Q@t50"  # array id in the store (DESIGN §4)
-    clip_array: str = "clip"
+    clip_array: str = "CLIP-L-2"  # stages.clip_features.CLIP_ARRAY_ID
     projector: str = "mlp2x_gelu"
     xattn_dim: int = 0  # sd+clip-xattn common width; 0 = CLIP's channel count
     xattn_heads: int = 8
@@ -66,8 +66,10 @@ class GuidanceConfig:
 class DataConfig:
     """Where samples and their cached features come from."""
 
-    data_path: str = ""  # LLaVA JSON
-    stores: tuple[str, ...] = ()  # cache store directories
+    data_path: str = ""  # LLaVA JSON, or embedded:sample-pretrain / embedded:sample-sft (the bundled sample)
+    extract_configs: tuple[str, ...] = ()  # extraction YAMLs whose stores to read (found by fingerprint)
+    cache_root: str = ""  # where those stores live; "" = each YAML's own cache_root
+    stores: tuple[str, ...] = ()  # explicit cache store directories (in addition to extract_configs)
     missing: str = "error"  # image not in the cache: "error" or "skip" (and count)
     group_by_modality_length: bool = False
     num_workers: int = 0

@@ -1,0 +1,47 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from stages.config import ConfigError, build_dataclass, load_config, parse_overrides
+
+
+@dataclass(frozen=True)
+class Inner:
+    scale: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outer:
+    lr: float = 1e-3
+    names: tuple[str, ...] = ()
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_overrides_nest_parse_yaml_and_coerce_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 0.1\nnames: [a]\ninner: {scale: 1}\n")
+    values = load_config(path, ["lr=2e-3", "names=[x, y]", "inner.scale=4"])
+    config = build_dataclass(Outer, values)
+    assert config == Outer(lr=0.002, names=("x", "y"), inner=Inner(scale=4.0))
+    assert isinstance(config.inner.scale, float)
+
+
+def test_config_override_picks_another_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("lr: 1\n")
+    (tmp_path / "b.yaml").write_text("lr: 2\n")
+    assert load_config(tmp_path / "a.yaml", [f"config={tmp_path / 'b.yaml'}"]) == {"lr": 2}
+
+
+@pytest.mark.parametrize("bad", [["lr"], ["=3"]])
+def test_malformed_overrides_are_refused(bad):
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(bad)
+
+
+def test_unknown_fields_and_non_numbers_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['lrr'\]"):
+        build_dataclass(Outer, {"lrr": 1})
+    with pytest.raises(ConfigError, match="not a number"):
+        build_dataclass(Outer, {"lr": "fast"})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,92 @@
+"""`python -m train.cli pretrain` then `sft`, in process, on a store found through its extraction YAML."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import yaml
+
+from train.cli import DEFAULT_CONFIGS, main
+from train.config import DataConfig
+from train.loop import FINAL_DIR, METRICS_FILE
+from train.model import ADAPTER_FILE, LLM_DIR
+from train.stores import CachedFeatures, StoreNotFound, locate_stores
+
+SD_ARRAY = "U-L1-R1-B0-Cross-Q@t50"
+
+
+def _common(store, stage: str, out) -> list[str]:
+    data = store.pretrain_json if stage == "pretrain" else store.sft_json
+    return [f"data.extract_configs=[{store.extract_yaml}]", f"data.data_path={data}", f"output_dir={out}",
+            "per_device_batch_size=2", "save_every=0"]
+
+
+def _epoch_means(out, steps_per_epoch: int) -> tuple[float, float]:
+    """Mean loss of the first and of the last epoch (the same samples, so comparable)."""
+    losses = [json.loads(line)["loss"] for line in (out / METRICS_FILE).read_text().splitlines()]
+    return float(np.mean(losses[:steps_per_epoch])), float(np.mean(losses[-steps_per_epoch:]))
+
+
+def _refuse(self, *args, **kwargs):
+    raise AssertionError("a U-Net was constructed")
+
+
+def test_pretrain_then_sft_from_the_cli_lower_the_loss_and_save_everything(train_store, tmp_path, monkeypatch,
+                                                                            capsys):
+    from diffusers import UNet2DConditionModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pretrain_out, sft_out = tmp_path / "pretrain", tmp_path / "sft"
+    with monkeypatch.context() as patch:  # stage 1 (s = 0) must not build a U-Net at all
+        patch.setattr(UNet2DConditionModel, "__init__", _refuse)
+        assert main(["pretrain", *_common(train_store, "pretrain", pretrain_out), "epochs=5", "lr=2.0e-2",
+                     "max_length=96"]) == 0
+    first, last = _epoch_means(pretrain_out, steps_per_epoch=3)  # 6 samples, batch 2
+    assert last < first - 0.03, (first, last)
+    assert (pretrain_out / FINAL_DIR / ADAPTER_FILE).is_file() and not (pretrain_out / FINAL_DIR / LLM_DIR).exists()
+    assert "pretrain: 15 steps" in capsys.readouterr().out
+
+    adapter = pretrain_out / FINAL_DIR / ADAPTER_FILE
+    assert main(["sft", *_common(train_store, "sft", sft_out), f"pretrained_adapter={adapter}", "epochs=3",
+                 "max_length=256", "guidance.prompt_dropout=0.5"]) == 0
+    first, last = _epoch_means(sft_out, steps_per_epoch=4)  # 3 image megabatches of 2 + 1 text-only
+    assert last < first - 0.1, (first, last)
+    assert "sft: 12 steps" in capsys.readouterr().out
+    llm_dir = sft_out / FINAL_DIR / LLM_DIR
+    assert (sft_out / FINAL_DIR / ADAPTER_FILE).is_file()
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    llm = AutoModelForCausalLM.from_pretrained(llm_dir)
+    assert tokenizer("a cat").input_ids and llm.config.vocab_size == len(tokenizer)
+
+
+def test_missing_store_exits_2_naming_the_extract_command(train_store, tmp_path, capsys):
+    fields = yaml.safe_load(train_store.extract_yaml.read_text())
+    elsewhere = tmp_path / "other.yaml"
+    elsewhere.write_text(yaml.safe_dump({**fields, "cache_root": str(tmp_path / "empty-cache")}))
+    common = _common(train_store, "pretrain", tmp_path / "out")
+    code = main(["pretrain", *common, f"data.extract_configs=[{elsewhere}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"just extract config={elsewhere}" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_sft_without_the_stage1_adapter_exits_2_naming_train_pretrain(train_store, tmp_path, capsys):
+    missing = tmp_path / "nowhere" / ADAPTER_FILE
+    code = main(["sft", *_common(train_store, "sft", tmp_path / "out"), f"pretrained_adapter={missing}"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(missing) in err and "just train-pretrain" in err
+    assert main(["sft", f"config={DEFAULT_CONFIGS['pretrain']}"]) == 2  # a stage-1 config run as sft
+    assert "use `train.cli pretrain`" in capsys.readouterr().err
+
+
+def test_cached_features_pickle_for_spawned_loader_workers(train_store):
+    source = CachedFeatures(locate_stores(DataConfig(stores=(str(train_store.path),))), array_ids=[SD_ARRAY, "latents"])
+    keys = source.readers[0].keys[:3]
+    clone = pickle.loads(pickle.dumps(source))
+    assert all(k in clone for k in keys) and "not/a/key.jpg" not in clone
+    for array_id, values in source.read(keys, [SD_ARRAY, "latents"]).items():
+        np.testing.assert_array_equal(clone.read(keys, [array_id])[array_id], values)
+    with pytest.raises(StoreNotFound, match="in none of the stores"):
+        CachedFeatures([train_store.path], array_ids=["CLIP-L-2"])

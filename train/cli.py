@@ -1,0 +1,220 @@
+"""`python -m train.cli {pretrain,sft} [key=value ...]` (the `just train-pretrain|train-sft` recipes).
+
+    pretrain [key=value ...]   stage 1: LLM frozen, adapter trained (default configs/train/sample-pretrain.yaml)
+    sft [key=value ...]        stage 2: LLM + adapter, question-guided SD (default configs/train/sample-sft.yaml)
+
+`config=PATH` picks another YAML (configs/train/pretrain.yaml, sft.yaml for the real LLaVA-1.5 runs);
+any field is a dotted override: `lr=2e-3 data.num_workers=4 guidance.scale=0 resume=true`.
+Run from the repository root (config paths are relative to it). Exit status 2: a setup problem (bad
+config, missing cache store, missing stage-1 adapter), printed as one message naming the fix.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from stages.config import ConfigError, build_dataclass, load_config
+from train.collate import collate
+from train.conditioning import GuidedFeatures, extractor_builder, required_arrays
+from train.config import STAGES, TrainConfig, VisionConfig
+from train.data import LlavaDataset, load_llava_json
+from train.engine import ensure_distributed, is_main_process, seed_everything
+from train.loop import FINAL_DIR, StepMetrics, train
+from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model
+from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
+from train.stores import CachedFeatures, locate_stores, resolve_data_path
+
+__all__ = ["DEFAULT_CONFIGS", "TEMPLATES", "SetupError", "Prepared", "RunResult", "load_stage_config",
+           "prepare", "run", "main"]
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIGS = {"pretrain": REPO / "configs/train/sample-pretrain.yaml",
+                   "sft": REPO / "configs/train/sample-sft.yaml"}
+TEMPLATES = {"pretrain": "plain", "sft": "v1"}  # DESIGN §6: plain for stage 1, Vicuna v1 for stage 2
+
+
+class SetupError(RuntimeError):
+    """Something the user has to do before this stage can run (the message says what)."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything `train()` needs, built and checked before the engine starts."""
+
+    config: TrainConfig
+    model: LlavaModel
+    sampler: Any
+    make_loader: Callable[[Any], DataLoader]
+    prepare_features: Callable[[Mapping[str, Any]], Mapping[str, torch.Tensor]]
+    tokenizer: Any
+    dataset: LlavaDataset
+
+
+@dataclass(frozen=True)
+class RunResult:
+    stage: str
+    history: tuple[StepMetrics, ...]
+    saved: tuple[Path, ...]
+    skipped_images: int
+
+    @property
+    def samples_per_s(self) -> float:
+        """Over the steps' own time (engine start-up excluded)."""
+        if not self.history:
+            return float("nan")
+        samples = [m.samples_per_s for m in self.history]  # equal sample count per step
+        return len(samples) / sum(1.0 / s for s in samples)
+
+    def summary(self) -> str:
+        if not self.history:
+            return f"{self.stage}: nothing left to train; saved {', '.join(map(str, self.saved))}"
+        first, last = self.history[0], self.history[-1]
+        skipped = f", {self.skipped_images} samples skipped (image not cached)" if self.skipped_images else ""
+        saved = ", ".join(map(str, self.saved))
+        return (f"{self.stage}: {len(self.history)} steps (to step {last.step}), loss {first.loss:.4f} -> "
+                f"{last.loss:.4f}, {self.samples_per_s:.1f} samples/s{skipped}; saved {saved}")
+
+
+def load_stage_config(stage: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The stage's YAML (`config=` or the sample default) + overrides; the YAML's `stage` must match."""
+    values = load_config(DEFAULT_CONFIGS[stage], overrides)
+    declared = values.setdefault("stage", stage)
+    if declared != stage:
+        raise ConfigError(f"the config is for stage {declared!r}, but `{stage}` was run; use `train.cli {declared}`")
+    return build_dataclass(TrainConfig, values, where="train config")
+
+
+def _check_adapter(config: TrainConfig) -> None:
+    path = config.pretrained_adapter
+    if path and not Path(path).is_file():
+        raise SetupError(f"the stage-1 adapter {path} does not exist. Run stage 1 first (`just train-pretrain` "
+                         "for the sample, `just train-pretrain config=configs/train/pretrain.yaml` for the real run) "
+                         "or set pretrained_adapter=PATH (pretrained_adapter= starts from a fresh adapter)")
+
+
+def _tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from stages.embedded import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    if tokenizer.pad_token_id is None:  # Vicuna has none; LLaVA pads with unk (the mask comes from lengths)
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def _token_array(vision: VisionConfig) -> str:
+    """The array whose token count the LLM sees (xattn keeps CLIP's tokens)."""
+    return vision.clip_array if vision.mode in ("clip", "sd+clip-xattn") else vision.sd_array
+
+
+def _world() -> tuple[int, int]:
+    dist = torch.distributed
+    return (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+
+
+def _sampler(config: TrainConfig, dataset: LlavaDataset) -> Any:
+    world, rank = _world()
+    if config.data.group_by_modality_length:
+        batch = config.per_device_batch_size * config.gradient_accumulation_steps * world  # one optimizer step
+        return ModalityLengthGroupedSampler(dataset.modality_lengths, batch_size=batch, seed=config.seed,
+                                            world_size=world, rank=rank)
+    return SeededRandomSampler(len(dataset), seed=config.seed, world_size=world, rank=rank)
+
+
+def _loader_factory(config: TrainConfig, dataset: LlavaDataset, pad_token_id: int) -> Callable[[Any], DataLoader]:
+    workers = config.data.num_workers
+
+    def make_loader(sampler: Any) -> DataLoader:
+        return DataLoader(dataset, sampler=sampler, batch_size=config.per_device_batch_size, drop_last=True,
+                          collate_fn=functools.partial(collate, pad_token_id=pad_token_id), num_workers=workers,
+                          pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None)
+    return make_loader
+
+
+def _device() -> torch.device:
+    """The device the engine will use (DeepSpeed: cuda:LOCAL_RANK, else the CPU)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
+    """Stores, tokenizer, dataset, sampler, model and feature hook; raises before any training on a bad setup.
+
+    `source` replaces the cache stores of `config.data` (e.g. `train.stores.OnTheFlyFeatures`); it needs
+    `read`, `__contains__`, `sample_shape(array_id)` and `cache_spec(array_id)`.
+    """
+    _check_adapter(config)
+    vision, guidance = config.vision, config.guidance
+    array_ids = required_arrays(vision, guidance)
+    if source is None:
+        source = CachedFeatures(locate_stores(config.data), array_ids=array_ids)
+    data_path, _ = resolve_data_path(config.data.data_path)
+    tokenizer = _tokenizer(config.model)
+    dataset = LlavaDataset(load_llava_json(data_path), template=TEMPLATES[config.stage], tokenizer=tokenizer,
+                           max_length=config.max_length, num_image_tokens=source.sample_shape(_token_array(vision))[0],
+                           feature_source=source, array_ids=array_ids, missing=config.data.missing)
+    if len(dataset) == 0:
+        raise SetupError(f"no samples of {data_path} have their image in {source!r}")
+    ensure_distributed()
+    sampler = _sampler(config, dataset)
+    seed_everything(config.seed)  # the adapter's initial weights
+    model = build_model(config, feature_dims={a: source.sample_shape(a)[-1] for a in vision.array_ids})
+    builder = (extractor_builder(source.cache_spec(vision.sd_array), vision.sd_array, device=_device())
+               if vision.mode != "clip" else None)
+    hook = GuidedFeatures(vision=vision, guidance=guidance, build_extractor=builder)
+    return Prepared(config=config, model=model, sampler=sampler, prepare_features=hook, tokenizer=tokenizer,
+                    make_loader=_loader_factory(config, dataset, tokenizer.pad_token_id), dataset=dataset)
+
+
+def run(prepared: Prepared) -> RunResult:
+    """Train, then save the tokenizer beside the SFT LLM (so `final/llm/` loads with `from_pretrained`)."""
+    config = prepared.config
+    history = train(config=config, model=prepared.model, sampler=prepared.sampler,
+                    make_loader=prepared.make_loader, prepare_features=prepared.prepare_features)
+    final = Path(config.output_dir) / FINAL_DIR
+    saved = [final / ADAPTER_FILE]
+    if not config.freeze_llm:
+        if is_main_process():
+            prepared.tokenizer.save_pretrained(final / LLM_DIR)
+        saved.append(final / LLM_DIR)
+    return RunResult(stage=config.stage, history=tuple(history), saved=tuple(saved),
+                     skipped_images=prepared.dataset.num_skipped)
+
+
+_SETUP_ERRORS = (ValueError, KeyError, OSError, SetupError)  # ConfigError, StoreNotFound, MissingImageError, ...
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in STAGES:
+        print(__doc__, file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    stage = argv[0]
+    # the `deepspeed` launcher (without --no_local_rank) and torch.distributed.launch append --local_rank=N;
+    # the rank comes from the LOCAL_RANK variable they also set
+    overrides = [a for a in argv[1:] if not a.startswith(("--local_rank", "--local-rank"))]
+    started = time.perf_counter()
+    try:
+        prepared = prepare(load_stage_config(stage, overrides))
+    except _SETUP_ERRORS as exc:  # user-facing: the message, not a traceback
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"train {stage}: error: {message}", file=sys.stderr)
+        return 2
+    result = run(prepared)
+    if is_main_process():
+        print(f"{result.summary()} ({time.perf_counter() - started:.1f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
