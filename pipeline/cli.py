@@ -1,0 +1,58 @@
+"""`python -m pipeline.cli {extract,caches,verify}` (the `just extract|caches|verify` recipes).
+
+    extract [key=value ...] [--ray-address auto|ray://host:10001] [--no-progress]
+        fill the cache for configs/extract/sample.yaml, or `config=configs/extract/llava558k.yaml`
+    caches [ROOT]     list the stores under a cache root
+    verify STORE      check every shard of a store
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+__all__ = ["main", "extract_main"]
+
+
+def extract_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="extract", description="Fill the feature cache (see docs/pipeline.md).")
+    parser.add_argument("overrides", nargs="*", help="config=PATH and any config field as key=value")
+    parser.add_argument("--ray-address", default=None, help="auto or ray://host:10001 (default: embedded Ray)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"ray_address={args.ray_address}"] if args.ray_address else [])
+
+    from pipeline.config import load_extract_config
+    from pipeline.driver import ExtractionError, run_extract
+    from stages.models import ModelLoadError
+
+    try:
+        summary = run_extract(load_extract_config(overrides), show_progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, ModelLoadError, ExtractionError) as exc:  # user-facing: no traceback
+        print(f"extract: error: {exc}", file=sys.stderr)
+        return 1
+    print(summary.render())
+    if args.summary_json:
+        with open(args.summary_json, "w", encoding="utf-8") as fh:
+            json.dump(summary.as_dict(), fh, indent=2)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"extract": extract_main}
+    if not argv or argv[0] not in (*commands, "caches", "verify"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command in commands:
+        return commands[command](rest)
+    from pipeline import store_cli
+
+    return store_cli.caches_main(rest) if command == "caches" else store_cli.verify_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

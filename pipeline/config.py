@@ -1,0 +1,88 @@
+"""Extraction config: the `CacheSpec` fields (what is stored) plus run fields (how it is computed).
+
+One flat YAML (`configs/extract/*.yaml`) with `key=value` overrides; the cache fields decide the
+fingerprint, the run fields never do.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from stages.cache_spec import CacheSpec
+from stages.config import ConfigError, build_dataclass, load_config
+from stages.preprocess import ImageSpec
+
+__all__ = ["RunConfig", "ExtractConfig", "DEFAULT_CONFIG", "SAMPLE_DATA", "load_extract_config",
+           "split_config", "resolve_data"]
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "configs" / "extract" / "sample.yaml"
+SAMPLE_DATA = "embedded:sample"  # `data: [embedded:sample]`: the bundled sample, built on demand
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a run executes; none of these fields changes a stored value."""
+
+    data: tuple[str, ...] = (SAMPLE_DATA,)  # LLaVA JSON files (558k / mix665k format)
+    image_root: str | None = None  # folder the JSON `image` paths are relative to
+    cache_root: str = "cache"
+    batch_size: int = 8  # images per extractor call, formed deterministically inside a shard
+    shard_size: int = 256  # rows per store shard = the unit of work (fixed when a store is created)
+    num_actors: int = 1  # extractor actors (one GPU each on CUDA hosts)
+    cpus_per_actor: float = 1.0  # CPU actors: also the torch thread count
+    ray_address: str | None = None  # None: embedded ray.init(); "auto" or "ray://host:10001": a cluster
+    num_cpus: int | None = None  # CPUs of the embedded Ray (None: all)
+    device: str = "auto"  # auto: cuda if available, else cpu
+    compute_dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    write_webdataset: bool = True
+    max_pixels: int = ImageSpec.max_pixels  # decompression-bomb limit
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.shard_size < 1 or self.num_actors < 1:
+            raise ConfigError("batch_size, shard_size and num_actors must be >= 1")
+        if not self.data:
+            raise ConfigError("data must list at least one LLaVA JSON file (or embedded:sample)")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    spec: CacheSpec
+    run: RunConfig
+
+
+def split_config(values: Mapping[str, Any]) -> ExtractConfig:
+    """Route each top-level field to `CacheSpec` or `RunConfig`; unknown fields are an error."""
+    spec_fields = {f.name for f in dataclasses.fields(CacheSpec)}
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(values) - spec_fields - run_fields)
+    if unknown:
+        raise ConfigError(f"unknown extract config field(s) {unknown}; valid: {sorted(spec_fields | run_fields)}")
+    try:
+        spec = build_dataclass(CacheSpec, {k: v for k, v in values.items() if k in spec_fields}, where="cache")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    run = build_dataclass(RunConfig, {k: v for k, v in values.items() if k in run_fields}, where="run")
+    return ExtractConfig(spec=spec, run=run)
+
+
+def load_extract_config(overrides: Sequence[str] = ()) -> ExtractConfig:
+    """`configs/extract/sample.yaml` unless `config=PATH` is among the overrides."""
+    return split_config(load_config(DEFAULT_CONFIG, overrides))
+
+
+def resolve_data(run: RunConfig) -> tuple[list[Path], Path]:
+    """(LLaVA JSON files, image root). `embedded:sample` is the bundled sample (both its pretrain and
+    SFT files, deduplicated by the manifest), built on first use under the embedded home."""
+    if SAMPLE_DATA in run.data:
+        if len(run.data) != 1:
+            raise ConfigError(f"{SAMPLE_DATA} cannot be combined with other data files")
+        from stages.embedded.sample import bundled_sample_dir, ensure_sample
+
+        sample = ensure_sample(bundled_sample_dir())
+        return [Path(sample.pretrain_json), Path(sample.sft_json)], Path(sample.image_root)
+    if run.image_root is None:
+        raise ConfigError("image_root must be set: the folder the `image` paths of the JSON files are relative to")
+    return [Path(p) for p in run.data], Path(run.image_root)

@@ -1,0 +1,132 @@
+"""`run_extract(config)`: manifest -> fingerprint -> store plan -> (Ray job for the missing shards).
+
+Everything up to the Ray job is Ray-free, so a cache hit (every planned shard complete for every
+array) is answered in seconds without starting Ray.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ExtractConfig, resolve_data
+from pipeline.manifest import Manifest, build_manifest
+from pipeline.progress import ErrorLog, Progress, Summary
+from pipeline.worker import WorkerBuilder, task_row
+from stages.cache_spec import (LATENTS, array_ids_for, array_shapes_for, fingerprint_for, image_spec_for,
+                               spec_summary)
+from stages.preprocess import ImageSpec
+from stages.store import CacheStore, StoreReader
+from stages.store.layout import read_json
+
+__all__ = ["Plan", "ExtractionError", "plan_run", "run_extract", "ERRORS_FILE"]
+
+ERRORS_FILE = "errors.jsonl"
+
+
+class ExtractionError(RuntimeError):
+    """A worker failed in a way that stops the run (e.g. the model cannot be loaded in an actor)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A store ready to be filled: its arrays exist, its keys have rows, `tasks` are the missing shards."""
+
+    store: CacheStore
+    manifest: Manifest
+    array_ids: tuple[str, ...]
+    shapes: dict[str, tuple[tuple[int, ...], str]]
+    image_spec: ImageSpec
+    tasks: tuple[dict[str, Any], ...]
+    reused_images: int
+    recorded_failures: tuple[dict[str, str], ...]  # failures recorded by complete shards
+    foreign_shards: int  # missing shards of keys outside this run's data (left for a run with that data)
+
+
+def _open_store(config: ExtractConfig, manifest: Manifest) -> CacheStore:
+    spec, run = config.spec, config.run
+    attrs = {"model_ids": {"model": spec.model, "encoder": spec.encoder}, "cache_spec": spec_summary(spec)}
+    store = CacheStore.open_or_create(run.cache_root, fingerprint=fingerprint_for(spec),
+                                      shard_size=run.shard_size, attrs=attrs)
+    store.add_keys(manifest.keys)
+    return store
+
+
+def _tasks(store: CacheStore, manifest: Manifest, array_ids: list[str]) -> tuple[list[dict[str, Any]], int]:
+    """Task rows for the missing shards whose keys all belong to this run's data, and the number of
+    missing shards left alone because they hold keys of other data (another dataset, image root)."""
+    todo, ours = set(store.missing_shards(array_ids)), set(manifest.keys)
+    tasks, foreign = [], 0
+    for plan in store.shards():
+        if plan.index not in todo:
+            continue
+        if not all(k is None or k in ours for k in plan.keys):
+            foreign += 1
+            continue
+        prompts = {source: [None if k is None else texts[k] for k in plan.keys]
+                   for source, texts in manifest.prompts.items()}
+        reuse = LATENTS in array_ids and store.is_complete(LATENTS, plan.index)
+        tasks.append(task_row(shard=plan.index, keys=plan.keys, prompts=prompts, reuse_latents=reuse))
+    return tasks, foreign
+
+
+def plan_run(config: ExtractConfig) -> Plan:
+    """Build the manifest, open (or create) the store, plan rows, ensure arrays, list missing shards."""
+    spec, run = config.spec, config.run
+    json_paths, image_root = resolve_data(run)
+    manifest = build_manifest(json_paths, image_root=image_root, prompt_sources=spec.prompt_sources)
+    store = _open_store(config, manifest)
+    array_ids = array_ids_for(spec)
+    if not set(array_ids) <= set(store.array_ids()):  # shapes need a meta forward: only for new arrays
+        for array_id, (shape, dtype) in array_shapes_for(spec).items():
+            store.ensure_array(array_id, sample_shape=shape, dtype=dtype)
+    infos = StoreReader(store.path, array_ids=array_ids).infos
+    shapes = {a: (infos[a].sample_shape, infos[a].dtype.name) for a in array_ids}
+    tasks, foreign = _tasks(store, manifest, array_ids)
+    missing = set(store.missing_shards(array_ids))
+    complete = [p for p in store.shards() if p.index not in missing]
+    failures = []
+    for plan in complete:
+        failed = read_json(store.paths.record(array_ids[0], plan.index)).get("failed", {})
+        failures += [{"key": k, "kind": "failed", "reason": r} for k, r in sorted(failed.items())]
+    reused = sum(k is not None for p in complete for k in p.keys) - len(failures)
+    return Plan(store=store, manifest=manifest, array_ids=tuple(array_ids), shapes=shapes,
+                image_spec=image_spec_for(spec, max_pixels=run.max_pixels), tasks=tuple(tasks),
+                reused_images=reused, recorded_failures=tuple(failures), foreign_shards=foreign)
+
+
+def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary:
+    """Fill the store for `config`; returns the summary (also for a cache hit, which starts no Ray)."""
+    plan = plan_run(config)
+    run = config.run
+    log = ErrorLog(plan.store.path / ERRORS_FILE)
+    log.reset([*plan.manifest.problems(), *plan.recorded_failures])
+    summary = Summary(store=plan.store.path, errors_file=log.path, reused=plan.reused_images,
+                      planned=sum(k is not None for p in plan.store.shards() for k in p.keys),
+                      refused=len(plan.manifest.refused), missing=len(plan.manifest.missing))
+    if plan.foreign_shards:
+        summary.notes.append(f"{plan.foreign_shards} incomplete shards hold images of other data files; "
+                             "run with those files (and their image_root) to complete them")
+    if not plan.tasks:
+        summary.notes.append(f"cache hit: all {len(plan.array_ids)} arrays are complete for "
+                             f"{summary.reused} images in {plan.store.path}; nothing to compute")
+        return summary
+    from pipeline import job  # imports Ray: only when there is work
+
+    builder = WorkerBuilder(spec=config.spec, store_path=str(plan.store.path), shapes=plan.shapes,
+                            batch_size=run.batch_size, device=run.device, compute_dtype=run.compute_dtype,
+                            write_webdataset=run.write_webdataset, threads=max(1, int(run.cpus_per_actor)))
+    started, summary.ray_start_s = job.start_ray(run)
+    shards = plan.store.shards()
+    total = sum(sum(k is not None for k in shards[t["shard"]].keys) for t in plan.tasks)
+    progress = Progress(summary, log, total=total, enabled=show_progress)
+    try:
+        job.run_shards(plan.tasks, builder=builder, image_root=str(plan.manifest.image_root),
+                       image_spec=plan.image_spec, run=run, on_stats=progress.update)
+    finally:
+        progress.close()
+        if started:
+            import ray
+
+            ray.shutdown()
+    return summary

@@ -1,0 +1,85 @@
+"""The Ray Data job: missing shard indices -> CPU decode tasks -> extractor actor pool -> stats rows.
+
+The shard is the unit of work: one task decodes a shard's images, one actor computes and writes that
+shard whole, so the number of actors or nodes cannot change what is computed. Ray is started
+embedded (`ray.init()`) unless `ray_address` names a cluster (`auto`, `ray://head:10001`).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import ray
+
+from pipeline.config import REPO, RunConfig
+from pipeline.driver import ExtractionError
+from pipeline.worker import ShardWorker, WorkerBuilder, decode_shard
+from stages.config import ConfigError
+from stages.preprocess import ImageSpec
+
+__all__ = ["start_ray", "run_shards"]
+
+_PASSED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "DFC_EMBEDDED_HOME", "XDG_CACHE_HOME",
+               "TOKENIZERS_PARALLELISM")
+_DECODE_BASE_MEMORY = 512 << 20  # a decode worker imports torch and PIL (~250 MB resident)
+
+
+def start_ray(run: RunConfig) -> tuple[bool, float]:
+    """Connect to or start Ray; returns (whether we started it, seconds taken)."""
+    start = time.perf_counter()
+    if ray.is_initialized():
+        return False, 0.0
+    env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+    if run.ray_address is None:  # "local": a fresh instance, never another process's cluster
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        ray.init(address="local", num_cpus=run.num_cpus, include_dashboard=False, configure_logging=False,
+                 log_to_driver=True, runtime_env={"env_vars": env})
+    else:  # cluster nodes run their own install of this package (see docs/pipeline.md)
+        ray.init(address=run.ray_address, runtime_env={"env_vars": env})
+    return True, time.perf_counter() - start
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The last line of a worker traceback, e.g. `ModelLoadError: cannot load unet/ of '/x': ...`."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    causes = [line for line in lines if ": " in line and not line.startswith(("File ", "^", "ray::"))]
+    return causes[-1] if causes else (lines[-1] if lines else type(exc).__name__)
+
+
+def _use_gpus(run: RunConfig) -> bool:
+    if run.device == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return run.device.startswith("cuda")
+
+
+def run_shards(tasks: Sequence[Mapping[str, Any]], *, builder: WorkerBuilder, image_root: str,
+               image_spec: ImageSpec, run: RunConfig, on_stats: Callable[[Mapping[str, Any]], None]) -> None:
+    """Compute and write every shard of `tasks` (see `pipeline.worker` for the row format), calling
+    `on_stats` with each shard's stats row as it completes (in completion order)."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the driver shows one bar over images
+    context.print_on_execution_start = False
+    use_gpus = _use_gpus(run)
+    actors = min(run.num_actors, len(tasks))
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if not use_gpus and actors * run.cpus_per_actor > cpus - 1:
+        raise ConfigError(f"{actors} CPU actors x cpus_per_actor={run.cpus_per_actor} leave no CPU of the "
+                          f"{cpus:g} in this Ray cluster for decoding images; lower num_actors or "
+                          "cpus_per_actor (fractions are fine: cpus_per_actor=0.5)")
+    # The decode tasks declare their memory (their output is one shard of uint8 pixels). Besides
+    # sizing the scheduler, the differing resources keep Ray Data from fusing the decode into the
+    # actor, which would serialise decoding with the GPU work.
+    shard_bytes = run.shard_size * image_spec.resolution**2 * 3
+    dataset = ray.data.from_items([dict(t) for t in tasks], override_num_blocks=len(tasks))
+    dataset = dataset.map(decode_shard, fn_kwargs={"image_root": image_root, "image_spec": image_spec},
+                          num_cpus=1, memory=_DECODE_BASE_MEMORY + 2 * shard_bytes)
+    dataset = dataset.map_batches(
+        ShardWorker, fn_constructor_kwargs={"builder": builder}, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if use_gpus else 0,
+        num_cpus=run.cpus_per_actor, zero_copy_batch=True)
+    try:
+        for stats in dataset.iter_rows():
+            on_stats(stats)
+    except ray.exceptions.RayError as exc:
+        raise ExtractionError(f"extraction worker failed: {_root_cause(exc)}") from exc

@@ -1,0 +1,127 @@
+"""Manifests: the unique image keys of one or several LLaVA JSON files, checked against the image root.
+
+A key is the `image` value exactly as written in the JSON (`00453/004539375.jpg`,
+`coco/train2017/000000033471.jpg`). Samples without `image` are text-only and have no features.
+Keys that escape the image root are refused and keys without a file are reported as missing, both up
+front and with a reason, so that only the rest enters the shard plan: a missing image that appears
+later is simply a new key on the next run.
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from stages.preprocess import ImageError, safe_image_path
+
+__all__ = ["Manifest", "ManifestError", "PROMPT_SOURCES", "read_llava_json", "build_manifest",
+           "first_reply"]
+
+_STAT_THREADS = 32  # file checks are I/O-bound; on network filesystems parallel stats help a lot
+
+
+class ManifestError(ValueError):
+    """A LLaVA JSON file that is not a list of sample objects."""
+
+
+def first_reply(sample: Mapping[str, Any]) -> str:
+    """The first assistant (`gpt`) turn: the caption of a LLaVA-558k pretrain sample."""
+    for turn in sample.get("conversations") or ():
+        if isinstance(turn, Mapping) and turn.get("from") == "gpt":
+            return str(turn.get("value", ""))
+    return ""
+
+
+# prompt source name -> text for a sample (the first sample of an image supplies its prompt)
+PROMPT_SOURCES: dict[str, Callable[[Mapping[str, Any]], str]] = {"caption": first_reply}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """`keys`: sorted unique usable image keys. `refused`/`missing`: key -> reason, kept out of `keys`."""
+
+    image_root: Path
+    keys: tuple[str, ...]
+    prompts: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # source -> key -> text
+    refused: Mapping[str, str] = field(default_factory=dict)
+    missing: Mapping[str, str] = field(default_factory=dict)
+    n_samples: int = 0
+    n_text_only: int = 0
+
+    def problems(self) -> list[dict[str, str]]:
+        """Up-front problems as error-file records, sorted by key."""
+        rows = [{"key": k, "kind": "refused", "reason": r} for k, r in self.refused.items()]
+        rows += [{"key": k, "kind": "missing", "reason": r} for k, r in self.missing.items()]
+        return sorted(rows, key=lambda row: row["key"])
+
+
+def read_llava_json(path: str | Path) -> list[Mapping[str, Any]]:
+    """The samples of a LLaVA JSON file (558k pretrain or mix665k SFT format), unchanged."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise ManifestError(f"LLaVA JSON {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, list) or not all(isinstance(s, Mapping) for s in data):
+        raise ManifestError(f"{path} must hold a JSON list of sample objects (LLaVA format)")
+    return data
+
+
+def _check(root: Path, key: object) -> tuple[str, str | None]:
+    """(kind, reason): kind 'ok', 'refused' or 'missing'."""
+    if not isinstance(key, str) or not key:
+        return "refused", f"image entry {key!r} is not a non-empty path string"
+    try:
+        path = safe_image_path(root, key)
+    except ImageError as exc:
+        return "refused", str(exc)
+    if not path.is_file():
+        return "missing", f"missing image file {path}"
+    return "ok", None
+
+
+def _collect(samples: Iterable[Mapping[str, Any]], sources: Sequence[str]
+             ) -> tuple[dict[str, tuple[object, dict[str, str]]], int, int]:
+    """Unique image entries (by their text) in first-seen order -> (entry, prompts); sample count;
+    text-only count."""
+    first: dict[str, tuple[object, dict[str, str]]] = {}
+    n_samples = n_text_only = 0
+    for sample in samples:
+        n_samples += 1
+        image = sample.get("image")
+        if image is None:
+            n_text_only += 1
+            continue
+        text = image if isinstance(image, str) else json.dumps(image, sort_keys=True)
+        if text not in first:
+            first[text] = (image, {source: PROMPT_SOURCES[source](sample) for source in sources})
+    return first, n_samples, n_text_only
+
+
+def build_manifest(json_paths: Sequence[str | Path], *, image_root: str | Path,
+                   prompt_sources: Sequence[str] = ()) -> Manifest:
+    """Read, deduplicate by key, refuse escaping paths, find missing files (in parallel)."""
+    unknown = sorted(set(prompt_sources) - set(PROMPT_SOURCES))
+    if unknown:
+        raise ValueError(f"unknown prompt source(s) {unknown}; known: {sorted(PROMPT_SOURCES)}")
+    if not json_paths:
+        raise ManifestError("no LLaVA JSON files given (config field `data`)")
+    root = Path(image_root)
+    if not root.is_dir():
+        raise ManifestError(f"image root {root} is not a directory")
+    samples = (s for p in json_paths for s in read_llava_json(p))
+    first, n_samples, n_text_only = _collect(samples, prompt_sources)
+    entries = list(first)
+    with ThreadPoolExecutor(max_workers=_STAT_THREADS) as pool:
+        checks = list(pool.map(lambda text: _check(root, first[text][0]), entries, chunksize=256))
+    refused = {k: reason for k, (kind, reason) in zip(entries, checks) if kind == "refused"}
+    missing = {k: reason for k, (kind, reason) in zip(entries, checks) if kind == "missing"}
+    keys = tuple(sorted(k for k, (kind, _) in zip(entries, checks) if kind == "ok"))
+    prompts = {source: {k: first[k][1][source] for k in keys} for source in prompt_sources}
+    return Manifest(image_root=root, keys=keys, prompts=prompts, refused=refused, missing=missing,
+                    n_samples=n_samples, n_text_only=n_text_only)

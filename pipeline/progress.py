@@ -1,0 +1,109 @@
+"""What a run reports: a tqdm bar over images (rate and ETA) fed by per-shard stats rows, and the
+final `Summary` (done, reused, skipped, failed, GB written, images/s)."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["Summary", "Progress", "ErrorLog"]
+
+
+@dataclass
+class Summary:
+    """Counts in images. `skipped` = refused + missing (found up front); `failed` = could not be
+    decoded in this run's shards."""
+
+    store: Path
+    errors_file: Path
+    planned: int = 0
+    reused: int = 0
+    done: int = 0
+    refused: int = 0
+    missing: int = 0
+    failed: int = 0
+    shards: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    ray_start_s: float = 0.0
+    extractor_batches: int = 0
+    completions: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, images) per shard
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return self.refused + self.missing
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def render(self) -> str:
+        if self.shards == 0 and self.notes:  # nothing ran (cache hit): say why, not a row of zeros
+            return "\n".join([*self.notes, f"store: {self.store}"])
+        lines = [f"extract: {self.done} images done, {self.reused} reused, {self.skipped} skipped "
+                 f"({self.refused} refused, {self.missing} missing), {self.failed} failed; "
+                 f"{self.shards} shards, {self.bytes_written / 1e9:.3f} GB written in {self.seconds:.1f} s "
+                 f"({self.images_per_s:.2f} images/s; Ray start {self.ray_start_s:.1f} s)",
+                 f"store: {self.store}"]
+        if self.skipped or self.failed:
+            lines.append(f"errors (key, kind, reason per line): {self.errors_file}")
+        return "\n".join(lines + self.notes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"store": str(self.store), "errors_file": str(self.errors_file), "planned": self.planned,
+                "reused": self.reused, "done": self.done, "refused": self.refused, "missing": self.missing,
+                "failed": self.failed, "shards": self.shards, "bytes_written": self.bytes_written,
+                "seconds": self.seconds, "images_per_s": self.images_per_s, "ray_start_s": self.ray_start_s,
+                "extractor_batches": self.extractor_batches}
+
+
+class ErrorLog:
+    """`<store>/errors.jsonl`: one `{"key", "kind", "reason"}` object per line; rewritten at the start
+    of a run (up-front problems + failures recorded by complete shards), appended per shard."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def reset(self, rows: list[Mapping[str, str]]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(self.path)
+
+    def append_failed(self, failed: Mapping[str, str]) -> None:
+        if failed:
+            with self.path.open("a", encoding="utf-8") as fh:
+                for key, reason in sorted(failed.items()):
+                    fh.write(json.dumps({"key": key, "kind": "failed", "reason": reason}, ensure_ascii=False) + "\n")
+
+
+class Progress:
+    """Consumes stats rows from the workers, updating the bar, the summary and the error log."""
+
+    def __init__(self, summary: Summary, log: ErrorLog, *, total: int, enabled: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.summary, self.log = summary, log
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=total, unit="img", desc="extract", disable=not enabled, file=sys.stderr,
+                        dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, stats: Mapping[str, Any]) -> None:
+        failed = json.loads(stats["failed"])
+        n_images = int(stats["n_images"])
+        self.summary.shards += 1
+        self.summary.failed += len(failed)
+        self.summary.done += n_images - len(failed)
+        self.summary.bytes_written += int(stats["bytes"])
+        self.summary.extractor_batches += int(stats["batches"])
+        self.summary.completions.append((time.perf_counter() - self.start, n_images))
+        self.log.append_failed(failed)
+        self.bar.update(n_images)
+        self.bar.set_postfix(shards=self.summary.shards, failed=self.summary.failed, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.summary.seconds = time.perf_counter() - self.start
