@@ -35,6 +35,7 @@ bench: bench-extract bench-store bench-train
 
 bench-extract:
     python -m benchmarks.bench_extract
+    python -m benchmarks.bench_pipeline
 
 bench-store:
     python -m benchmarks.bench_store
