@@ -177,3 +177,9 @@ def test_missing_model_directory_is_a_clear_error(tmp_path):
 
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_sd_components(str(tmp_path / "no-such-sd"), device="cpu")
+
+
+def test_attention_runs_through_scaled_dot_product_attention(tiny_sd):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    assert {type(p) for p in tiny_sd.unet.attn_processors.values()} == {AttnProcessor2_0}
