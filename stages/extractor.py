@@ -134,7 +134,7 @@ class SDExtractor:
         """(B, 77, D) last hidden state of the text encoder; the empty prompt is cached."""
         if all(p == "" for p in prompts):
             if self._empty_embedding is None:
-                self._empty_embedding = self._encode(["" ])
+                self._empty_embedding = self._encode([""])
             return self._empty_embedding.expand(len(prompts), -1, -1)
         return self._encode(list(prompts))
 
