@@ -30,6 +30,8 @@ class Summary:
     seconds: float = 0.0
     ray_start_s: float = 0.0
     extractor_batches: int = 0
+    images_decoded: int = 0  # decoded by the CPU tasks (0 for shards whose stored latents are reused)
+    images_encoded: int = 0  # through the VAE (or CLIP vision) in the actors
     completions: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, images) per shard
     notes: list[str] = field(default_factory=list)
 
@@ -58,7 +60,8 @@ class Summary:
                 "reused": self.reused, "done": self.done, "refused": self.refused, "missing": self.missing,
                 "failed": self.failed, "shards": self.shards, "bytes_written": self.bytes_written,
                 "seconds": self.seconds, "images_per_s": self.images_per_s, "ray_start_s": self.ray_start_s,
-                "extractor_batches": self.extractor_batches}
+                "extractor_batches": self.extractor_batches, "images_decoded": self.images_decoded,
+                "images_encoded": self.images_encoded}
 
 
 class ErrorLog:
@@ -99,6 +102,8 @@ class Progress:
         self.summary.done += n_images - len(failed)
         self.summary.bytes_written += int(stats["bytes"])
         self.summary.extractor_batches += int(stats["batches"])
+        self.summary.images_decoded += int(stats["decoded"])
+        self.summary.images_encoded += int(stats["encoded"])
         self.summary.completions.append((time.perf_counter() - self.start, n_images))
         self.log.append_failed(failed)
         self.bar.update(n_images)

@@ -6,7 +6,8 @@ bare loop calls them directly):
 - `ShardWorker(builder)(batch)`: the extractor actor. Built once from a `WorkerBuilder` (a picklable
   description, not a live model); per shard it encodes, extracts in deterministic mini-batches of
   `batch_size` in row order, casts to the stored dtypes, writes the shard whole (webdataset tar, then
-  zarr with its completion records) and returns a one-row stats batch.
+  zarr with its completion records) and returns a one-row stats batch (images decoded and encoded
+  from pixels are counted, so a run that reuses stored latents can be seen to touch no image).
 
 Task rows (dicts of scalars and numpy arrays, what Ray Data moves between the two):
   shard: int; keys: JSON list (null = padding row); prompts: JSON {source: [text per row]};
@@ -157,6 +158,7 @@ class ShardProcessor:
         self.store = CacheStore.open(builder.store_path)
         self.array_ids = array_ids_for(builder.spec)
         self.batches = 0  # extractor calls made (the cache-hit test checks no call happens)
+        self.encoded = 0  # images encoded from pixels (VAE or CLIP vision); 0 when latents are reused
 
     def _empty(self, array_ids: Sequence[str], n_rows: int) -> dict[str, np.ndarray]:
         return {a: np.zeros((n_rows, *self.builder.shapes[a][0]), self.builder.shapes[a][1]) for a in array_ids}
@@ -200,6 +202,7 @@ class ShardProcessor:
                 out = self.runner.features(torch.from_numpy(latents[rows]).float(), batch_keys, batch_prompts)
             else:
                 out = self.runner(task["images"][start:start + size], batch_keys, batch_prompts)
+                self.encoded += len(rows)
             self.batches += 1
             for array_id in todo:
                 arrays[array_id][rows] = out[array_id].float().cpu().numpy().astype(self.builder.shapes[array_id][1])
@@ -207,7 +210,7 @@ class ShardProcessor:
 
     def process(self, task: Mapping[str, Any]) -> dict[str, Any]:
         """Compute, write the tar then the zarr shard (records last), return the stats row."""
-        start, batches = time.perf_counter(), self.batches
+        start, batches, encoded = time.perf_counter(), self.batches, self.encoded
         arrays, failed = self.compute(task)
         shard = int(task["shard"])
         written = sum(a.nbytes for a in arrays.values())
@@ -217,7 +220,8 @@ class ShardProcessor:
         self.store.write_shard(shard, arrays, failed)
         n_keys = sum(k is not None for k in json.loads(task["keys"]))
         return {"shard": shard, "n_images": n_keys, "n_failed": len(failed), "failed": json.dumps(failed),
-                "bytes": written, "batches": self.batches - batches, "seconds": time.perf_counter() - start}
+                "bytes": written, "batches": self.batches - batches, "decoded": len(task["images"]),
+                "encoded": self.encoded - encoded, "seconds": time.perf_counter() - start}
 
 
 class ShardWorker:

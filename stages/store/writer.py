@@ -230,7 +230,9 @@ class CacheStore:
         for array_id, data in arrays.items():
             if array_id not in group:
                 raise KeyError(f"array {array_id!r} does not exist in {self.path}; call ensure_array first")
-            array = group[array_id]
+            # zarr does not persist write_empty_chunks: without it an all-zero shard (every key
+            # failed) would not be written at all
+            array = group[array_id].with_config({"write_empty_chunks": True})
             values = self._prepare(plan, array_id, array, np.asarray(data), failed)
             self._write_one(plan, array_id, array, values, failed)
 

@@ -1,8 +1,10 @@
 """The Ray Data extraction job end to end on the bundled sample plus broken entries (tiny SD, 128 px).
 
-Ray runs are expensive (~10-15 s each), so there are five: the reference run (1 actor, batch 2,
-shared by several tests), batch 5, a run killed with SIGKILL and its resume with 2 actors, and a run
-whose actors cannot load the model. The cache-hit check starts no Ray at all.
+Ray runs are expensive (~10-15 s each), so there are nine: the reference run (1 actor, batch 2,
+shared by several tests), batch 5, a run killed with SIGKILL and its resume with 2 actors, a run
+whose actors cannot load the model, a run adding a feature name and a timestep to a copy of the
+reference store, a run with another seed, and a run whose actor is SIGKILLed (its re-run is a cache
+hit). The cache-hit check starts no Ray at all.
 """
 import json
 import os
@@ -19,11 +21,13 @@ from PIL import Image
 
 from pipeline.config import REPO, split_config
 from pipeline.driver import ExtractionError, run_extract
+from stages.cache_spec import LATENTS
 from stages.store import StoreReader, verify_store
 
 pytestmark = pytest.mark.slow
 
 FEATURES = ["U-L1-R1-B0-Cross-Q", "U-L2-R2-Res-Out"]
+NEW_FEATURE, NEW_TIMESTEP = "U-L1-R1-Vit-Out", 200  # added by a later experiment on the same store
 BROKEN = {  # key -> (kind in errors.jsonl, words expected in the reason)
     "bad/corrupt.jpg": ("failed", "cannot decode"),
     "bad/truncated.jpg": ("failed", "cannot decode"),
@@ -101,6 +105,36 @@ def read_all(store_path):
     return reader.keys, reader.read(reader.keys)
 
 
+def captions_of(data):
+    """key -> the caption the store conditions on (the first sample's first assistant turn)."""
+    samples = json.loads(Path(data["json"]).read_text())
+    return {s.get("image"): s["conversations"][1]["value"] for s in reversed(samples)}
+
+
+def file_bytes(paths):
+    """{path: bytes} of each file in `paths` and of every file under each folder in `paths`."""
+    files = [q for p in map(Path, paths) for q in ([p] if p.is_file() else sorted(p.rglob("*")))]
+    return {f: f.read_bytes() for f in files if f.is_file()}
+
+
+def shard_hashes(store_path):
+    """{(array_id, shard): sha256 of the zarr shard file} from the completion records."""
+    records = Path(store_path).glob("done/*/*.json")
+    return {(r.parent.name, r.stem): json.loads(r.read_text())["sha256"] for r in records}
+
+
+def assert_bit_identical(store_path, reference_path):
+    """Same keys (none duplicated), same bytes in every array and every zarr shard file."""
+    assert verify_store(store_path) == []
+    keys, a = read_all(reference_path)
+    keys_b, b = read_all(store_path)
+    assert keys == keys_b and len(set(keys_b)) == len(keys_b)
+    assert sorted(a) == sorted(b)
+    for array_id in a:
+        assert a[array_id].tobytes() == b[array_id].tobytes(), array_id
+    assert shard_hashes(store_path) == shard_hashes(reference_path)
+
+
 def test_store_verifies_and_errors_are_recorded_with_reasons(reference):
     assert verify_store(reference.store) == []
     keys, _ = read_all(reference.store)
@@ -111,7 +145,7 @@ def test_store_verifies_and_errors_are_recorded_with_reasons(reference):
     for key, (kind, words) in BROKEN.items():
         assert errors[key]["kind"] == kind and words in errors[key]["reason"], errors[key]
     assert (reference.done, reference.failed, reference.missing, reference.refused) == (39, 4, 1, 2)
-    assert reference.extractor_batches > 0
+    assert reference.extractor_batches > 0 and reference.images_decoded == reference.images_encoded == 39
 
 
 def test_pipeline_equals_calling_the_extractor_directly(reference, data, tiny_sd):
@@ -122,7 +156,7 @@ def test_pipeline_equals_calling_the_extractor_directly(reference, data, tiny_sd
 
     keys, stored = read_all(reference.store)
     picked = [keys[0], "bad/cmyk.jpg", keys[-1]]
-    captions = {s.get("image"): s["conversations"][1]["value"] for s in reversed(json.loads(Path(data["json"]).read_text()))}
+    captions = captions_of(data)
     spec = ImageSpec(resolution=128)
     pixels = torch.stack([to_tensor(preprocess(load_image(data["root"], k), spec)) for k in picked])
     extractor = SDExtractor(tiny_sd, ExtractionSpec(features=tuple(FEATURES), timesteps=(50,), grid=16))
@@ -152,13 +186,17 @@ def cli(args, **kwargs):
                             start_new_session=True, **kwargs)
 
 
-def kill_after_first_shard(proc, store_glob, *, timeout=240):
+def wait_for_first_shard(proc, store_glob, *, timeout=240):
+    """Return once a file matches `store_glob` (a completion record) or `proc` has exited."""
     start = time.time()
     while time.time() - start < timeout:
-        done = list(Path(store_glob.parent).glob(store_glob.name))
-        if done or proc.poll() is not None:
-            break
+        if list(Path(store_glob.parent).glob(store_glob.name)) or proc.poll() is not None:
+            return
         time.sleep(0.05)
+
+
+def kill_after_first_shard(proc, store_glob, *, timeout=240):
+    wait_for_first_shard(proc, store_glob, timeout=timeout)
     os.kill(proc.pid, signal.SIGKILL)  # the driver only; its Ray processes must not finish the job
     proc.wait()
     time.sleep(3)
@@ -187,12 +225,7 @@ def test_sigkill_then_resume_with_two_actors_is_bit_identical_to_one_actor_run(r
     finally:
         kill_session(resumed)
     assert resumed.returncode == 0, output
-    assert verify_store(tmp_path / reference.store.name) == []
-    keys, a = read_all(reference.store)
-    keys_b, b = read_all(tmp_path / reference.store.name)
-    assert keys == keys_b and len(set(keys_b)) == len(keys_b)
-    for array_id in a:
-        assert a[array_id].tobytes() == b[array_id].tobytes(), array_id
+    assert_bit_identical(tmp_path / reference.store.name, reference.store)
 
 
 def test_cache_hit_computes_nothing_and_starts_no_ray(reference, data, tmp_path):
@@ -221,3 +254,101 @@ def test_actor_that_cannot_load_the_model_fails_fast_with_the_message(data, ray_
     with pytest.raises(ExtractionError, match="unet"):
         run_extract(split_config(fields(data, tmp_path / "cache", model=str(model))), show_progress=False)
     assert time.time() - start < 120
+
+
+def test_new_feature_and_timestep_reuse_stored_latents_and_leave_existing_arrays_untouched(
+        reference, data, tmp_path, tiny_sd):
+    """A later experiment adds a name and a timestep: same store, only the new arrays are computed,
+    from the stored latents. The images are overwritten with garbage, so any decode would fail."""
+    import torch
+
+    from stages.extractor import ExtractionSpec, SDExtractor
+
+    store = shutil.copytree(reference.store, tmp_path / "cache" / reference.store.name)
+    old_ids = StoreReader(store).array_ids
+    old_paths = [store / "index", store / "fingerprint.json",
+                 *(store / folder / a for folder in ("zarr", "done") for a in old_ids)]
+    kept = file_bytes(old_paths)
+    images = shutil.copytree(data["root"], tmp_path / "images", symlinks=True)
+    for path in images.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.write_bytes(b"not an image")
+    config = fields(data, tmp_path / "cache", image_root=str(images), features=[*FEATURES, NEW_FEATURE],
+                    timesteps=[50, NEW_TIMESTEP])
+    summary = run_extract(split_config(config), show_progress=False)
+    assert summary.store == store and [p.name for p in store.parent.iterdir()] == [store.name]
+    assert (summary.images_decoded, summary.images_encoded) == (0, 0)
+    assert (summary.done, summary.failed) == (39, 4) and summary.extractor_batches > 0  # failures as recorded
+    assert file_bytes(old_paths) == kept  # every pre-existing array's zarr files and records, byte for byte
+    assert verify_store(store) == []
+    reader = StoreReader(store)
+    new_ids = sorted(set(reader.array_ids) - set(old_ids))
+    assert len(new_ids) == 2 * (3 * 2 - len(FEATURES))  # (3 names x 2 timesteps - 2 old) x (uncond, caption)
+    picked = [reader.keys[0], "bad/cmyk.jpg", reader.keys[-1]]
+    stored = reader.read(picked)
+    extractor = SDExtractor(tiny_sd, ExtractionSpec(features=(*FEATURES, NEW_FEATURE),
+                                                    timesteps=(50, NEW_TIMESTEP), grid=16))
+    captions = captions_of(data)
+    direct = extractor.conditional_pair(torch.from_numpy(stored[LATENTS]), picked,
+                                        prompts=[captions[k] for k in picked], source="caption")
+    assert sorted(direct) == sorted(set(reader.array_ids) - {LATENTS})
+    for array_id in new_ids:  # stored float16: within its rounding
+        assert rel_err(stored[array_id], direct[array_id].numpy()) < 1e-3, array_id
+
+
+def test_changed_seed_writes_a_new_store_and_never_touches_the_old_one(reference, data):
+    before = file_bytes([reference.store])
+    config = fields(data, reference.store.parent, seed=1, features=FEATURES[:1], prompt_sources=[],
+                    write_webdataset=False)
+    other = run_extract(split_config(config), show_progress=False)
+    assert other.store.parent == reference.store.parent and other.store != reference.store
+    fingerprints = [json.loads((s / "fingerprint.json").read_text()) for s in (reference.store, other.store)]
+    assert {k for k in fingerprints[0] if fingerprints[0][k] != fingerprints[1][k]} == {"noise"}
+    assert verify_store(other.store) == [] and other.done == 39
+    assert file_bytes([reference.store]) == before
+
+
+def extractor_actor_pids(ancestor):
+    """Pids of the extractor actors (process title `ray::MapWorker(MapBatches(ShardWorker))`) among
+    the descendants of `ancestor`, from /proc."""
+    parents, titles = {}, {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                titles[int(entry.name)] = (entry / "cmdline").read_bytes()
+        except OSError:  # exited meanwhile
+            continue
+
+    def descends(pid):
+        while pid in parents and pid != ancestor:
+            pid = parents[pid]
+        return pid == ancestor
+    return [pid for pid, title in titles.items() if b"ShardWorker" in title and descends(pid)]
+
+
+def test_sigkilled_extractor_actor_is_restarted_and_the_store_is_bit_identical(reference, data, tmp_path):
+    """Observed behaviour: the job recovers by itself. Ray Data creates pool actors with
+    max_restarts=-1 and max_task_retries=-1, so Ray restarts the killed actor (reloading the model)
+    and retries the shard it held; the writer discards that shard's half-written files, the run exits
+    0 with every image counted once, and the re-run is a cache hit."""
+    store = tmp_path / reference.store.name
+    proc = cli([*overrides(fields(data, tmp_path)), "--summary-json", str(tmp_path / "s.json")])
+    try:
+        wait_for_first_shard(proc, store / "done" / "latents" / "*.json")
+        actors = extractor_actor_pids(proc.pid)
+        assert len(actors) == 1, actors
+        n_done = len(list((store / "done" / "latents").glob("*.json")))
+        os.kill(actors[0], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        kill_session(proc)
+    assert 1 <= n_done < len(list((reference.store / "done" / "latents").glob("*.json")))
+    assert proc.returncode == 0, output
+    summary = json.loads((tmp_path / "s.json").read_text())
+    counts = (summary["done"], summary["failed"], summary["shards"])
+    assert counts == (reference.done, reference.failed, reference.shards)  # the retried shard counted once
+    again = run_extract(split_config(fields(data, tmp_path)), show_progress=False)
+    assert again.shards == 0 and "cache hit" in again.notes[-1]
+    assert_bit_identical(store, reference.store)

@@ -59,6 +59,16 @@ def test_new_keys_start_at_the_next_shard_boundary_and_old_rows_never_move(store
     assert after[3].keys == ("new/a.jpg", "new/b.jpg", None, None)
 
 
+def test_a_shard_whose_keys_all_failed_is_written_and_verifies(store: CacheStore) -> None:
+    last = store.shards()[-1]  # KEYS[8], KEYS[9] and two padding rows: all zeros once both fail
+    fill(store, FEATURE, failed={KEYS[8]: "truncated", KEYS[9]: "zero-byte"})
+    assert store.missing_shards([FEATURE]) == []
+    assert verify_store(store.path) == []
+    reader = StoreReader(store.path)
+    assert KEYS[8] not in reader.keys and len(reader) == 8
+    assert not reader.read_shard(FEATURE, last.index).any()
+
+
 def test_reader_returns_written_rows_in_request_order(store: CacheStore) -> None:
     fill(store, FEATURE)
     fill(store, "latents", sample_shape=(4, 8, 8))
