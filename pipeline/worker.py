@@ -24,7 +24,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from stages.cache_spec import LATENTS, CacheSpec, array_ids_for, image_spec_for, resolve_model_dir
+from stages.cache_spec import LATENTS, CacheSpec, array_ids_for, image_spec_for
+from stages.models import resolve_model_dir
 from stages.preprocess import ImageError, ImageSpec, load_image, preprocess
 
 __all__ = ["task_row", "decode_shard", "WorkerBuilder", "ShardProcessor", "ShardWorker", "ENCODER_RUNNERS"]

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from stages.features import ArrayId, FeatureName
+from stages.models import resolve_model_dir
 from stages.preprocess import CLIP_MEAN_RGB, ImageSpec
 from stages.store.fingerprint import Fingerprint, contract_fields
 
-__all__ = ["CacheSpec", "ENCODERS", "LATENTS", "POOLING", "resolve_model_dir", "image_spec_for",
+__all__ = ["CacheSpec", "ENCODERS", "LATENTS", "POOLING", "image_spec_for",
            "fingerprint_for", "array_ids_for", "array_shapes_for", "spec_summary"]
 
 ENCODERS = ("sd", "clip")
@@ -67,25 +68,6 @@ class CacheSpec:
             raise ValueError("prompt_sources apply to encoder sd only (CLIP vision features take no text)")
         if self.grid is not None and self.grid <= 0 or self.trials <= 0:
             raise ValueError("grid and trials must be positive")
-
-
-def resolve_model_dir(model: str) -> Path:
-    """`embedded:…`, a local directory or a hub id already in the local HF cache -> a local directory."""
-    from stages.embedded import resolve_model
-
-    source = resolve_model(model)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(source, local_files_only=True))
-        except Exception as exc:  # the hub raises several unrelated types for "not cached"
-            raise FileNotFoundError(f"model {source!r} is not a local directory and not in the local "
-                                    f"Hugging Face cache ({type(exc).__name__}); download it first") from exc
-    raise FileNotFoundError(f"model directory {source!r} does not exist")
 
 
 def _clip_processor_config(model_dir: Path) -> dict[str, Any]:

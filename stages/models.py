@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["SDComponents", "ModelLoadError", "load_sd_components", "default_device", "default_dtype",
-           "resolve_dtype"]
+__all__ = ["SDComponents", "ModelLoadError", "load_sd_components", "resolve_model_dir", "default_device",
+           "default_dtype", "resolve_dtype"]
 
 SD_PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 
@@ -63,8 +63,23 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def _looks_local(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or Path(spec).exists() or spec.count("/") != 1
+def resolve_model_dir(model: str) -> Path:
+    """`embedded:…`, a local directory or a hub id already in the local HF cache -> a local directory."""
+    from stages.embedded import resolve_model
+
+    source = resolve_model(model)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(source, local_files_only=True))
+        except Exception as exc:  # the hub raises several unrelated types for "not cached"
+            raise FileNotFoundError(f"model {source!r} is not a local directory and not in the local "
+                                    f"Hugging Face cache ({type(exc).__name__}); download it first") from exc
+    raise FileNotFoundError(f"model directory {source!r} does not exist")
 
 
 def load_sd_components(
@@ -75,12 +90,11 @@ def load_sd_components(
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from stages.embedded import resolve_model
-
-    source = resolve_model(spec)
-    if _looks_local(source) and not Path(source).expanduser().is_dir():
-        raise ModelLoadError(f"model directory {source!r} does not exist (expected unet/ vae/ text_encoder/ "
-                             "tokenizer/ scheduler/ inside, as in a diffusers Stable Diffusion checkout)")
+    try:
+        source = str(resolve_model_dir(spec))
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{exc} (expected unet/ vae/ text_encoder/ tokenizer/ scheduler/ inside, as in "
+                             "a diffusers Stable Diffusion checkout)") from exc
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
 
