@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from stages.cache_spec import CacheSpec
+from stages.cache_spec import CacheSpec, cache_spec_from
 from stages.config import ConfigError, build_dataclass, load_config
 from stages.preprocess import ImageSpec
 
@@ -60,10 +60,7 @@ def split_config(values: Mapping[str, Any]) -> ExtractConfig:
     unknown = sorted(set(values) - spec_fields - run_fields)
     if unknown:
         raise ConfigError(f"unknown extract config field(s) {unknown}; valid: {sorted(spec_fields | run_fields)}")
-    try:
-        spec = build_dataclass(CacheSpec, {k: v for k, v in values.items() if k in spec_fields}, where="cache")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    spec = cache_spec_from(values, where="cache")
     run = build_dataclass(RunConfig, {k: v for k, v in values.items() if k in run_fields}, where="run")
     return ExtractConfig(spec=spec, run=run)
 

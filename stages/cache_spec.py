@@ -12,9 +12,9 @@ stored, and a later on-the-fly conditional pass on the cached latents see exactl
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from stages.models import resolve_model_dir
 from stages.preprocess import CLIP_MEAN_RGB, ImageSpec
 from stages.store.fingerprint import Fingerprint, contract_fields
 
-__all__ = ["CacheSpec", "ENCODERS", "LATENTS", "POOLING", "image_spec_for",
+__all__ = ["CacheSpec", "ENCODERS", "LATENTS", "POOLING", "cache_spec_from", "image_spec_for",
            "fingerprint_for", "array_ids_for", "array_shapes_for", "spec_summary"]
 
 ENCODERS = ("sd", "clip")
@@ -68,6 +68,17 @@ class CacheSpec:
             raise ValueError("prompt_sources apply to encoder sd only (CLIP vision features take no text)")
         if self.grid is not None and self.grid <= 0 or self.trials <= 0:
             raise ValueError("grid and trials must be positive")
+
+
+def cache_spec_from(values: Mapping[str, Any], *, where: str) -> CacheSpec:
+    """The `CacheSpec` of an extraction config mapping; its run fields (and nothing else) are ignored."""
+    from stages.config import ConfigError, build_dataclass
+
+    names = {f.name for f in fields(CacheSpec)}
+    try:
+        return build_dataclass(CacheSpec, {k: v for k, v in values.items() if k in names}, where=where)
+    except ValueError as exc:  # CacheSpec's own validation
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _clip_processor_config(model_dir: Path) -> dict[str, Any]:

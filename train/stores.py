@@ -10,15 +10,14 @@ the cached-equals-on-the-fly test). Both implement `train.data.FeatureSource` an
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from stages.cache_spec import (LATENTS, CacheSpec, array_ids_for, array_shapes_for, fingerprint_for,
-                               image_spec_for, spec_summary)
-from stages.config import ConfigError, build_dataclass, load_config
+from stages.cache_spec import (LATENTS, CacheSpec, array_ids_for, array_shapes_for, cache_spec_from,
+                               fingerprint_for, image_spec_for, spec_summary)
+from stages.config import ConfigError, load_config
 from stages.store import FingerprintMismatch, StoreReader, find_store
 from stages.store.registry import describe_missing
 
@@ -55,12 +54,7 @@ def resolve_data_path(data_path: str) -> tuple[Path, Path | None]:
 def cache_spec_from_yaml(path: str | Path) -> tuple[CacheSpec, str]:
     """The `CacheSpec` of an extraction YAML (its run fields ignored) and the YAML's `cache_root`."""
     values = load_config(path)
-    names = {f.name for f in dataclasses.fields(CacheSpec)}
-    try:
-        spec = build_dataclass(CacheSpec, {k: v for k, v in values.items() if k in names}, where=str(path))
-    except ValueError as exc:  # CacheSpec validation
-        raise ConfigError(f"{path}: {exc}") from exc
-    return spec, str(values.get("cache_root", "cache"))
+    return cache_spec_from(values, where=str(path)), str(values.get("cache_root", "cache"))
 
 
 def _extract_hint(yaml_path: str, root: str, yaml_root: str) -> str:
