@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from stages.extractor import check_resolution
 from stages.features import ArrayId, FeatureName
 from stages.models import resolve_model_dir
 from stages.preprocess import CLIP_MEAN_RGB, ImageSpec
@@ -142,6 +143,8 @@ def fingerprint_for(spec: CacheSpec, *, memo_path: str | Path | None = None) -> 
     if missing:
         raise FileNotFoundError(f"{model_dir} lacks {missing}: expected a diffusers Stable Diffusion layout")
     scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    check_resolution(image.resolution, vae_config=json.loads((model_dir / "vae" / "config.json").read_text()),
+                     unet_config=json.loads((model_dir / "unet" / "config.json").read_text()), source=spec.model)
     fields = contract_fields(
         components={name: model_dir / name for name in SD_COMPONENTS}, scheduler_config=scheduler,
         preprocess=preprocess, noise={"seed": spec.seed, "trials": spec.trials}, pooling=pooling,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from stages.features import ArrayId, FeatureName, FeatureNameError
 from stages.models import SDComponents
 from stages.noise import batch_noise
 
-__all__ = ["ExtractionSpec", "SDExtractor", "amplify", "pool_to_grid"]
+__all__ = ["ExtractionSpec", "SDExtractor", "amplify", "check_resolution", "pool_to_grid"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,15 @@ def amplify(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Ten
     return uncond + scale * (cond - uncond)
 
 
+def check_resolution(resolution: int, *, vae_config: Mapping[str, Any], unet_config: Mapping[str, Any],
+                     source: str = "") -> None:
+    """Image sides must be multiples of the VAE x U-Net down-sampling factor (64 for SD 2.1-base)."""
+    multiple = 2 ** (len(vae_config["block_out_channels"]) - 1) * 2 ** (len(unet_config["down_block_types"]) - 1)
+    if resolution <= 0 or resolution % multiple:
+        raise ValueError(f"resolution {resolution} is not a positive multiple of {multiple} "
+                         f"(VAE x U-Net down-sampling factor of {source or 'this model'})")
+
+
 class _StopForward(Exception):
     """Raised by the last tap's hook so the U-Net does no work after it."""
 
@@ -104,28 +113,19 @@ class SDExtractor:
         self.modules = {name: name.resolve(components.unet) for name in self.names}
         self._empty_embedding: torch.Tensor | None = None
 
-    # ---- geometry -------------------------------------------------------------------------------
-    @property
-    def resolution_multiple(self) -> int:
-        """Image sides must be multiples of this: VAE down-sampling x U-Net down-sampling."""
-        unet = self.components.unet
-        vae_factor = 2 ** (len(self.components.vae.config.block_out_channels) - 1) if self.components.vae else 8
-        return vae_factor * 2 ** (len(unet.config.down_block_types) - 1)
-
     def check_resolution(self, resolution: int) -> None:
-        multiple = self.resolution_multiple
-        if resolution <= 0 or resolution % multiple:
-            raise ValueError(f"resolution {resolution} is not a positive multiple of {multiple} "
-                             f"(VAE x U-Net down-sampling factor of {self.components.source or 'this model'})")
+        """Refuse image sides the VAE and U-Net cannot down-sample evenly."""
+        if self.components.vae is None:
+            raise RuntimeError("this extractor was built without a VAE (U-Net-only, for cached latents)")
+        check_resolution(resolution, vae_config=self.components.vae.config,
+                         unet_config=self.components.unet.config, source=self.components.source)
 
     # ---- stages ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, R, R) in [-1, 1] -> z0 (B, 4, R/8, R/8) float32: posterior mean x scaling factor."""
-        vae = self.components.vae
-        if vae is None:
-            raise RuntimeError("this extractor was built without a VAE (U-Net-only, for cached latents)")
         self.check_resolution(pixels.shape[-1])
+        vae = self.components.vae
         posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
         return (posterior.mean * vae.config.scaling_factor).float()
 

@@ -26,6 +26,12 @@ def test_fingerprint_ignores_array_names_but_not_values_changing_fields(tmp_path
         assert fingerprint_for(changed, memo_path=memo) != base, changed
 
 
+def test_a_resolution_the_model_cannot_downsample_is_refused_before_any_store_exists(tmp_path):
+    with pytest.raises(ValueError, match="multiple of 64"):
+        plan_run(split_config({"resolution": 96, "cache_root": str(tmp_path / "cache")}))
+    assert not (tmp_path / "cache").exists()
+
+
 def test_array_ids_name_latents_and_each_feature_timestep_source():
     spec = CacheSpec(features=("U-L1-R1-B0-Cross-Q",), timesteps=(50, 100), prompt_sources=("caption",))
     assert array_ids_for(spec) == ["latents", "U-L1-R1-B0-Cross-Q@t50", "U-L1-R1-B0-Cross-Q@t100",
