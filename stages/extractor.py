@@ -183,11 +183,11 @@ class SDExtractor:
             taps = self._forward(sample, timesteps.repeat(len(halves)), text)
             for name, tap in taps.items():
                 pooled = pool_to_grid(tap, layout=name.layout, grid=self.spec.grid)
-                for (h, (_, src)), per_half in zip(enumerate(halves), pooled.chunk(len(halves))):
+                for (_, src), per_half in zip(halves, pooled.chunk(len(halves))):
                     for t, block in zip(steps, per_half.chunk(len(steps))):
                         array_id = str(ArrayId(name, t, src))
                         totals[array_id] = totals[array_id] + block if array_id in totals else block
-        return {k: v / self.spec.trials if self.spec.trials > 1 else v for k, v in totals.items()}
+        return {k: v / self.spec.trials for k, v in totals.items()}  # exact for one trial
 
     def _forward(self, sample: torch.Tensor, timesteps: torch.Tensor,
                  text: torch.Tensor) -> dict[FeatureName, torch.Tensor]:
