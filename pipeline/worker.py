@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from stages.cache_spec import LATENTS, CacheSpec, array_ids_for, image_spec_for
+from stages.cache_spec import LATENTS, CacheSpec, array_ids_for, extraction_spec_for
 from stages.models import resolve_model_dir
 from stages.preprocess import ImageError, ImageSpec, load_image, preprocess
 
@@ -67,13 +67,12 @@ class _SDRunner:
     """VAE latents (rounded to the stored dtype) and U-Net taps computed from exactly those latents."""
 
     def __init__(self, spec: CacheSpec, model_dir: Path, *, device: Any, dtype: Any) -> None:
-        from stages.extractor import ExtractionSpec, SDExtractor
+        from stages.extractor import SDExtractor
         from stages.models import load_sd_components
 
         self.spec = spec
         components = load_sd_components(str(model_dir), device=device, dtype=dtype)
-        self.extractor = SDExtractor(components, ExtractionSpec(
-            features=spec.features, timesteps=spec.timesteps, grid=spec.grid, trials=spec.trials, seed=spec.seed))
+        self.extractor = SDExtractor(components, extraction_spec_for(spec))
         self.extractor.check_resolution(spec.resolution)
 
     def latents(self, images: np.ndarray) -> Any:

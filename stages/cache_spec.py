@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -24,7 +24,10 @@ from stages.models import resolve_model_dir
 from stages.preprocess import CLIP_MEAN_RGB, ImageSpec
 from stages.store.fingerprint import Fingerprint, contract_fields
 
-__all__ = ["CacheSpec", "ENCODERS", "LATENTS", "POOLING", "cache_spec_from", "image_spec_for",
+if TYPE_CHECKING:
+    from stages.extractor import ExtractionSpec
+
+__all__ = ["CacheSpec", "ENCODERS", "LATENTS", "POOLING", "cache_spec_from", "extraction_spec_for", "image_spec_for",
            "fingerprint_for", "array_ids_for", "array_shapes_for", "spec_summary"]
 
 ENCODERS = ("sd", "clip")
@@ -80,6 +83,15 @@ def cache_spec_from(values: Mapping[str, Any], *, where: str) -> CacheSpec:
         return build_dataclass(CacheSpec, {k: v for k, v in values.items() if k in names}, where=where)
     except ValueError as exc:  # CacheSpec's own validation
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def extraction_spec_for(spec: CacheSpec, *, features: Sequence[str] | None = None,
+                        timesteps: Sequence[int] | None = None) -> "ExtractionSpec":
+    """The extractor settings that reproduce a store's values (optionally for a subset of its arrays)."""
+    from stages.extractor import ExtractionSpec
+
+    return ExtractionSpec(features=tuple(features or spec.features), timesteps=tuple(timesteps or spec.timesteps),
+                          grid=spec.grid, trials=spec.trials, seed=spec.seed)
 
 
 def _clip_processor_config(model_dir: Path) -> dict[str, Any]:

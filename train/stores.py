@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from stages.cache_spec import (LATENTS, CacheSpec, array_ids_for, array_shapes_for, cache_spec_from,
+from stages.cache_spec import (LATENTS, CacheSpec, array_ids_for, array_shapes_for, cache_spec_from, extraction_spec_for,
                                fingerprint_for, image_spec_for, spec_summary)
 from stages.config import ConfigError, load_config
 from stages.store import FingerprintMismatch, StoreReader, find_store
@@ -189,13 +189,12 @@ class OnTheFlyFeatures:
     @property
     def extractor(self) -> Any:
         if self._extractor is None:
-            from stages.extractor import ExtractionSpec, SDExtractor
+            from stages.extractor import SDExtractor
             from stages.models import load_sd_components
 
             spec = self.spec
-            self._extractor = SDExtractor(load_sd_components(spec.model, device=self.device), ExtractionSpec(
-                features=spec.features, timesteps=spec.timesteps, grid=spec.grid, trials=spec.trials,
-                seed=spec.seed))
+            self._extractor = SDExtractor(load_sd_components(spec.model, device=self.device),
+                                          extraction_spec_for(spec))
         return self._extractor
 
     def read(self, keys: list[str], array_ids: list[str]) -> dict[str, np.ndarray]:
