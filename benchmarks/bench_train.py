@@ -23,13 +23,13 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from benchmarks.bench_extract import count_flops  # noqa: E402
+from benchmarks.bench_extract import flop_table as extract_flop_table  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from stages.features import FeatureName  # noqa: E402
 from stages.sd21 import sd21_base_modules  # noqa: E402
 
 TAP = "U-L1-R1-B0-Cross-Q"
@@ -37,45 +37,15 @@ SCALE = 4.0
 EXTRACT_YAML = "configs/extract/sample.yaml"
 
 
-class _Stop(Exception):
-    pass
-
-
-def _gflop(fn: Callable[[], Any]) -> float:
-    with FlopCounterMode(display=False) as counter:
-        try:
-            fn()
-        except _Stop:
-            pass
-    return counter.get_total_flops() / 1e9
-
-
-def _until(module: torch.nn.Module, fn: Callable[[], Any]) -> Callable[[], Any]:
-    """`fn` stopped right after `module` runs (the trainer's early exit)."""
-    def stop(*_: Any) -> None:
-        raise _Stop
-
-    def run() -> None:
-        handle = module.register_forward_hook(stop)
-        try:
-            fn()
-        finally:
-            handle.remove()
-    return run
-
-
 def flop_table() -> dict[str, float]:
-    """Diffusion GFLOP per training sample at 512 px (SD 2.1-base, batch of one)."""
-    modules = sd21_base_modules("meta")
-    unet, vae, text_encoder = modules["unet"], modules["vae"], modules["text_encoder"]
+    """Diffusion GFLOP per training sample at 512 px (SD 2.1-base, batch of one); the U-Net figures are
+    `bench_extract`'s (the tap's through `SDExtractor`'s early exit, as the trainer runs it)."""
+    extract = extract_flop_table()
+    text_encoder = sd21_base_modules("meta")["text_encoder"]
     with torch.device("meta"):
-        pixels, latents = torch.empty(1, 3, 512, 512), torch.empty(1, 4, 64, 64)
-        text, t, ids = torch.empty(1, 77, 1024), torch.full((1,), 50), torch.zeros(1, 77, dtype=torch.long)
-    def unet_call() -> Any:
-        return unet(latents, t, encoder_hidden_states=text)
-    parts = {"vae_encode": _gflop(lambda: vae.encode(pixels)), "unet_full": _gflop(unet_call),
-             "unet_to_tap": _gflop(_until(FeatureName.parse(TAP).resolve(unet), unet_call)),
-             "text_encoder": _gflop(lambda: text_encoder(ids))}
+        ids = torch.zeros(1, 77, dtype=torch.long)
+    parts = {"vae_encode": extract["VAE encode"], "unet_full": extract["U-Net (full)"],
+             "unet_to_tap": extract[f"U-Net to {TAP}"], "text_encoder": count_flops(lambda: text_encoder(ids))}
     return {**parts,
             "pretrain_cached": 0.0,
             "sft_guided_cached": parts["text_encoder"] + parts["unet_to_tap"],
@@ -123,8 +93,9 @@ def measure(stage: str, *, model: str, on_the_fly: bool, cache_root: str, steps:
     if on_the_fly:
         _, image_root = resolve_data_path(config.data.data_path)
         source = OnTheFlyFeatures(cache_spec_from_yaml(EXTRACT_YAML)[0], image_root=image_root)
-    loader_rate = _loader_rate(prepare(config, source=source))
-    history = run(prepare(config, source=source)).history[1:]  # step 1: warm-up (lazy U-Net load, allocations)
+    prepared = prepare(config, source=source)
+    loader_rate = _loader_rate(prepared)  # leaves the model and the RNGs alone; `train` repositions the sampler
+    history = run(prepared).history[1:]  # step 1: warm-up (lazy U-Net load, allocations)
     step_rate = statistics.median(m.samples_per_s for m in history)
     batch = config.per_device_batch_size * config.gradient_accumulation_steps
     return {"step_s": batch / step_rate, "step_samples_per_s": step_rate, "loader_samples_per_s": loader_rate}

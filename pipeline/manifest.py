@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from stages.llava import first_reply, load_llava_json
 from stages.preprocess import ImageError, safe_image_path
 
-__all__ = ["Manifest", "ManifestError", "PROMPT_SOURCES", "read_llava_json", "build_manifest",
-           "first_reply"]
+__all__ = ["Manifest", "ManifestError", "PROMPT_SOURCES", "build_manifest"]
 
 _STAT_THREADS = 32  # file checks are I/O-bound; on network filesystems parallel stats help a lot
 
@@ -26,16 +26,8 @@ class ManifestError(ValueError):
     """A LLaVA JSON file that is not a list of sample objects."""
 
 
-def first_reply(sample: Mapping[str, Any]) -> str:
-    """The first assistant (`gpt`) turn: the caption of a LLaVA-558k pretrain sample."""
-    for turn in sample.get("conversations") or ():
-        if isinstance(turn, Mapping) and turn.get("from") == "gpt":
-            return str(turn.get("value", ""))
-    return ""
-
-
 # prompt source name -> text for a sample (the first sample of an image supplies its prompt)
-PROMPT_SOURCES: dict[str, Callable[[Mapping[str, Any]], str]] = {"caption": first_reply}
+PROMPT_SOURCES: dict[str, Callable[[Mapping[str, Any]], str]] = {"caption": lambda s: first_reply(s["conversations"])}
 
 
 @dataclass(frozen=True)
@@ -55,21 +47,6 @@ class Manifest:
         rows = [{"key": k, "kind": "refused", "reason": r} for k, r in self.refused.items()]
         rows += [{"key": k, "kind": "missing", "reason": r} for k, r in self.missing.items()]
         return sorted(rows, key=lambda row: row["key"])
-
-
-def read_llava_json(path: str | Path) -> list[Mapping[str, Any]]:
-    """The samples of a LLaVA JSON file (558k pretrain or mix665k SFT format), unchanged."""
-    path = Path(path)
-    try:
-        with path.open(encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise ManifestError(f"LLaVA JSON {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, list) or not all(isinstance(s, Mapping) for s in data):
-        raise ManifestError(f"{path} must hold a JSON list of sample objects (LLaVA format)")
-    return data
 
 
 def _check(root: Path, key: object) -> tuple[str, str | None]:
@@ -114,7 +91,7 @@ def build_manifest(json_paths: Sequence[str | Path], *, image_root: str | Path,
     root = Path(image_root)
     if not root.is_dir():
         raise ManifestError(f"image root {root} is not a directory")
-    samples = (s for p in json_paths for s in read_llava_json(p))
+    samples = (s for p in json_paths for s in load_llava_json(p, error=ManifestError))
     first, n_samples, n_text_only = _collect(samples, prompt_sources)
     entries = list(first)
     with ThreadPoolExecutor(max_workers=_STAT_THREADS) as pool:

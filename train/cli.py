@@ -6,7 +6,8 @@
 `config=PATH` picks another YAML (configs/train/pretrain.yaml, sft.yaml for the real LLaVA-1.5 runs);
 any field is a dotted override: `lr=2e-3 data.num_workers=4 guidance.scale=0 resume=true`.
 Run from the repository root (config paths are relative to it). Exit status 2: a setup problem (bad
-config, missing cache store, missing stage-1 adapter), printed as one message naming the fix.
+config, missing cache store or DeepSpeed JSON, missing stage-1 adapter, a checkpoint this run cannot
+resume), printed as one message naming the fix.
 """
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from stages.config import ConfigError, build_dataclass, load_config
+from stages.llava import load_llava_json
 from train.collate import collate
 from train.conditioning import GuidedFeatures, extractor_builder, required_arrays
 from train.config import STAGES, TrainConfig, VisionConfig
-from train.data import LlavaDataset, load_llava_json
-from train.engine import ensure_distributed, is_main_process, seed_everything
-from train.loop import FINAL_DIR, StepMetrics, train
+from train.data import LlavaDataset
+from train.engine import check_engine_config, ensure_distributed, is_main_process, seed_everything
+from train.loop import FINAL_DIR, StepMetrics, check_resume, train
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model
 from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
 from train.stores import CachedFeatures, locate_stores, resolve_data_path
@@ -131,12 +133,15 @@ def _sampler(config: TrainConfig, dataset: LlavaDataset) -> Any:
 
 
 def _loader_factory(config: TrainConfig, dataset: LlavaDataset, pad_token_id: int) -> Callable[[Any], DataLoader]:
+    """Loaders with their own seeded generator: our samplers shuffle, the generator only seeds workers, and
+    `iter()` then never draws from the global torch RNG (which prompt dropout uses and checkpoints restore)."""
     workers = config.data.num_workers
 
     def make_loader(sampler: Any) -> DataLoader:
         return DataLoader(dataset, sampler=sampler, batch_size=config.per_device_batch_size, drop_last=True,
                           collate_fn=functools.partial(collate, pad_token_id=pad_token_id), num_workers=workers,
-                          pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None)
+                          pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None,
+                          generator=torch.Generator().manual_seed(config.seed))
     return make_loader
 
 
@@ -154,6 +159,7 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
     `read`, `__contains__`, `sample_shape(array_id)` and `cache_spec(array_id)`.
     """
     _check_adapter(config)
+    check_engine_config(config)
     vision, guidance = config.vision, config.guidance
     array_ids = required_arrays(vision, guidance)
     if source is None:
@@ -167,10 +173,12 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
         raise SetupError(f"no samples of {data_path} have their image in {source!r}")
     ensure_distributed()
     sampler = _sampler(config, dataset)
+    check_resume(config, sampler)
     seed_everything(config.seed)  # the adapter's initial weights
     model = build_model(config, feature_dims={a: source.sample_shape(a)[-1] for a in vision.array_ids})
+    question_guided = vision.mode != "clip" and guidance.scale > 0 and guidance.prompt_source == "question"
     builder = (extractor_builder(source.cache_spec(vision.sd_array), vision.sd_array, device=_device())
-               if vision.mode != "clip" else None)
+               if question_guided else None)  # only question guidance runs the U-Net (and reads cache_spec)
     hook = GuidedFeatures(vision=vision, guidance=guidance, build_extractor=builder)
     return Prepared(config=config, model=model, sampler=sampler, prepare_features=hook, tokenizer=tokenizer,
                     make_loader=_loader_factory(config, dataset, tokenizer.pad_token_id), dataset=dataset)

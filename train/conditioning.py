@@ -15,13 +15,12 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from stages.extractor import ExtractionSpec, SDExtractor, amplify
+from stages.cache_spec import LATENTS, cache_spec_from, extraction_spec_for
+from stages.extractor import SDExtractor, amplify
 from stages.features import ArrayId
 from train.config import GuidanceConfig, VisionConfig
 
-__all__ = ["LATENTS", "required_arrays", "GuidedFeatures", "extractor_builder"]
-
-LATENTS = "latents"
+__all__ = ["required_arrays", "GuidedFeatures", "extractor_builder"]
 
 
 def _conditioned(vision: VisionConfig, guidance: GuidanceConfig) -> bool:
@@ -40,14 +39,15 @@ def extractor_builder(cache_spec: Mapping[str, Any], sd_array: str, *,
                       device: torch.device | None = None) -> Callable[[], SDExtractor]:
     """A U-Net-only extractor reproducing the store's settings (model, grid, trials, noise seed)."""
 
+    array = ArrayId.parse(sd_array)
+    store_spec = cache_spec_from(cache_spec, where=f"the cache_spec recorded with {sd_array}")  # fails now
+
     def build() -> SDExtractor:
         from stages.models import load_sd_components
 
-        array = ArrayId.parse(sd_array)
-        components = load_sd_components(cache_spec["model"], device=device, with_vae=False)
-        spec = ExtractionSpec(features=(str(array.feature),), timesteps=(array.timestep,),
-                              grid=cache_spec["grid"], trials=cache_spec["trials"], seed=cache_spec["seed"])
-        return SDExtractor(components, spec)
+        components = load_sd_components(store_spec.model, device=device, with_vae=False)
+        return SDExtractor(components, extraction_spec_for(store_spec, features=(str(array.feature),),
+                                                           timesteps=(array.timestep,)))
 
     return build
 
@@ -86,7 +86,8 @@ class GuidedFeatures:
     def _question_features(self, batch: Mapping[str, Any], uncond: Tensor) -> Tensor:
         keys = [k for k in batch["image_keys"] if k is not None]
         questions = [q for q, k in zip(batch["questions"], batch["image_keys"]) if k is not None]
-        keep = torch.rand(len(keys)) >= self.guidance.prompt_dropout  # (N_img,)
+        # drawn on the host RNG (the one checkpoints restore), then moved beside the features
+        keep = (torch.rand(len(keys)) >= self.guidance.prompt_dropout).to(uncond.device)  # (N_img,)
         cond = uncond.clone()
         if keep.any():
             rows = keep.nonzero().flatten().tolist()

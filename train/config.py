@@ -1,18 +1,15 @@
 """The trainer's settings: one frozen dataclass tree, read from YAML plus `key=value` overrides.
 
-`load_train_config("configs/train/pretrain.yaml", ["lr=2e-3", "vision.mode=sd+clip-concat"])` is the
-only way the CLI builds it; validation happens here, once, and nothing mutates it afterwards.
+`train.cli.load_stage_config("pretrain", ["lr=2e-3", "vision.mode=sd+clip-concat"])` is the only way the
+CLI builds it; validation happens here, once, and nothing mutates it afterwards.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Sequence
 
-from stages.config import ConfigError, build_dataclass, load_config
+from stages.config import ConfigError
 
-__all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "load_train_config",
-           "STAGES", "PRECISIONS", "OPTIMIZERS"]
+__all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGES", "PRECISIONS", "OPTIMIZERS"]
 
 STAGES = ("pretrain", "sft")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -127,7 +124,3 @@ class TrainConfig:
         """Stage 1 trains the projector only."""
         return self.stage == "pretrain"
 
-
-def load_train_config(default_path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """YAML (`config=` override or `default_path`) + dotted `key=value` overrides -> `TrainConfig`."""
-    return build_dataclass(TrainConfig, load_config(default_path, overrides), where="train config")

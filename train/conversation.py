@@ -13,7 +13,8 @@ Templates (LLaVA-1.5 conventions, `llava/conversation.py` and `llava/train/train
   caption and "\\n" are supervised. Exactly one human and one gpt turn, and an image.
 - `v1` (Vicuna v1, SFT): `{system} USER: {q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>`;
   only each ` {a}` and its `</s>` (the tokenizer's eos id) are supervised. With an image, `<image>`
-  is removed from every turn and put at the front of the first human turn followed by "\\n".
+  is removed from the turns holding it (those, and only those, are stripped of surrounding whitespace,
+  as in LLaVA) and put at the front of the first human turn followed by "\\n".
 """
 from __future__ import annotations
 
@@ -105,8 +106,9 @@ def _check_placeholders(turns: list[tuple[str, str]], has_image: bool) -> None:
 def _vicuna_v1(conversations: Sequence[Mapping[str, Any]], has_image: bool) -> list[Segment]:
     turns = _turns(conversations)
     _check_placeholders(turns, has_image)
-    if has_image:  # LLaVA's preprocess_multimodal: the image leads the first human turn
-        turns = [(role, text.replace(IMAGE_PLACEHOLDER, "").strip()) for role, text in turns]
+    if has_image:  # LLaVA's preprocess_multimodal strips only the turns holding `<image>`; it leads turn 0
+        turns = [(role, text.replace(IMAGE_PLACEHOLDER, "").strip() if IMAGE_PLACEHOLDER in text else text)
+                 for role, text in turns]
         turns[0] = (_HUMAN, f"{IMAGE_PLACEHOLDER}\n{turns[0][1]}".strip())
     segments: list[Segment] = []
     prefix = VICUNA_V1_SYSTEM + " "  # sep " " after the system prompt; none after "</s>"

@@ -3,23 +3,23 @@
 Records are LLaVA's: `{"id": ..., "image": "coco/train2017/x.jpg" (optional), "conversations": [...]}`.
 The image key is the `image` string exactly as written (DESIGN §3). Features are read through a
 `FeatureSource` — the cache store's reader provides it — one sample at a time, as float32.
-Text is tokenized lazily in `__getitem__` (cheap, and it keeps start-up instant on 665k records);
-membership of every image key in the store is checked up front, so a missing image fails before
+Text is tokenized lazily in `__getitem__` (cheap, and it keeps start-up fast on 665k records), but
+every conversation's structure is checked against the template up front (string work, no tokenizer),
+as is membership of every image key in the store, so malformed data or a missing image fails before
 training starts (`missing="error"`) or is dropped and counted (`missing="skip"`).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from stages.llava import first_reply
 from train.conversation import IMAGE_TOKEN_INDEX, first_human_text, get_template, tokenize_conversation
 
-__all__ = ["FeatureSource", "MissingImageError", "load_llava_json", "LlavaDataset"]
+__all__ = ["FeatureSource", "MissingImageError", "LlavaDataset"]
 
 
 class FeatureSource(Protocol):
@@ -37,21 +37,6 @@ class MissingImageError(KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
-
-
-def load_llava_json(path: str | Path) -> list[dict[str, Any]]:
-    """Read a LLaVA JSON (a list of records with `conversations` and an optional `image`)."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        records = json.load(fh)
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: a LLaVA JSON holds a list of records, got {type(records).__name__}")
-    for i, record in enumerate(records):
-        if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
-            raise ValueError(f"{path}: record {i} has no 'conversations' list: {str(record)[:200]}")
-        if "image" in record and not isinstance(record["image"], str):
-            raise ValueError(f"{path}: record {i} has a non-string 'image': {record['image']!r}")
-    return records
 
 
 def _word_count(record: Mapping[str, Any]) -> int:
@@ -74,7 +59,7 @@ class LlavaDataset(Dataset):
         num_image_tokens: int, feature_source: FeatureSource | None, array_ids: Sequence[str],
         missing: Literal["error", "skip"] = "error",
     ) -> None:
-        get_template(template)  # fail on a bad name now, not in a worker
+        format_conversation = get_template(template)  # fail on a bad name now, not in a worker
         if missing not in ("error", "skip"):
             raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}")
         if num_image_tokens < 1 or max_length < num_image_tokens + 1:
@@ -85,6 +70,14 @@ class LlavaDataset(Dataset):
         self.max_length, self.num_image_tokens = max_length, num_image_tokens
         self.array_ids = tuple(array_ids)
         self.records, self.skipped_keys = self._check_images(records, missing)
+        for i, record in enumerate(self.records):  # string work only: malformed data fails before training
+            try:
+                if "image" in record and not isinstance(record["image"], str):
+                    raise ValueError(f"its 'image' is not a string: {record['image']!r}")
+                format_conversation(record["conversations"], record.get("image") is not None)
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise ValueError(f"record {i} (id {record.get('id')!r}) does not fit the {template!r} "
+                                 f"template: {exc}") from exc
 
     def _check_images(self, records: Sequence[Mapping[str, Any]], missing: str) -> tuple[list, tuple[str, ...]]:
         if self.feature_source is None:
@@ -135,12 +128,11 @@ class LlavaDataset(Dataset):
         if key is not None and IMAGE_TOKEN_INDEX not in input_ids:
             raise ValueError(f"sample {record.get('id')!r}: max_length {self.max_length} truncates the image "
                              "placeholder away; raise max_length")
-        gpt_turns = [turn["value"] for turn in conversations if turn.get("from") == "gpt"]
         return {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "image_key": key,
             "question": first_human_text(conversations) if key is not None else None,
-            "caption": gpt_turns[0] if gpt_turns else None,
+            "caption": first_reply(conversations),
             "features": self._features(key) if key is not None and self.feature_source is not None else None,
         }

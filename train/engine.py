@@ -6,7 +6,7 @@ of a world of one, on a free port.
 
 Checkpoints (`<output_dir>/checkpoints/step-XXXXXXXX/`, `latest` names the newest complete one):
 `deepspeed/` (engine.save_checkpoint: module, ZeRO optimizer partitions, LR schedule), `adapter.safetensors`,
-`llm/` (HF format, when the LLM trains), `trainer_state.json` (step, sampler position) and
+`llm/` (HF format, when the LLM trains), `trainer_state.json` (step, sampler position, batch and schedule settings) and
 `rng-rank<r>.json` (torch/CUDA/numpy/python RNG states). The DeepSpeed part is torch pickle files that
 DeepSpeed itself loads with `weights_only=False`: resume only from checkpoints you wrote.
 """
@@ -25,11 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from stages.store.layout import write_json_atomic
 from train.config import TrainConfig
 
-__all__ = ["ensure_distributed", "resolve_precision", "deepspeed_config", "param_groups", "cosine_with_warmup",
-           "build_engine", "seed_everything", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-           "restore_rng", "is_main_process", "barrier", "CHECKPOINTS_DIR"]
+__all__ = ["ensure_distributed", "resolve_precision", "deepspeed_config", "check_engine_config", "param_groups",
+           "cosine_with_warmup", "build_engine", "seed_everything", "save_checkpoint", "load_checkpoint",
+           "latest_checkpoint", "read_checkpoint_state", "restore_rng", "is_main_process", "barrier",
+           "CHECKPOINTS_DIR"]
 
 CHECKPOINTS_DIR = "checkpoints"
 _LATEST = "latest"
@@ -116,10 +118,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
+def check_engine_config(config: TrainConfig) -> None:
+    """Raise what `build_engine` would on this host (DeepSpeed JSON missing or conflicting, FusedAdam
+    without CUDA), so the CLI reports it before loading anything."""
+    deepspeed_config(config)
+    if config.optimizer == "fused_adam" and not torch.cuda.is_available():
+        raise ValueError("optimizer=fused_adam needs CUDA; use optimizer=adamw on CPU")
+
+
 def _optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
     if name == "fused_adam":
-        if not torch.cuda.is_available():
-            raise ValueError("optimizer=fused_adam needs CUDA; use optimizer=adamw on CPU")
         from deepspeed.ops.adam import FusedAdam
 
         return FusedAdam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, adam_w_mode=True)
@@ -141,6 +149,7 @@ def build_engine(model: nn.Module, config: TrainConfig, *, total_steps: int) -> 
     ensure_distributed()
     import deepspeed
 
+    check_engine_config(config)
     optimizer = _optimizer(config.optimizer, param_groups(model, config.weight_decay), config.lr)
     warmup = math.ceil(config.warmup_ratio * total_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -182,6 +191,7 @@ def _rank() -> int:
 
 
 def _write_text(path: Path, text: str) -> None:
+    """The `latest` pointer (plain text; the JSON files go through `write_json_atomic`)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -207,10 +217,10 @@ def save_checkpoint(engine: Any, *, output_dir: str | Path, step: int, state: Ma
     barrier()
     frozen = any(not p.requires_grad for p in engine.module.parameters())
     engine.save_checkpoint(str(partial), tag=_DS_TAG, save_latest=False, exclude_frozen_parameters=frozen)
-    _write_text(partial / f"rng-rank{_rank()}.json", json.dumps(_rng_state()))
+    write_json_atomic(partial / f"rng-rank{_rank()}.json", _rng_state())
     if is_main_process():
         engine.module.save_pretrained(partial, with_llm=with_llm)
-        _write_text(partial / _STATE_FILE, json.dumps({"step": step, **state}, indent=1, sort_keys=True))
+        write_json_atomic(partial / _STATE_FILE, {"step": step, **state})
     barrier()
     if is_main_process():
         shutil.rmtree(final, ignore_errors=True)
@@ -235,8 +245,8 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 def load_checkpoint(engine: Any, path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore the engine (module, optimizer, schedule); returns (trainer state, this rank's RNG state).
 
-    The RNG state is applied by the caller with `restore_rng` once its data iterator exists: creating a
-    DataLoader iterator draws from the torch RNG, which an uninterrupted run did at the epoch start.
+    The caller applies the RNG state with `restore_rng` where an uninterrupted run stood at the save
+    (`train.loop`: before or after building the epoch's data iterator, for loaders that draw on `iter()`).
     """
     path = Path(path)
     frozen = any(not p.requires_grad for p in engine.module.parameters())
@@ -246,4 +256,9 @@ def load_checkpoint(engine: Any, path: str | Path) -> tuple[dict[str, Any], dict
     rng_file = path / f"rng-rank{_rank()}.json"
     if not rng_file.is_file():
         raise FileNotFoundError(f"{rng_file} missing: was the checkpoint written with a different world size?")
-    return json.loads((path / _STATE_FILE).read_text()), json.loads(rng_file.read_text())
+    return read_checkpoint_state(path), json.loads(rng_file.read_text())
+
+
+def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's trainer state (step, sampler position, batch and schedule settings)."""
+    return json.loads((Path(path) / _STATE_FILE).read_text())

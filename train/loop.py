@@ -19,11 +19,11 @@ import torch
 from torch import Tensor
 
 from train.config import TrainConfig
-from train.engine import (build_engine, is_main_process, latest_checkpoint, load_checkpoint, restore_rng,
-                          save_checkpoint, seed_everything)
+from train.engine import (build_engine, is_main_process, latest_checkpoint, load_checkpoint,
+                          read_checkpoint_state, restore_rng, save_checkpoint, seed_everything)
 from train.model import LlavaModel
 
-__all__ = ["ResumableSampler", "StepMetrics", "train", "total_steps", "default_prepare_features",
+__all__ = ["ResumableSampler", "StepMetrics", "train", "total_steps", "check_resume", "default_prepare_features",
            "METRICS_FILE", "FINAL_DIR"]
 
 METRICS_FILE = "metrics.jsonl"
@@ -83,8 +83,9 @@ def _to_device(value: Any, device: torch.device) -> Any:
 
 
 def _micro_step(engine: Any, batch: Batch, prepare: Callable[[Batch], Mapping[str, Tensor]]) -> tuple[Tensor, Tensor]:
-    features = _to_device(prepare(batch), engine.device)
-    inputs = {k: _to_device(batch[k], engine.device) for k in ("input_ids", "labels", "attention_mask", "has_image")}
+    batch = _to_device(batch, engine.device)  # first: question guidance runs its U-Net on device tensors
+    features = _to_device(prepare(batch), engine.device)  # a no-op unless a hook returns host tensors
+    inputs = {k: batch[k] for k in ("input_ids", "labels", "attention_mask", "has_image")}
     out = engine(**inputs, features=features)
     engine.backward(out.loss)
     engine.step()  # applies the optimizer and the schedule only at the accumulation boundary
@@ -170,14 +171,33 @@ def _position(sampler: ResumableSampler, *, epoch: int, consumed: int) -> dict[s
     return state
 
 
-def _resume(engine: Any, config: TrainConfig, sampler: ResumableSampler) -> tuple[int, dict[str, Any] | None]:
-    """(start step, RNG state to restore) from the latest checkpoint when `config.resume`."""
+def _schedule(config: TrainConfig, *, per_epoch: int, total: int) -> dict[str, int]:
+    """The settings a checkpoint's step and sampler position are only meaningful under."""
+    return {"per_device_batch_size": config.per_device_batch_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "steps_per_epoch": per_epoch, "total_steps": total}
+
+
+def _resumable(config: TrainConfig, sampler: ResumableSampler, *, per_epoch: int,
+               total: int) -> tuple[Path, dict[str, Any]] | None:
+    """(latest checkpoint, its trainer state) when `config.resume` finds one this run can continue."""
     checkpoint = latest_checkpoint(config.output_dir) if config.resume else None
     if checkpoint is None:
-        return 0, None
-    state, rng = load_checkpoint(engine, checkpoint)
+        return None
+    state = read_checkpoint_state(checkpoint)
+    for key, value in _schedule(config, per_epoch=per_epoch, total=total).items():
+        if state.get(key) != value:
+            raise ValueError(f"cannot resume from {checkpoint}: it was written with {key}={state.get(key)!r}, "
+                             f"this run has {key}={value!r}; restore that setting or use a new output_dir")
     sampler.load_state_dict(state["sampler"])  # rejects a different seed, dataset or world size
-    return int(state["step"]), rng
+    return checkpoint, state
+
+
+def check_resume(config: TrainConfig, sampler: ResumableSampler) -> None:
+    """Raise now (no engine needed) if `train()` would refuse to resume from the latest checkpoint."""
+    _position(sampler, epoch=0, consumed=0)
+    per_epoch, total = total_steps(config, batches_per_epoch=len(sampler) // config.per_device_batch_size)
+    _resumable(config, sampler, per_epoch=per_epoch, total=total)
 
 
 def train(
@@ -195,16 +215,23 @@ def train(
     micro, accumulation = config.per_device_batch_size, config.gradient_accumulation_steps
     _position(sampler, epoch=0, consumed=0)
     per_epoch, total = total_steps(config, batches_per_epoch=len(sampler) // micro)
+    found = _resumable(config, sampler, per_epoch=per_epoch, total=total)
     engine = build_engine(model, config, total_steps=total)
-    step, rng = _resume(engine, config, sampler)
+    step, rng = 0, None
+    if found is not None:
+        _, rng = load_checkpoint(engine, found[0])
+        step = int(found[1]["step"])
     reporter = _Reporter(Path(config.output_dir), start_step=step, total=total, desc=config.stage)
     history: list[StepMetrics] = []
     engine.train()
     while step < total:
         epoch, offset = divmod(step, per_epoch)
         _position(sampler, epoch=epoch, consumed=offset * accumulation * micro)
+        if rng is not None and offset == 0:  # an uninterrupted run built this epoch's iterator after the save
+            restore_rng(rng)
+            rng = None
         batches = iter(make_loader(sampler))
-        if rng is not None:  # after the iterator exists: it drew from the RNG at the epoch start
+        if rng is not None:  # mid-epoch: after the iterator, whose creation the saved state already includes
             restore_rng(rng)
             rng = None
         for _ in range(min(per_epoch - offset, total - step)):
@@ -230,5 +257,6 @@ def _checkpoint(engine: Any, config: TrainConfig, sampler: ResumableSampler, *, 
     epoch = (step - 1) // per_epoch  # the epoch the sampler is in now
     consumed = (step - epoch * per_epoch) * config.gradient_accumulation_steps * config.per_device_batch_size
     save_checkpoint(engine, output_dir=config.output_dir, step=step, with_llm=not config.freeze_llm,
-                    state={"sampler": sampler.state_dict(consumed=consumed), "total_steps": total},
+                    state={"sampler": sampler.state_dict(consumed=consumed),
+                           **_schedule(config, per_epoch=per_epoch, total=total)},
                     keep=config.keep_checkpoints)

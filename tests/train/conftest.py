@@ -20,6 +20,7 @@ import yaml
 from stages.cache_spec import (LATENTS, CacheSpec, array_ids_for, array_shapes_for, fingerprint_for, image_spec_for,
                                spec_summary)
 from stages.extractor import ExtractionSpec, SDExtractor
+from stages.llava import first_reply
 from stages.models import load_sd_components
 from stages.preprocess import load_image, preprocess, to_tensor
 from stages.store import CacheStore
@@ -41,10 +42,6 @@ class TrainStore:
     image_root: Path
     pretrain_json: Path
     sft_json: Path
-
-
-def _first_reply(record: Mapping) -> str:
-    return next(turn["value"] for turn in record["conversations"] if turn["from"] == "gpt")
 
 
 def build_sd_store(cache_root: Path, spec: CacheSpec, *, image_root: Path, keys: Sequence[str],
@@ -88,7 +85,7 @@ def _subsets(sample, folder: Path) -> tuple[Path, Path, list[str], dict[str, str
     captions: dict[str, str] = {}
     for record in pretrain + sft:
         if "image" in record:
-            captions.setdefault(record["image"], _first_reply(record))
+            captions.setdefault(record["image"], first_reply(record["conversations"]))
     paths = folder / "pretrain.json", folder / "sft.json"
     for path, records in zip(paths, (pretrain, sft)):
         path.write_text(json.dumps(records))

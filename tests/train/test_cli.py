@@ -6,12 +6,16 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
-from train.cli import DEFAULT_CONFIGS, main
+from train.cli import DEFAULT_CONFIGS, _loader_factory, _tokenizer, load_stage_config, main
 from train.config import DataConfig
+from stages.llava import load_llava_json
+from train.data import LlavaDataset
 from train.loop import FINAL_DIR, METRICS_FILE
 from train.model import ADAPTER_FILE, LLM_DIR
+from train.sampler import SeededRandomSampler
 from train.stores import CachedFeatures, StoreNotFound, locate_stores
 
 SD_ARRAY = "U-L1-R1-B0-Cross-Q@t50"
@@ -81,6 +85,14 @@ def test_sft_without_the_stage1_adapter_exits_2_naming_train_pretrain(train_stor
     assert "use `train.cli pretrain`" in capsys.readouterr().err
 
 
+def test_missing_deepspeed_json_exits_2_before_loading_anything(train_store, tmp_path, capsys):
+    missing = tmp_path / "no-such-zero2.json"
+    code = main(["pretrain", *_common(train_store, "pretrain", tmp_path / "out"), f"deepspeed_config={missing}"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(missing) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_cached_features_pickle_for_spawned_loader_workers(train_store):
     source = CachedFeatures(locate_stores(DataConfig(stores=(str(train_store.path),))), array_ids=[SD_ARRAY, "latents"])
     keys = source.readers[0].keys[:3]
@@ -90,3 +102,19 @@ def test_cached_features_pickle_for_spawned_loader_workers(train_store):
         np.testing.assert_array_equal(clone.read(keys, [array_id])[array_id], values)
     with pytest.raises(StoreNotFound, match="in none of the stores"):
         CachedFeatures([train_store.path], array_ids=["CLIP-L-2"])
+
+
+def test_iterating_the_cli_loader_leaves_the_global_torch_rng_untouched(train_store):
+    # prompt dropout draws from the global torch RNG, which checkpoints restore; a loader that drew from
+    # it on iter() would shift the masks of a run resumed exactly at an epoch boundary
+    config = load_stage_config("pretrain", _common(train_store, "pretrain", "unused"))
+    tokenizer = _tokenizer(config.model)
+    dataset = LlavaDataset(load_llava_json(train_store.pretrain_json), template="plain", tokenizer=tokenizer,
+                           max_length=64, num_image_tokens=4, feature_source=None, array_ids=())
+    make_loader = _loader_factory(config, dataset, tokenizer.pad_token_id)
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    for _ in range(2):  # two epochs
+        assert len(list(make_loader(SeededRandomSampler(len(dataset), seed=0)))) > 0
+    assert torch.equal(torch.rand(4), expected)

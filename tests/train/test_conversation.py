@@ -116,6 +116,16 @@ def test_v1_multi_turn_with_image_supervises_every_reply_and_its_eos(tok):
     assert render(tok, sample.labels) == " Yellow.</s> There are three people.</s>"
 
 
+def test_v1_image_sample_strips_only_the_turns_that_held_the_placeholder(tok):
+    # LLaVA's preprocess_multimodal strips a turn's whitespace only when it contains <image>
+    conv = turns(" <image>\nWhat color is the bus? ", " Yellow.", "  How many people? ", "Three. ")
+    sample = tokenize_conversation(conv, template="v1", tokenizer=tok, has_image=True)
+    assert render(tok, sample.input_ids) == (
+        f"<s>{SYSTEM} USER: <image>\nWhat color is the bus? ASSISTANT:  Yellow.</s>"
+        "USER:   How many people?  ASSISTANT: Three. </s>")
+    assert render(tok, sample.labels) == "  Yellow.</s> Three. </s>"
+
+
 def test_v1_text_only_multi_turn_has_no_image_slot(tok):
     conv = turns("Who wrote this book?", "An author.", "Why?", "It says so on the cover.")
     sample = tokenize_conversation(conv, template="v1", tokenizer=tok, has_image=False)

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from stages.embedded.llm import build_tiny_tokenizer
 from train.collate import collate
 from train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX, tokenize_conversation
-from train.data import LlavaDataset, MissingImageError, load_llava_json
+from stages.llava import load_llava_json
+from train.data import LlavaDataset, MissingImageError
 from train.sampler import ModalityLengthGroupedSampler
 
 T, C = 4, 3
@@ -188,8 +189,18 @@ def test_collate_refuses_a_batch_where_only_some_image_samples_carry_features(to
         collate([with_features, without], pad_token_id=tok.pad_token_id)
 
 
-def test_a_malformed_conversation_error_names_the_sample(tok, source):
-    bad = {"id": "text-42", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
-                                              {"from": "gpt", "value": "A cat."}]}
-    with pytest.raises(ValueError, match=r"sample 'text-42' \(image None\): a text-only sample"):
-        dataset(tok, source, [bad])[0]
+@pytest.mark.parametrize("conversations, message", [
+    ([{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}], "a text-only sample"),
+    ([{"from": "human", "value": "What?"}], "a conversation must alternate"),
+    ([{"from": "user", "value": "What?"}, {"from": "gpt", "value": "A cat."}], "turn 0 must be"),
+])
+def test_a_malformed_conversation_fails_at_construction_naming_the_record(tok, source, conversations, message):
+    bad = {"id": "text-42", "conversations": conversations}
+    with pytest.raises(ValueError, match=rf"record 1 \(id 'text-42'\) does not fit the 'v1' template: {message}"):
+        dataset(tok, source, [RECORDS[0], bad])  # no item is read
+
+
+def test_a_non_string_image_fails_at_construction_naming_the_record(tok):
+    bad = {**RECORDS[0], "id": "n", "image": 7}
+    with pytest.raises(ValueError, match=r"record 0 \(id 'n'\) .*'image' is not a string: 7"):
+        dataset(tok, None, [bad], array_ids=())

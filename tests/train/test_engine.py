@@ -215,3 +215,15 @@ def test_resume_after_crash_matches_uninterrupted_run_bit_for_bit(llm_dir, token
     for part in (ADAPTER_FILE, f"{LLM_DIR}/model.safetensors"):
         a, b = load_file(str(tmp_path / "ref" / FINAL_DIR / part)), load_file(str(tmp_path / "run" / FINAL_DIR / part))
         assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+@pytest.mark.parametrize("change", [{"gradient_accumulation_steps": 2}, {"max_steps": 3},
+                                    {"per_device_batch_size": 4}])
+def test_resume_refuses_a_checkpoint_written_with_other_batch_or_schedule_settings(change, llm_dir, tokenizer,
+                                                                                   tmp_path):
+    config = _config(llm_dir, tmp_path, stage="pretrain", max_steps=2, save_every=1)
+    dataset = _dataset(config, tokenizer, _records())
+    _run(config, dataset, tokenizer)
+    field = {"max_steps": "total_steps"}.get(next(iter(change)), next(iter(change)))
+    with pytest.raises(ValueError, match=f"cannot resume .* {field}="):
+        _run(dataclasses.replace(config, resume=True, **change), dataset, tokenizer)

@@ -13,13 +13,14 @@ import torch
 
 from stages.cache_spec import image_spec_for
 from stages.extractor import ExtractionSpec, SDExtractor, amplify
+from stages.llava import load_llava_json
 from stages.models import load_sd_components
 from stages.preprocess import load_image, preprocess, to_tensor
 from train.cli import TEMPLATES
 from train.collate import collate
 from train.conditioning import GuidedFeatures, extractor_builder, required_arrays
 from train.config import DataConfig, GuidanceConfig, VisionConfig
-from train.data import LlavaDataset, load_llava_json
+from train.data import LlavaDataset
 from train.stores import CachedFeatures, locate_stores
 
 SD_ARRAY = "U-L1-R1-B0-Cross-Q@t50"

@@ -1,0 +1,42 @@
+"""LLaVA JSON records (558k pretrain, mix665k SFT): reading them and the caption rule.
+
+Shared by the extraction manifest (which caption conditions an image's cached features) and the
+trainer (which caption a sample carries), so both read the same records and the same caption.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["load_llava_json", "first_reply"]
+
+
+def load_llava_json(path: str | Path, *, error: type[Exception] = ValueError) -> list[dict[str, Any]]:
+    """The records of a LLaVA JSON file, unchanged: a list of objects, each with a `conversations` list.
+
+    Any problem (missing file, bad JSON, wrong structure) raises `error` naming the file; the `image`
+    entries are left to the caller (the manifest refuses bad ones one by one, the trainer rejects them).
+    """
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            records = json.load(fh)
+    except FileNotFoundError:
+        raise error(f"LLaVA JSON {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise error(f"{path} must hold a JSON list of sample objects (LLaVA format)")
+    for i, record in enumerate(records):
+        if not isinstance(record.get("conversations"), list):
+            raise error(f"{path}: record {i} has no 'conversations' list: {str(record)[:200]}")
+    return records
+
+
+def first_reply(conversations: Sequence[Mapping[str, Any]]) -> str:
+    """The first assistant (`gpt`) turn, "" if none: the caption of a LLaVA-558k pretrain sample."""
+    for turn in conversations:
+        if isinstance(turn, Mapping) and turn.get("from") == "gpt":
+            return str(turn.get("value", ""))
+    return ""
