@@ -17,7 +17,6 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.common import best_seconds_interleaved, markdown_table, write_results  # noqa: E402
 from stages.extractor import ExtractionSpec, SDExtractor  # noqa: E402
-from stages.features import FeatureName  # noqa: E402
 from stages.models import SDComponents, load_sd_components  # noqa: E402
 from stages.sd21 import SD21_BASE_UNET, sd21_base_modules  # noqa: E402
 

@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Sequence
 
+from pipeline import store_cli
+
 __all__ = ["main", "extract_main"]
 
 
@@ -30,7 +32,7 @@ def extract_main(argv: Sequence[str]) -> int:
 
     try:
         summary = run_extract(load_extract_config(overrides), show_progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, ModelLoadError, ExtractionError) as exc:  # user-facing: no traceback
+    except (ValueError, OSError, ModelLoadError, ExtractionError) as exc:  # user-facing: no traceback
         print(f"extract: error: {exc}", file=sys.stderr)
         return 1
     print(summary.render())
@@ -42,16 +44,11 @@ def extract_main(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"extract": extract_main}
-    if not argv or argv[0] not in (*commands, "caches", "verify"):
+    commands = {"extract": extract_main, "caches": store_cli.caches_main, "verify": store_cli.verify_main}
+    if not argv or argv[0] not in commands:
         print(__doc__, file=sys.stderr)
         return 2
-    command, rest = argv[0], argv[1:]
-    if command in commands:
-        return commands[command](rest)
-    from pipeline import store_cli
-
-    return store_cli.caches_main(rest) if command == "caches" else store_cli.verify_main(rest)
+    return commands[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ array) is answered in seconds without starting Ray.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pipeline.config import ExtractConfig, resolve_data
 from pipeline.manifest import Manifest, build_manifest
@@ -17,11 +19,9 @@ from stages.cache_spec import (LATENTS, array_ids_for, array_shapes_for, fingerp
                                spec_summary)
 from stages.preprocess import ImageSpec
 from stages.store import CacheStore, StoreReader
-from stages.store.layout import read_json
+from stages.store.layout import ShardPlan, read_json
 
-__all__ = ["Plan", "ExtractionError", "plan_run", "run_extract", "ERRORS_FILE"]
-
-ERRORS_FILE = "errors.jsonl"
+__all__ = ["Plan", "ExtractionError", "errors_file_name", "plan_run", "run_extract"]
 
 
 class ExtractionError(RuntimeError):
@@ -38,9 +38,18 @@ class Plan:
     shapes: dict[str, tuple[tuple[int, ...], str]]
     image_spec: ImageSpec
     tasks: tuple[dict[str, Any], ...]
-    reused_images: int
-    recorded_failures: tuple[dict[str, str], ...]  # failures recorded by complete shards
+    planned: int  # keys in shards of this run's data only (shards shared with other data are not counted)
+    reused_images: int  # valid keys of those shards already complete
+    recorded_failures: tuple[dict[str, str], ...]  # failures recorded by those shards (not re-reported)
     foreign_shards: int  # missing shards of keys outside this run's data (left for a run with that data)
+    errors_file: Path  # this data set's errors file in the store
+
+
+def errors_file_name(json_paths: Sequence[Path], image_root: Path) -> str:
+    """`errors-<12 hex>.jsonl`, hashed from the resolved data files and image root: each data set
+    filling a store keeps its own errors file, which its next run rewrites."""
+    data = json.dumps([sorted(str(p.resolve()) for p in json_paths), str(image_root.resolve())])
+    return f"errors-{hashlib.sha256(data.encode()).hexdigest()[:12]}.jsonl"
 
 
 def _open_store(config: ExtractConfig, manifest: Manifest) -> CacheStore:
@@ -52,26 +61,22 @@ def _open_store(config: ExtractConfig, manifest: Manifest) -> CacheStore:
     return store
 
 
-def _tasks(store: CacheStore, manifest: Manifest, array_ids: list[str]) -> tuple[list[dict[str, Any]], int]:
-    """Task rows for the missing shards whose keys all belong to this run's data, and the number of
-    missing shards left alone because they hold keys of other data (another dataset, image root)."""
-    todo, ours = set(store.missing_shards(array_ids)), set(manifest.keys)
-    tasks, foreign = [], 0
-    for plan in store.shards():
-        if plan.index not in todo:
-            continue
-        if not all(k is None or k in ours for k in plan.keys):
-            foreign += 1
-            continue
-        prompts = {source: [None if k is None else texts[k] for k in plan.keys]
-                   for source, texts in manifest.prompts.items()}
-        reuse = LATENTS in array_ids and store.is_complete(LATENTS, plan.index)
-        tasks.append(task_row(shard=plan.index, keys=plan.keys, prompts=prompts, reuse_latents=reuse))
-    return tasks, foreign
+def _task(plan: ShardPlan, *, store: CacheStore, manifest: Manifest, array_ids: list[str],
+          usable: set[str]) -> dict[str, Any]:
+    """A missing shard's task row. Keys missing or refused now are decoded, so they fail with their
+    reason; stored latents are reused only when every key is `usable` (its prompts are known)."""
+    prompts = {source: [texts.get(k) for k in plan.keys] for source, texts in manifest.prompts.items()}
+    reuse = (LATENTS in array_ids and store.is_complete(LATENTS, plan.index)
+             and all(k is None or k in usable for k in plan.keys))
+    return task_row(shard=plan.index, keys=plan.keys, prompts=prompts, reuse_latents=reuse)
 
 
 def plan_run(config: ExtractConfig) -> Plan:
-    """Build the manifest, open (or create) the store, plan rows, ensure arrays, list missing shards."""
+    """Build the manifest, open (or create) the store, plan rows, ensure arrays, list missing shards.
+
+    A shard belongs to this run when all its keys are in this run's data (usable, or missing/refused
+    now: planned by an earlier run); only those are computed and counted. Others are left to a run
+    with their data."""
     spec, run = config.spec, config.run
     json_paths, image_root = resolve_data(run)
     manifest = build_manifest(json_paths, image_root=image_root, prompt_sources=spec.prompt_sources)
@@ -82,28 +87,35 @@ def plan_run(config: ExtractConfig) -> Plan:
             store.ensure_array(array_id, sample_shape=shape, dtype=dtype)
     infos = StoreReader(store.path, array_ids=array_ids).infos
     shapes = {a: (infos[a].sample_shape, infos[a].dtype.name) for a in array_ids}
-    tasks, foreign = _tasks(store, manifest, array_ids)
     missing = set(store.missing_shards(array_ids))
-    complete = [p for p in store.shards() if p.index not in missing]
-    failures = []
-    for plan in complete:
+    ours = {*manifest.keys, *manifest.missing, *manifest.refused}
+    shards = store.shards()
+    mine = [p for p in shards if all(k is None or k in ours for k in p.keys)]
+    usable = set(manifest.keys)
+    tasks = [_task(p, store=store, manifest=manifest, array_ids=array_ids, usable=usable)
+             for p in mine if p.index in missing]
+    reported = {*manifest.missing, *manifest.refused}  # already in the manifest's problems
+    failures, reused = [], 0
+    for plan in (p for p in mine if p.index not in missing):
         failed = read_json(store.paths.record(array_ids[0], plan.index)).get("failed", {})
-        failures += [{"key": k, "kind": "failed", "reason": r} for k, r in sorted(failed.items())]
-    reused = sum(k is not None for p in complete for k in p.keys) - len(failures)
+        failures += [{"key": k, "kind": "failed", "reason": r}
+                     for k, r in sorted(failed.items()) if k not in reported]
+        reused += sum(k is not None and k not in failed for k in plan.keys)
     return Plan(store=store, manifest=manifest, array_ids=tuple(array_ids), shapes=shapes,
                 image_spec=image_spec_for(spec, max_pixels=run.max_pixels), tasks=tuple(tasks),
-                reused_images=reused, recorded_failures=tuple(failures), foreign_shards=foreign)
+                planned=sum(k is not None for p in mine for k in p.keys), reused_images=reused,
+                recorded_failures=tuple(failures), errors_file=store.path / errors_file_name(json_paths, image_root),
+                foreign_shards=sum(p.index in missing for p in shards) - len(tasks))
 
 
 def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary:
     """Fill the store for `config`; returns the summary (also for a cache hit, which starts no Ray)."""
     plan = plan_run(config)
     run = config.run
-    log = ErrorLog(plan.store.path / ERRORS_FILE)
+    log = ErrorLog(plan.errors_file)
     log.reset([*plan.manifest.problems(), *plan.recorded_failures])
     summary = Summary(store=plan.store.path, errors_file=log.path, reused=plan.reused_images,
-                      planned=sum(k is not None for p in plan.store.shards() for k in p.keys),
-                      refused=len(plan.manifest.refused), missing=len(plan.manifest.missing))
+                      planned=plan.planned, refused=len(plan.manifest.refused), missing=len(plan.manifest.missing))
     if plan.foreign_shards:
         summary.notes.append(f"{plan.foreign_shards} incomplete shards hold images of other data files; "
                              "run with those files (and their image_root) to complete them")

@@ -26,7 +26,8 @@ _DECODE_BASE_MEMORY = 512 << 20  # a decode worker imports torch and PIL (~250 M
 
 
 def start_ray(run: RunConfig) -> tuple[bool, float]:
-    """Connect to or start Ray; returns (whether we started it, seconds taken)."""
+    """Connect to or start Ray; returns (whether we started it, seconds taken). A cluster that cannot be
+    reached is an `ExtractionError` saying so."""
     start = time.perf_counter()
     if ray.is_initialized():
         return False, 0.0
@@ -36,7 +37,12 @@ def start_ray(run: RunConfig) -> tuple[bool, float]:
         ray.init(address="local", num_cpus=run.num_cpus, include_dashboard=False, configure_logging=False,
                  log_to_driver=True, runtime_env={"env_vars": env})
     else:  # cluster nodes run their own install of this package (see docs/pipeline.md)
-        ray.init(address=run.ray_address, runtime_env={"env_vars": env})
+        try:
+            ray.init(address=run.ray_address, runtime_env={"env_vars": env})
+        except ConnectionError as exc:
+            raise ExtractionError(f"cannot connect to the Ray cluster at ray_address={run.ray_address!r}: {exc} "
+                                  "(start one with `ray start --head`, or leave ray_address unset for an "
+                                  "embedded Ray)") from exc
     return True, time.perf_counter() - start
 
 

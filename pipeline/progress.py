@@ -65,8 +65,9 @@ class Summary:
 
 
 class ErrorLog:
-    """`<store>/errors.jsonl`: one `{"key", "kind", "reason"}` object per line; rewritten at the start
-    of a run (up-front problems + failures recorded by complete shards), appended per shard."""
+    """`<store>/errors-<data hash>.jsonl` (one per data set, see `driver.errors_file_name`): one
+    `{"key", "kind", "reason"}` object per line; rewritten at the start of a run of that data set
+    (up-front problems + failures recorded by its complete shards), appended per shard."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
@@ -10,7 +9,7 @@ from stages.store import list_caches, verify_store
 
 __all__ = ["caches_main", "verify_main", "DEFAULT_CACHE_ROOT"]
 
-DEFAULT_CACHE_ROOT = os.environ.get("FEATURE_CACHE_ROOT", "cache")
+DEFAULT_CACHE_ROOT = "cache"  # the default cache_root of extract (pipeline.config.RunConfig)
 
 
 def _human(nbytes: int) -> str:
@@ -26,7 +25,7 @@ def caches_main(argv: Sequence[str] | None = None) -> int:
     """List the stores under ROOT: fingerprint, models, timesteps, arrays, done/planned, size, created."""
     parser = argparse.ArgumentParser(prog="caches", description=caches_main.__doc__)
     parser.add_argument("root", nargs="?", default=DEFAULT_CACHE_ROOT,
-                        help="cache root (default: $FEATURE_CACHE_ROOT or ./cache)")
+                        help="cache root (default: ./cache, as for extract)")
     args = parser.parse_args(argv)
     infos = list_caches(args.root)
     if not infos:

@@ -76,13 +76,10 @@ class CacheSpec:
 
 def cache_spec_from(values: Mapping[str, Any], *, where: str) -> CacheSpec:
     """The `CacheSpec` of an extraction config mapping; its run fields (and nothing else) are ignored."""
-    from stages.config import ConfigError, build_dataclass
+    from stages.config import build_dataclass
 
     names = {f.name for f in fields(CacheSpec)}
-    try:
-        return build_dataclass(CacheSpec, {k: v for k, v in values.items() if k in names}, where=where)
-    except ValueError as exc:  # CacheSpec's own validation
-        raise ConfigError(f"{where}: {exc}") from exc
+    return build_dataclass(CacheSpec, {k: v for k, v in values.items() if k in names}, where=where)
 
 
 def extraction_spec_for(spec: CacheSpec, *, features: Sequence[str] | None = None,

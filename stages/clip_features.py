@@ -30,7 +30,6 @@ class ClipVision:
 
     model: Any  # transformers.CLIPVisionModel
     processor: Any  # transformers.CLIPImageProcessor
-    source: str = ""
 
 
 def _vision_config(model_dir: str | Path) -> Any:
@@ -56,7 +55,7 @@ def load_clip_vision(model_dir: str | Path, *, device: torch.device | str, dtype
     except (OSError, ValueError) as exc:
         raise OSError(f"cannot load a CLIP vision model from {str(model_dir)!r}: {exc}") from exc
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return ClipVision(model=model, processor=processor, source=str(model_dir))
+    return ClipVision(model=model, processor=processor)
 
 
 @torch.inference_mode()

@@ -84,7 +84,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 
 def build_dataclass(cls: type[T], values: Mapping[str, Any], *, where: str = "config") -> T:
-    """Instantiate a (frozen) dataclass from a mapping, naming unknown fields in the error."""
+    """Instantiate a (frozen) dataclass from a mapping; unknown fields, wrong arguments and the class's
+    own validation (`ValueError` from `__post_init__`) become a `ConfigError` naming `where`."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -93,5 +94,7 @@ def build_dataclass(cls: type[T], values: Mapping[str, Any], *, where: str = "co
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except ConfigError:  # a nested build_dataclass already named its place
+        raise
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc

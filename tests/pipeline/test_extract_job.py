@@ -1,10 +1,11 @@
 """The Ray Data extraction job end to end on the bundled sample plus broken entries (tiny SD, 128 px).
 
-Ray runs are expensive (~10-15 s each), so there are nine: the reference run (1 actor, batch 2,
+Ray runs are expensive (~10-15 s each), so there are eight: the reference run (1 actor, batch 2,
 shared by several tests), batch 5, a run killed with SIGKILL and its resume with 2 actors, a run
 whose actors cannot load the model, a run adding a feature name and a timestep to a copy of the
 reference store, a run with another seed, and a run whose actor is SIGKILLed (its re-run is a cache
-hit). The cache-hit check starts no Ray at all.
+hit). The cache-hit checks start no Ray job; the worker and the plan are tested without Ray in
+test_worker.py.
 """
 import json
 import os
@@ -229,7 +230,8 @@ def test_sigkill_then_resume_with_two_actors_is_bit_identical_to_one_actor_run(r
 
 
 def test_cache_hit_computes_nothing_and_starts_no_ray(reference, data, tmp_path):
-    before = {p: p.stat().st_mtime_ns for p in reference.store.rglob("*") if p.is_file() and p.name != "errors.jsonl"}
+    before = {p: p.stat().st_mtime_ns for p in reference.store.rglob("*")
+              if p.is_file() and not p.name.startswith("errors-")}
     config = overrides(fields(data, reference.store.parent))
     code = ("import sys, json; from pipeline.cli import main; rc = main(['extract', '--no-progress', "
             f"'--summary-json', {str(tmp_path / 's.json')!r}, *{config!r}]); "
@@ -242,7 +244,8 @@ def test_cache_hit_computes_nothing_and_starts_no_ray(reference, data, tmp_path)
     summary = json.loads((tmp_path / "s.json").read_text())
     assert (summary["done"], summary["shards"], summary["reused"]) == (0, 0, 39)
     assert time.time() - start < 60
-    after = {p: p.stat().st_mtime_ns for p in reference.store.rglob("*") if p.is_file() and p.name != "errors.jsonl"}
+    after = {p: p.stat().st_mtime_ns for p in reference.store.rglob("*")
+             if p.is_file() and not p.name.startswith("errors-")}
     assert after == before
 
 

@@ -82,7 +82,13 @@ def test_config_fields_route_to_cache_spec_or_run_and_unknown_fields_fail():
         split_config({"features": ["U-L1-nonsense"]})
 
 
+SIX_FEATURES = ("U-L1-R1-B0-Cross-Q", "D-L2-R0-B0-Cross-Q", "U-L1-R1-B0-Out", "U-L1-R2-B0-Cross-Q",
+                "U-L2-R1-B0-Cross-Q", "U-L2-R2-Res-Out")
+
+
 @pytest.mark.parametrize("name", ["sample", "sample-clip", "llava558k", "llava665k"])
-def test_shipped_configs_parse(name):
+def test_shipped_configs_parse_with_their_encoder_features_and_shard_size(name):
     config = load_extract_config([f"config=configs/extract/{name}.yaml"])
-    assert config.spec.encoder in ("sd", "clip")
+    assert config.spec.encoder == ("clip" if name == "sample-clip" else "sd")
+    if name.startswith("llava"):
+        assert config.spec.features == SIX_FEATURES and config.run.shard_size == 256

@@ -45,3 +45,21 @@ def test_unknown_fields_and_non_numbers_name_the_problem(tmp_path):
         build_dataclass(Outer, {"lr": "fast"})
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+@dataclass(frozen=True)
+class Checked:
+    trials: int = 1
+
+    def __post_init__(self) -> None:
+        if self.trials <= 0:
+            raise ValueError("trials must be positive")
+
+
+def test_validation_in_post_init_is_a_config_error_naming_the_place_once():
+    with pytest.raises(ConfigError, match=r"^run: trials must be positive$"):
+        build_dataclass(Checked, {"trials": 0}, where="run")
+    from stages.cache_spec import cache_spec_from
+
+    with pytest.raises(ConfigError, match=r"^cache: grid and trials must be positive$"):
+        cache_spec_from({"trials": 0}, where="cache")

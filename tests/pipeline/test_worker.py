@@ -1,0 +1,103 @@
+"""The shard worker and the driver's plan without Ray: `plan_run` then `ShardProcessor.process` per task
+(what the Ray job does), on a few bundled sample images (tiny SD, 64 px)."""
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.config import split_config
+from pipeline.driver import plan_run
+from pipeline.worker import WorkerBuilder, decode_shard
+from stages.features import FeatureName
+from stages.store import StoreReader
+
+OLD, NEW = "U-L2-R2-Res-Out", "U-L1-R1-Vit-Out"  # the U-Net forward reaches NEW before OLD
+
+
+@pytest.fixture(scope="module")
+def data(sample, tmp_path_factory):
+    """Four samples of the bundled pretrain file, in one data file."""
+    path = tmp_path_factory.mktemp("data") / "four.json"
+    path.write_text(json.dumps(json.loads(sample.pretrain_json.read_text())[:4]))
+    return {"json": str(path), "root": str(sample.image_root)}
+
+
+def config(data, cache_root, **extra):
+    values = {"data": [data["json"]], "image_root": data["root"], "cache_root": str(cache_root),
+              "resolution": 64, "grid": 4, "features": [OLD], "timesteps": [50], "shard_size": 4, **extra}
+    return split_config(values)
+
+
+def processor_for(cfg, plan):
+    builder = WorkerBuilder(spec=cfg.spec, store_path=str(plan.store.path), shapes=plan.shapes, batch_size=4,
+                            device="cpu", compute_dtype="float32", write_webdataset=True)
+    return builder.build()
+
+
+def run_tasks(plan, processor):
+    image_root = str(plan.manifest.image_root)
+    return [processor.process(decode_shard(t, image_root=image_root, image_spec=plan.image_spec))
+            for t in plan.tasks]
+
+
+def test_reused_latents_compute_only_the_missing_names_and_timesteps(data, tmp_path):
+    import torch
+
+    first = config(data, tmp_path)
+    plan = plan_run(first)
+    run_tasks(plan, processor_for(first, plan))
+
+    more_steps = config(data, tmp_path, timesteps=[50, 200])  # only OLD@t200 is missing
+    plan = plan_run(more_steps)
+    processor = processor_for(more_steps, plan)
+    unet_rows = []
+    processor.runner.components.unet.register_forward_pre_hook(lambda m, args: unet_rows.append(len(args[0])))
+    stats = run_tasks(plan, processor)
+    assert plan.tasks and all(t["reuse_latents"] for t in plan.tasks)
+    assert sum(s["encoded"] for s in stats) == 0
+    assert unet_rows and max(unet_rows) <= 4  # one timestep x batch, not both timesteps
+
+    more_names = config(data, tmp_path, features=[OLD, NEW], timesteps=[50, 200])  # only NEW is missing
+    plan = plan_run(more_names)
+    processor = processor_for(more_names, plan)
+    unet = processor.runner.components.unet
+    old_calls = []
+    FeatureName.parse(OLD).resolve(unet).register_forward_hook(lambda *_: old_calls.append(1))
+    run_tasks(plan, processor)
+    assert old_calls == []  # the forward stopped at NEW: OLD, already stored, was not computed
+
+    reader = StoreReader(plan.store.path)
+    stored = reader.read(reader.keys)
+    full = processor.runner.extractor.features(torch.from_numpy(stored["latents"]), reader.keys)
+    for array_id, values in full.items():  # the restricted passes give the full pass's values
+        np.testing.assert_allclose(stored[array_id].astype(np.float32), values.numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_two_data_files_on_one_store_count_only_their_own_shards(sample, tmp_path):
+    """Data A and B (four images each, one shard each) share a store. A key planned by an earlier
+    run whose image is gone keeps its shard this run's (done, the key failed), not another data's."""
+    import shutil
+
+    root = shutil.copytree(sample.image_root, tmp_path / "images")
+    samples = json.loads(sample.pretrain_json.read_text())
+    files = {}
+    for name, part in (("a", samples[:4]), ("b", samples[4:8])):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(part))
+    data_a = {"json": str(files["a"]), "root": str(root)}
+    cfg_a = config(data_a, tmp_path / "cache")
+    plan_run(cfg_a)  # A's shard is planned, then the run stops before computing it
+    gone = samples[0]["image"]
+    (root / gone).unlink()
+
+    plan = plan_run(cfg_a)
+    assert (len(plan.tasks), plan.foreign_shards) == (1, 0) and gone in plan.manifest.missing
+    stats = run_tasks(plan, processor_for(cfg_a, plan))
+    assert json.loads(stats[0]["failed"]).keys() == {gone}
+    plan = plan_run(cfg_a)
+    assert (plan.tasks, plan.planned, plan.reused_images, plan.recorded_failures) == ((), 4, 3, ())
+
+    plan = plan_run(config({"json": str(files["b"]), "root": str(root)}, tmp_path / "cache"))
+    assert plan.store.path == plan_run(cfg_a).store.path and len(plan.tasks) == 1
+    assert (plan.planned, plan.reused_images, plan.recorded_failures) == (4, 0, ())  # nothing of A's
+    assert plan.errors_file.parent == plan.store.path and plan.errors_file != plan_run(cfg_a).errors_file
