@@ -1,4 +1,7 @@
 # Recipes take `key=value` overrides of any config field, e.g. `just extract batch_size=8`.
+# Arguments reach the commands intact ("$@"): spaces, non-ASCII characters and flags included.
+set positional-arguments
+
 export HF_HUB_OFFLINE := "1"
 export TOKENIZERS_PARALLELISM := "false"
 
@@ -10,26 +13,26 @@ demo: extract train-pretrain train-sft
 
 # fill the feature cache (default: embedded sample into ./cache); config=configs/extract/llava558k.yaml for the real run
 extract *args:
-    python -m pipeline.cli extract {{args}}
+    python -m pipeline.cli extract "$@"
 
 # stage 1: projector only, LLM frozen
 train-pretrain *args:
-    python -m train.cli pretrain {{args}}
+    python -m train.cli pretrain "$@"
 
 # stage 2: LLM + projector, question-conditioned SD features on the fly
 train-sft *args:
-    python -m train.cli sft {{args}}
+    python -m train.cli sft "$@"
 
-# list cache stores under a cache root
-caches root="cache":
-    python -m pipeline.cli caches {{root}}
+# list cache stores under a cache root (default ./cache)
+caches *args:
+    python -m pipeline.cli caches "$@"
 
-# check every shard of a store; non-zero exit on any problem
-verify store:
-    python -m pipeline.cli verify {{store}}
+# check every shard of a store; non-zero exit on any problem (flags pass through: --allow-incomplete)
+verify store *flags:
+    python -m pipeline.cli verify "$@"
 
 test *args:
-    python -m pytest -q tests {{args}}
+    python -m pytest -q tests "$@"
 
 bench: bench-extract bench-store bench-train
 

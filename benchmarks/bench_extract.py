@@ -16,9 +16,9 @@ from diffusers import DDPMScheduler, UNet2DConditionModel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.common import best_seconds_interleaved, markdown_table, write_results  # noqa: E402
+from benchmarks.sd21 import SD21_BASE_UNET, sd21_base_modules  # noqa: E402
 from stages.extractor import ExtractionSpec, SDExtractor  # noqa: E402
 from stages.models import SDComponents, load_sd_components  # noqa: E402
-from stages.sd21 import SD21_BASE_UNET, sd21_base_modules  # noqa: E402
 
 PAPER_NAMES = ("D-L2-R0-B0-Cross-Q", "U-L1-R1-B0-Cross-Q", "U-L1-R1-B0-Out", "U-L1-R2-B0-Cross-Q",
                "U-L2-R1-B0-Cross-Q", "U-L2-R2-Res-Out")

@@ -21,9 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from pipeline.config import split_config  # noqa: E402
-from pipeline.driver import plan_run, run_extract  # noqa: E402
-from pipeline.worker import WorkerBuilder, decode_shard  # noqa: E402
-from stages.cache_spec import array_ids_for  # noqa: E402
+from pipeline.driver import plan_run, run_extract, worker_builder  # noqa: E402
+from pipeline.worker import decode_shard  # noqa: E402
 from stages.embedded.sample import bundled_sample_dir, ensure_sample  # noqa: E402
 
 N_IMAGES, BATCH, SHARD, RESOLUTION = 64, 8, 16, 512
@@ -57,17 +56,14 @@ def config(data: Path, root: Path, cache: Path):
 
 def bare_loop(cfg) -> float:
     """images/s of the job's work units called shard by shard without Ray (model load not timed)."""
-    run = cfg.run
     plan = plan_run(cfg)
-    processor = WorkerBuilder(spec=cfg.spec, store_path=str(plan.store.path), shapes=plan.shapes,
-                              batch_size=run.batch_size, device=run.device, compute_dtype=run.compute_dtype,
-                              write_webdataset=run.write_webdataset, threads=1).build()
+    processor = worker_builder(cfg, plan).build()  # cpus_per_actor=1: one torch thread, as the actor
     start = time.perf_counter()
     n_images = 0
     for task in plan.tasks:
         stats = processor.process(decode_shard(task, image_root=str(plan.manifest.image_root),
                                                image_spec=plan.image_spec))
-        n_images += stats["n_images"]
+        n_images += stats.n_images
     return n_images / (time.perf_counter() - start)
 
 
@@ -95,7 +91,7 @@ def main() -> None:
                   "batch_size": BATCH, "shard_size": SHARD, "images": N_IMAGES, "actors": 1, "torch_threads": 1},
         "bare_images_per_s": bare, "pipeline_steady_images_per_s": steady, "steady_over_bare": steady / bare,
         "pipeline_whole_images_per_s": summary.images_per_s, "ray_start_s": summary.ray_start_s,
-        "first_shard_s": t_first, "bytes_written": summary.bytes_written, "arrays": array_ids_for(cfg.spec)})
+        "first_shard_s": t_first, "bytes_written": summary.bytes_written, "arrays": cfg.spec.array_ids()})
     print(f"wrote {path}")
 
 

@@ -136,7 +136,7 @@ def bench_zarr(work: Path, data: np.ndarray) -> tuple[list[dict], StoreReader]:
     store.ensure_array(ARRAY, sample_shape=(T, C))
     write_s = _timed(lambda: [store.write_shard(p.index, {ARRAY: data[p.rows.start:p.rows.stop]})
                               for p in store.shards()])
-    reader = StoreReader(store.path)
+    reader = StoreReader(store.path, expect=fp)
     assert np.array_equal(reader.read(keys[:5])[ARRAY], data[:5])
     datasets = {"random": (_Batched(len(keys), lambda idx: reader.read([keys[i] for i in idx])[ARRAY]), True, True),
                 "shard-order stream": (_ShardStream(reader), False, False)}
@@ -151,7 +151,7 @@ def bench_zarr(work: Path, data: np.ndarray) -> tuple[list[dict], StoreReader]:
 def bench_webdataset(work: Path, data: np.ndarray, reader: StoreReader) -> list[dict]:
     import webdataset as wds
 
-    store = CacheStore(reader.paths.root)
+    store = CacheStore.open(reader.paths.root, fingerprint=reader.fingerprint)
     write_s = _timed(lambda: [store.write_webdataset_shard(p.index, {ARRAY: data[p.rows.start:p.rows.stop]})
                               for p in store.shards()])
     urls = sorted(str(p) for p in reader.paths.wds.glob("*.tar"))
@@ -182,12 +182,12 @@ def bench_compression(work: Path, data: np.ndarray) -> list[dict]:
     rows = []
     shard = data[:SHARD]
     for name in COMPRESSIONS:
-        store = CacheStore.open_or_create(work / f"comp-{name}", fingerprint=Fingerprint.from_fields({"c": name}),
-                                          shard_size=SHARD)
+        fp = Fingerprint.from_fields({"c": name})
+        store = CacheStore.open_or_create(work / f"comp-{name}", fingerprint=fp, shard_size=SHARD)
         store.add_keys([f"k{i}" for i in range(SHARD)])
         store.ensure_array(ARRAY, sample_shape=(T, C), compression=name)
         write_s = min(_timed(lambda: store.write_shard(0, {ARRAY: shard})) for _ in range(2))
-        reader = StoreReader(store.path)
+        reader = StoreReader(store.path, expect=fp)
         arr = zarr.open_group(str(store.path / "zarr"), mode="r")[ARRAY]
         stored = sum(p.stat().st_size for p in (store.path / "zarr" / ARRAY / "c").rglob("*") if p.is_file())
         rows.append({"compression": name, "ratio": round(shard.nbytes / stored, 3),

@@ -30,7 +30,8 @@ import torch  # noqa: E402
 from benchmarks.bench_extract import count_flops  # noqa: E402
 from benchmarks.bench_extract import flop_table as extract_flop_table  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from stages.sd21 import sd21_base_modules  # noqa: E402
+from benchmarks.sd21 import sd21_base_modules  # noqa: E402
+from stages.locations import DEFAULT_CACHE_ROOT  # noqa: E402
 
 TAP = "U-L1-R1-B0-Cross-Q"
 SCALE = 4.0
@@ -103,7 +104,7 @@ def measure(stage: str, *, model: str, on_the_fly: bool, cache_root: str, steps:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache-root", default="cache", help="where `just extract` put the sample store")
+    parser.add_argument("--cache-root", default=DEFAULT_CACHE_ROOT, help="where `just extract` put the sample store")
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
     from train.stores import locate_stores

@@ -4,6 +4,11 @@
         fill the cache for configs/extract/sample.yaml, or `config=configs/extract/llava558k.yaml`
     caches [ROOT]     list the stores under a cache root
     verify STORE      check every shard of a store
+
+Exit status: 0 done; 1 the run failed (an extraction worker error, with its traceback; `verify` found
+problems); 2 a setup problem (bad arguments or config, a missing model, data file or store, a store made
+from other inputs, an unreachable Ray cluster), printed as one message naming the fix. Any other error
+is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import sys
 from typing import Sequence
 
 from pipeline import store_cli
+from stages.errors import USAGE_ERROR, UserError, print_user_error
 
 __all__ = ["main", "extract_main"]
 
@@ -27,14 +33,12 @@ def extract_main(argv: Sequence[str]) -> int:
     overrides = list(args.overrides) + ([f"ray_address={args.ray_address}"] if args.ray_address else [])
 
     from pipeline.config import load_extract_config
-    from pipeline.driver import ExtractionError, run_extract
-    from stages.models import ModelLoadError
+    from pipeline.driver import run_extract
 
     try:
         summary = run_extract(load_extract_config(overrides), show_progress=not args.no_progress)
-    except (ValueError, OSError, ModelLoadError, ExtractionError) as exc:  # user-facing: no traceback
-        print(f"extract: error: {exc}", file=sys.stderr)
-        return 1
+    except UserError as exc:  # the message, not a traceback; a worker failure (ExtractionError) keeps its own
+        return print_user_error("extract", exc)
     print(summary.render())
     if args.summary_json:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
@@ -47,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"extract": extract_main, "caches": store_cli.caches_main, "verify": store_cli.verify_main}
     if not argv or argv[0] not in commands:
         print(__doc__, file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     return commands[argv[0]](argv[1:])
 
 

@@ -12,23 +12,22 @@ from typing import Any, Mapping, Sequence
 
 from stages.cache_spec import CacheSpec, cache_spec_from
 from stages.config import ConfigError, build_dataclass, load_config
+from stages.locations import DEFAULT_CACHE_ROOT, SAMPLE, is_sample_data, resolve_sample_data
 from stages.preprocess import ImageSpec
 
-__all__ = ["RunConfig", "ExtractConfig", "DEFAULT_CONFIG", "SAMPLE_DATA", "load_extract_config",
-           "split_config", "resolve_data"]
+__all__ = ["RunConfig", "ExtractConfig", "DEFAULT_CONFIG", "load_extract_config", "split_config", "resolve_data"]
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "extract" / "sample.yaml"
-SAMPLE_DATA = "embedded:sample"  # `data: [embedded:sample]`: the bundled sample, built on demand
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """How a run executes; none of these fields changes a stored value."""
 
-    data: tuple[str, ...] = (SAMPLE_DATA,)  # LLaVA JSON files (558k / mix665k format)
+    data: tuple[str, ...] = (SAMPLE,)  # LLaVA JSON files (558k / mix665k format), or one embedded:sample name
     image_root: str | None = None  # folder the JSON `image` paths are relative to
-    cache_root: str = "cache"
+    cache_root: str = DEFAULT_CACHE_ROOT
     batch_size: int = 8  # images per extractor call, formed deterministically inside a shard
     shard_size: int = 256  # rows per store shard = the unit of work (fixed when a store is created)
     num_actors: int = 1  # extractor actors (one GPU each on CUDA hosts)
@@ -71,15 +70,13 @@ def load_extract_config(overrides: Sequence[str] = ()) -> ExtractConfig:
 
 
 def resolve_data(run: RunConfig) -> tuple[list[Path], Path]:
-    """(LLaVA JSON files, image root). `embedded:sample` is the bundled sample (both its pretrain and
-    SFT files, deduplicated by the manifest), built on first use under the embedded home."""
-    if SAMPLE_DATA in run.data:
+    """(LLaVA JSON files, image root). A bundled-sample name (`stages.locations.SAMPLE_DATA`; `embedded:sample`
+    is both its JSON files, deduplicated by the manifest) stands alone and is built on first use."""
+    samples = [d for d in run.data if is_sample_data(d)]
+    if samples:
         if len(run.data) != 1:
-            raise ConfigError(f"{SAMPLE_DATA} cannot be combined with other data files")
-        from stages.embedded.sample import bundled_sample_dir, ensure_sample
-
-        sample = ensure_sample(bundled_sample_dir())
-        return [Path(sample.pretrain_json), Path(sample.sft_json)], Path(sample.image_root)
+            raise ConfigError(f"{samples[0]} cannot be combined with other data files")
+        return resolve_sample_data(samples[0])
     if run.image_root is None:
         raise ConfigError("image_root must be set: the folder the `image` paths of the JSON files are relative to")
     return [Path(p) for p in run.data], Path(run.image_root)

@@ -9,23 +9,20 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from pipeline.config import ExtractConfig, resolve_data
 from pipeline.manifest import Manifest, build_manifest
 from pipeline.progress import ErrorLog, Progress, Summary
-from pipeline.worker import WorkerBuilder, task_row
-from stages.cache_spec import (LATENTS, array_ids_for, array_shapes_for, fingerprint_for, image_spec_for,
+from pipeline.rows import ShardTask
+from pipeline.worker import WorkerBuilder
+from stages.cache_spec import (LATENTS, array_shapes_for, fingerprint_for, image_spec_for,
                                spec_summary)
 from stages.preprocess import ImageSpec
-from stages.store import CacheStore, StoreReader
-from stages.store.layout import ShardPlan, read_json
+from stages.store import CacheStore, StoreMeta
+from stages.store.layout import ShardPlan
 
-__all__ = ["Plan", "ExtractionError", "errors_file_name", "plan_run", "run_extract"]
-
-
-class ExtractionError(RuntimeError):
-    """A worker failed in a way that stops the run (e.g. the model cannot be loaded in an actor)."""
+__all__ = ["Plan", "errors_file_name", "plan_run", "worker_builder", "run_extract"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +34,7 @@ class Plan:
     array_ids: tuple[str, ...]
     shapes: dict[str, tuple[tuple[int, ...], str]]
     image_spec: ImageSpec
-    tasks: tuple[dict[str, Any], ...]
+    tasks: tuple[ShardTask, ...]
     planned: int  # keys in shards of this run's data only (shards shared with other data are not counted)
     reused_images: int  # valid keys of those shards already complete
     recorded_failures: tuple[dict[str, str], ...]  # failures recorded by those shards (not re-reported)
@@ -61,14 +58,14 @@ def _open_store(config: ExtractConfig, manifest: Manifest) -> CacheStore:
     return store
 
 
-def _task(plan: ShardPlan, *, store: CacheStore, manifest: Manifest, array_ids: list[str],
-          usable: set[str]) -> dict[str, Any]:
-    """A missing shard's task row. Keys missing or refused now are decoded, so they fail with their
+def _task(plan: ShardPlan, *, meta: StoreMeta, manifest: Manifest, array_ids: list[str],
+          usable: set[str]) -> ShardTask:
+    """A missing shard's task. Keys missing or refused now are decoded, so they fail with their
     reason; stored latents are reused only when every key is `usable` (its prompts are known)."""
-    prompts = {source: [texts.get(k) for k in plan.keys] for source, texts in manifest.prompts.items()}
-    reuse = (LATENTS in array_ids and store.is_complete(LATENTS, plan.index)
+    prompts = {source: tuple(texts.get(k) for k in plan.keys) for source, texts in manifest.prompts.items()}
+    reuse = (LATENTS in array_ids and meta.is_complete(LATENTS, plan.index)
              and all(k is None or k in usable for k in plan.keys))
-    return task_row(shard=plan.index, keys=plan.keys, prompts=prompts, reuse_latents=reuse)
+    return ShardTask(shard=plan.index, keys=tuple(plan.keys), prompts=prompts, reuse_latents=reuse)
 
 
 def plan_run(config: ExtractConfig) -> Plan:
@@ -81,31 +78,40 @@ def plan_run(config: ExtractConfig) -> Plan:
     json_paths, image_root = resolve_data(run)
     manifest = build_manifest(json_paths, image_root=image_root, prompt_sources=spec.prompt_sources)
     store = _open_store(config, manifest)
-    array_ids = array_ids_for(spec)
+    array_ids = spec.array_ids()
     if not set(array_ids) <= set(store.array_ids()):  # shapes need a meta forward: only for new arrays
         for array_id, (shape, dtype) in array_shapes_for(spec).items():
             store.ensure_array(array_id, sample_shape=shape, dtype=dtype)
-    infos = StoreReader(store.path, array_ids=array_ids).infos
-    shapes = {a: (infos[a].sample_shape, infos[a].dtype.name) for a in array_ids}
-    missing = set(store.missing_shards(array_ids))
+    meta = store.refresh()
+    shapes = {a: (meta.infos[a].sample_shape, meta.infos[a].dtype.name) for a in array_ids}
+    missing = set(meta.missing_shards(array_ids))
     ours = {*manifest.keys, *manifest.missing, *manifest.refused}
-    shards = store.shards()
+    shards = meta.plans
     mine = [p for p in shards if all(k is None or k in ours for k in p.keys)]
     usable = set(manifest.keys)
-    tasks = [_task(p, store=store, manifest=manifest, array_ids=array_ids, usable=usable)
+    tasks = [_task(p, meta=meta, manifest=manifest, array_ids=array_ids, usable=usable)
              for p in mine if p.index in missing]
     reported = {*manifest.missing, *manifest.refused}  # already in the manifest's problems
     failures, reused = [], 0
     for plan in (p for p in mine if p.index not in missing):
-        failed = read_json(store.paths.record(array_ids[0], plan.index)).get("failed", {})
+        failed = meta.failed(plan.index, array_ids)
         failures += [{"key": k, "kind": "failed", "reason": r}
                      for k, r in sorted(failed.items()) if k not in reported]
-        reused += sum(k is not None and k not in failed for k in plan.keys)
+        reused += len(meta.valid_keys(plan, array_ids))
     return Plan(store=store, manifest=manifest, array_ids=tuple(array_ids), shapes=shapes,
                 image_spec=image_spec_for(spec, max_pixels=run.max_pixels), tasks=tuple(tasks),
                 planned=sum(k is not None for p in mine for k in p.keys), reused_images=reused,
                 recorded_failures=tuple(failures), errors_file=store.path / errors_file_name(json_paths, image_root),
                 foreign_shards=sum(p.index in missing for p in shards) - len(tasks))
+
+
+def worker_builder(config: ExtractConfig, plan: Plan) -> WorkerBuilder:
+    """What each extractor actor builds its `ShardProcessor` from (also the Ray-free bare loop's)."""
+    run = config.run
+    return WorkerBuilder(spec=config.spec, store_path=str(plan.store.path), fingerprint=plan.store.fingerprint,
+                         shapes=plan.shapes,
+                         batch_size=run.batch_size, device=run.device, compute_dtype=run.compute_dtype,
+                         write_webdataset=run.write_webdataset, threads=max(1, int(run.cpus_per_actor)))
 
 
 def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary:
@@ -125,16 +131,14 @@ def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary
         return summary
     from pipeline import job  # imports Ray: only when there is work
 
-    builder = WorkerBuilder(spec=config.spec, store_path=str(plan.store.path), shapes=plan.shapes,
-                            batch_size=run.batch_size, device=run.device, compute_dtype=run.compute_dtype,
-                            write_webdataset=run.write_webdataset, threads=max(1, int(run.cpus_per_actor)))
+    if run.ray_address is None:  # an embedded Ray's CPUs are known before it starts: check them first
+        job.check_embedded_budget(run, n_tasks=len(plan.tasks))
     started, summary.ray_start_s = job.start_ray(run)
-    shards = plan.store.shards()
-    total = sum(sum(k is not None for k in shards[t["shard"]].keys) for t in plan.tasks)
+    total = sum(k is not None for task in plan.tasks for k in task.keys)
     progress = Progress(summary, log, total=total, enabled=show_progress)
     try:
-        job.run_shards(plan.tasks, builder=builder, image_root=str(plan.manifest.image_root),
-                       image_spec=plan.image_spec, run=run, on_stats=progress.update)
+        job.run_shards(plan.tasks, builder=worker_builder(config, plan), run=run, on_stats=progress.update,
+                       image_root=str(plan.manifest.image_root), image_spec=plan.image_spec)
     finally:
         progress.close()
         if started:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import ray
 
 from pipeline.config import REPO, RunConfig
-from pipeline.driver import ExtractionError
-from pipeline.worker import ShardWorker, WorkerBuilder, decode_shard
+from pipeline.errors import ExtractionError
+from pipeline.rows import ShardStats, ShardTask
+from pipeline.worker import ShardWorker, WorkerBuilder, decode_row
 from stages.config import ConfigError
 from stages.preprocess import ImageSpec
 
-__all__ = ["start_ray", "run_shards"]
+__all__ = ["start_ray", "check_embedded_budget", "run_shards"]
 
 _PASSED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "DFC_EMBEDDED_HOME", "XDG_CACHE_HOME",
                "TOKENIZERS_PARALLELISM")
@@ -27,7 +28,7 @@ _DECODE_BASE_MEMORY = 512 << 20  # a decode worker imports torch and PIL (~250 M
 
 def start_ray(run: RunConfig) -> tuple[bool, float]:
     """Connect to or start Ray; returns (whether we started it, seconds taken). A cluster that cannot be
-    reached is an `ExtractionError` saying so."""
+    reached is a `ConfigError` saying so."""
     start = time.perf_counter()
     if ray.is_initialized():
         return False, 0.0
@@ -40,9 +41,9 @@ def start_ray(run: RunConfig) -> tuple[bool, float]:
         try:
             ray.init(address=run.ray_address, runtime_env={"env_vars": env})
         except ConnectionError as exc:
-            raise ExtractionError(f"cannot connect to the Ray cluster at ray_address={run.ray_address!r}: {exc} "
-                                  "(start one with `ray start --head`, or leave ray_address unset for an "
-                                  "embedded Ray)") from exc
+            raise ConfigError(f"cannot connect to the Ray cluster at ray_address={run.ray_address!r}: {exc} "
+                              "(start one with `ray start --head`, or leave ray_address unset for an "
+                              "embedded Ray)") from exc
     return True, time.perf_counter() - start
 
 
@@ -53,39 +54,52 @@ def _root_cause(exc: BaseException) -> str:
     return causes[-1] if causes else (lines[-1] if lines else type(exc).__name__)
 
 
-def _use_gpus(run: RunConfig) -> bool:
-    if run.device == "auto":
-        return ray.cluster_resources().get("GPU", 0) > 0
-    return run.device.startswith("cuda")
+def _use_gpus(run: RunConfig, *, gpus: float) -> bool:
+    """Whether the actors take a GPU each, given how many GPUs there are."""
+    return gpus > 0 if run.device == "auto" else run.device.startswith("cuda")
 
 
-def run_shards(tasks: Sequence[Mapping[str, Any]], *, builder: WorkerBuilder, image_root: str,
-               image_spec: ImageSpec, run: RunConfig, on_stats: Callable[[Mapping[str, Any]], None]) -> None:
-    """Compute and write every shard of `tasks` (see `pipeline.worker` for the row format), calling
-    `on_stats` with each shard's stats row as it completes (in completion order)."""
+def _check_cpu_budget(run: RunConfig, *, actors: int, cpus: float, where: str) -> None:
+    if actors * run.cpus_per_actor > cpus - 1:
+        raise ConfigError(f"{actors} CPU actors x cpus_per_actor={run.cpus_per_actor} leave none of the "
+                          f"{cpus:g} CPUs {where} for decoding images; lower num_actors or "
+                          "cpus_per_actor (fractions are fine: cpus_per_actor=0.5)")
+
+
+def check_embedded_budget(run: RunConfig, *, n_tasks: int) -> None:
+    """Before starting an embedded Ray: CPU actors must leave a CPU of `num_cpus` (default: all) free."""
+    import torch
+
+    if not _use_gpus(run, gpus=torch.cuda.device_count()):
+        _check_cpu_budget(run, actors=min(run.num_actors, n_tasks), cpus=run.num_cpus or os.cpu_count() or 1,
+                          where="of this machine" if run.num_cpus is None else "given by num_cpus")
+
+
+def run_shards(tasks: Sequence[ShardTask], *, builder: WorkerBuilder, image_root: str, image_spec: ImageSpec,
+               run: RunConfig, on_stats: Callable[[ShardStats], None]) -> None:
+    """Compute and write every shard of `tasks` (rows: `pipeline.rows`), calling `on_stats` with each
+    shard's stats as it completes (in completion order)."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver shows one bar over images
     context.print_on_execution_start = False
-    use_gpus = _use_gpus(run)
+    resources = ray.cluster_resources()
+    use_gpus = _use_gpus(run, gpus=resources.get("GPU", 0))
     actors = min(run.num_actors, len(tasks))
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if not use_gpus and actors * run.cpus_per_actor > cpus - 1:
-        raise ConfigError(f"{actors} CPU actors x cpus_per_actor={run.cpus_per_actor} leave no CPU of the "
-                          f"{cpus:g} in this Ray cluster for decoding images; lower num_actors or "
-                          "cpus_per_actor (fractions are fine: cpus_per_actor=0.5)")
+    if not use_gpus:  # a cluster's (or an already running Ray's) CPUs are known only once connected
+        _check_cpu_budget(run, actors=actors, cpus=resources.get("CPU", 0), where="in this Ray cluster")
     # The decode tasks declare their memory (their output is one shard of uint8 pixels). Besides
     # sizing the scheduler, the differing resources keep Ray Data from fusing the decode into the
     # actor, which would serialise decoding with the GPU work.
     shard_bytes = run.shard_size * image_spec.resolution**2 * 3
-    dataset = ray.data.from_items([dict(t) for t in tasks], override_num_blocks=len(tasks))
-    dataset = dataset.map(decode_shard, fn_kwargs={"image_root": image_root, "image_spec": image_spec},
+    dataset = ray.data.from_items([t.to_row() for t in tasks], override_num_blocks=len(tasks))
+    dataset = dataset.map(decode_row, fn_kwargs={"image_root": image_root, "image_spec": image_spec},
                           num_cpus=1, memory=_DECODE_BASE_MEMORY + 2 * shard_bytes)
     dataset = dataset.map_batches(
         ShardWorker, fn_constructor_kwargs={"builder": builder}, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if use_gpus else 0,
         num_cpus=run.cpus_per_actor, zero_copy_batch=True)
     try:
-        for stats in dataset.iter_rows():
-            on_stats(stats)
+        for row in dataset.iter_rows():
+            on_stats(ShardStats.from_row(row))
     except ray.exceptions.RayError as exc:
         raise ExtractionError(f"extraction worker failed: {_root_cause(exc)}") from exc

@@ -14,20 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from stages.llava import first_reply, load_llava_json
+from stages.config import ConfigError
+from stages.llava import DataError, first_reply, load_llava_json
 from stages.preprocess import ImageError, safe_image_path
 
-__all__ = ["Manifest", "ManifestError", "PROMPT_SOURCES", "build_manifest"]
+__all__ = ["Manifest", "ManifestError", "PROMPT_TEXT", "build_manifest"]
 
 _STAT_THREADS = 32  # file checks are I/O-bound; on network filesystems parallel stats help a lot
 
 
-class ManifestError(ValueError):
-    """A LLaVA JSON file that is not a list of sample objects."""
+class ManifestError(DataError):
+    """Data files or an image root that cannot be used: missing, not a list of LLaVA sample objects."""
 
 
-# prompt source name -> text for a sample (the first sample of an image supplies its prompt)
-PROMPT_SOURCES: dict[str, Callable[[Mapping[str, Any]], str]] = {"caption": lambda s: first_reply(s["conversations"])}
+# prompt source name -> the function taking its text from a LLaVA sample (an image's first sample supplies it)
+PROMPT_TEXT: dict[str, Callable[[Mapping[str, Any]], str]] = {"caption": lambda s: first_reply(s["conversations"])}
 
 
 @dataclass(frozen=True)
@@ -76,16 +77,16 @@ def _collect(samples: Iterable[Mapping[str, Any]], sources: Sequence[str]
             continue
         text = image if isinstance(image, str) else json.dumps(image, sort_keys=True)
         if text not in first:
-            first[text] = (image, {source: PROMPT_SOURCES[source](sample) for source in sources})
+            first[text] = (image, {source: PROMPT_TEXT[source](sample) for source in sources})
     return first, n_samples, n_text_only
 
 
 def build_manifest(json_paths: Sequence[str | Path], *, image_root: str | Path,
                    prompt_sources: Sequence[str] = ()) -> Manifest:
     """Read, deduplicate by key, refuse escaping paths, find missing files (in parallel)."""
-    unknown = sorted(set(prompt_sources) - set(PROMPT_SOURCES))
+    unknown = sorted(set(prompt_sources) - set(PROMPT_TEXT))
     if unknown:
-        raise ValueError(f"unknown prompt source(s) {unknown}; known: {sorted(PROMPT_SOURCES)}")
+        raise ConfigError(f"unknown prompt source(s) {unknown}; known: {sorted(PROMPT_TEXT)}")
     if not json_paths:
         raise ManifestError("no LLaVA JSON files given (config field `data`)")
     root = Path(image_root)

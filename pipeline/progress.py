@@ -1,13 +1,16 @@
-"""What a run reports: a tqdm bar over images (rate and ETA) fed by per-shard stats rows, and the
-final `Summary` (done, reused, skipped, failed, GB written, images/s)."""
+"""What a run reports: a tqdm bar over images (rate and ETA) fed by per-shard `ShardStats`, and the
+final `Summary` (done, reused, skipped, failed, GB written, images/s, seconds per stage)."""
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from pipeline.rows import ShardStats
 
 __all__ = ["Summary", "Progress", "ErrorLog"]
 
@@ -32,6 +35,7 @@ class Summary:
     extractor_batches: int = 0
     images_decoded: int = 0  # decoded by the CPU tasks (0 for shards whose stored latents are reused)
     images_encoded: int = 0  # through the VAE (or CLIP vision) in the actors
+    stage_seconds: Counter[str] = field(default_factory=Counter)  # decode, vae/unet/clip, write: summed over shards
     completions: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, images) per shard
     notes: list[str] = field(default_factory=list)
 
@@ -51,6 +55,10 @@ class Summary:
                  f"{self.shards} shards, {self.bytes_written / 1e9:.3f} GB written in {self.seconds:.1f} s "
                  f"({self.images_per_s:.2f} images/s; Ray start {self.ray_start_s:.1f} s)",
                  f"store: {self.store}"]
+        if self.stage_seconds:
+            lines.append("time, summed over shards: " + ", ".join(
+                f"{stage} {s:.1f} s" + (" (CPU tasks, in parallel with the actors)" if stage == "decode" else "")
+                for stage, s in self.stage_seconds.items()))
         if self.skipped or self.failed:
             lines.append(f"errors (key, kind, reason per line): {self.errors_file}")
         return "\n".join(lines + self.notes)
@@ -61,7 +69,7 @@ class Summary:
                 "failed": self.failed, "shards": self.shards, "bytes_written": self.bytes_written,
                 "seconds": self.seconds, "images_per_s": self.images_per_s, "ray_start_s": self.ray_start_s,
                 "extractor_batches": self.extractor_batches, "images_decoded": self.images_decoded,
-                "images_encoded": self.images_encoded}
+                "images_encoded": self.images_encoded, "stage_seconds": dict(self.stage_seconds)}
 
 
 class ErrorLog:
@@ -95,19 +103,18 @@ class Progress:
         self.bar = tqdm(total=total, unit="img", desc="extract", disable=not enabled, file=sys.stderr,
                         dynamic_ncols=True, smoothing=0.1)
 
-    def update(self, stats: Mapping[str, Any]) -> None:
-        failed = json.loads(stats["failed"])
-        n_images = int(stats["n_images"])
+    def update(self, stats: ShardStats) -> None:
         self.summary.shards += 1
-        self.summary.failed += len(failed)
-        self.summary.done += n_images - len(failed)
-        self.summary.bytes_written += int(stats["bytes"])
-        self.summary.extractor_batches += int(stats["batches"])
-        self.summary.images_decoded += int(stats["decoded"])
-        self.summary.images_encoded += int(stats["encoded"])
-        self.summary.completions.append((time.perf_counter() - self.start, n_images))
-        self.log.append_failed(failed)
-        self.bar.update(n_images)
+        self.summary.failed += len(stats.failed)
+        self.summary.done += stats.n_images - len(stats.failed)
+        self.summary.bytes_written += stats.bytes
+        self.summary.extractor_batches += stats.batches
+        self.summary.images_decoded += stats.decoded
+        self.summary.images_encoded += stats.encoded
+        self.summary.stage_seconds.update(stats.seconds)
+        self.summary.completions.append((time.perf_counter() - self.start, stats.n_images))
+        self.log.append_failed(stats.failed)
+        self.bar.update(stats.n_images)
         self.bar.set_postfix(shards=self.summary.shards, failed=self.summary.failed, refresh=False)
 
     def close(self) -> None:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
+from stages.locations import DEFAULT_CACHE_ROOT
 from stages.store import list_caches, verify_store
 
-__all__ = ["caches_main", "verify_main", "DEFAULT_CACHE_ROOT"]
-
-DEFAULT_CACHE_ROOT = "cache"  # the default cache_root of extract (pipeline.config.RunConfig)
+__all__ = ["caches_main", "verify_main"]
 
 
 def _human(nbytes: int) -> str:
@@ -25,7 +25,7 @@ def caches_main(argv: Sequence[str] | None = None) -> int:
     """List the stores under ROOT: fingerprint, models, timesteps, arrays, done/planned, size, created."""
     parser = argparse.ArgumentParser(prog="caches", description=caches_main.__doc__)
     parser.add_argument("root", nargs="?", default=DEFAULT_CACHE_ROOT,
-                        help="cache root (default: ./cache, as for extract)")
+                        help=f"cache root (default: {DEFAULT_CACHE_ROOT}, as for extract)")
     args = parser.parse_args(argv)
     infos = list_caches(args.root)
     if not infos:
@@ -43,12 +43,15 @@ def caches_main(argv: Sequence[str] | None = None) -> int:
 
 
 def verify_main(argv: Sequence[str] | None = None) -> int:
-    """Check every shard of STORE (completeness, checksums, shape, dtype, NaN/Inf); 1 on any problem."""
+    """Check every shard of STORE (completeness, checksums, shape, dtype, NaN/Inf); 1 on any problem,
+    2 (usage) when STORE is not a directory."""
     parser = argparse.ArgumentParser(prog="verify", description=verify_main.__doc__)
     parser.add_argument("store", help="a store directory (<cache root>/<fingerprint>)")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="do not report planned shards that are not written yet")
     args = parser.parse_args(argv)
+    if not Path(args.store).is_dir():
+        parser.error(f"{args.store} is not a directory")  # exit status 2, as for any bad argument
     problems = verify_store(args.store, require_complete=not args.allow_incomplete)
     for problem in problems:
         print(problem, file=sys.stderr)

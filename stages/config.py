@@ -14,13 +14,15 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
+from stages.errors import UserError
+
 __all__ = ["ConfigError", "load_config", "parse_overrides", "build_dataclass"]
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used as given."""
+class ConfigError(UserError, ValueError):
+    """A config file, override or setting (or the file a setting names) that cannot be used as given."""
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Stable Diffusion U-Net features (DESIGN §2–§3): latents, noise, taps with early exit, pooling.
 
-One `SDExtractor` serves the offline pipeline (images -> latents -> unconditional features) and the
-trainer (cached latents -> question-conditioned features). The U-Net runs once per batch for every
-requested tap, timestep and (for guidance) both prompt halves, and stops right after the last tap.
+`SDExtractor` is the tap engine under `stages.encoders.SDFeatureEncoder` (which the pipeline, the
+trainer and the tests call): the U-Net runs once per batch for every requested tap, timestep and (for
+guidance) both prompt halves, and stops right after the last tap.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from stages.config import ConfigError
 from stages.features import ArrayId, FeatureName, FeatureNameError
 from stages.models import SDComponents
 from stages.noise import batch_noise
@@ -67,8 +68,8 @@ def check_resolution(resolution: int, *, vae_config: Mapping[str, Any], unet_con
     """Image sides must be multiples of the VAE x U-Net down-sampling factor (64 for SD 2.1-base)."""
     multiple = 2 ** (len(vae_config["block_out_channels"]) - 1) * 2 ** (len(unet_config["down_block_types"]) - 1)
     if resolution <= 0 or resolution % multiple:
-        raise ValueError(f"resolution {resolution} is not a positive multiple of {multiple} "
-                         f"(VAE x U-Net down-sampling factor of {source or 'this model'})")
+        raise ConfigError(f"resolution {resolution} is not a positive multiple of {multiple} "
+                          f"(VAE x U-Net down-sampling factor of {source or 'this model'})")
 
 
 class _StopForward(Exception):

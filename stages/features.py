@@ -12,7 +12,11 @@ from typing import Iterator
 
 from torch import nn
 
-__all__ = ["FeatureName", "FeatureNameError", "ArrayId", "valid_feature_names"]
+from stages.errors import UserError
+
+__all__ = ["FeatureName", "FeatureNameError", "ArrayId", "LATENTS", "valid_feature_names"]
+
+LATENTS = "latents"  # the array id of the VAE latents an SD store keeps beside its features
 
 _STAGES = {"D": "down_blocks", "U": "up_blocks", "M": "mid_block"}
 # kind -> (needs a transformer block index, path below the block/attention, tensor layout)
@@ -29,7 +33,7 @@ _PATTERN = re.compile(
 _ARRAY_ID = re.compile(r"^(?P<name>[^@]+)@t(?P<t>\d+)(?::(?P<source>[A-Za-z0-9_-]+))?$")
 
 
-class FeatureNameError(ValueError):
+class FeatureNameError(UserError, ValueError):
     """An unknown, malformed or out-of-range feature name."""
 
 

@@ -9,10 +9,16 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["load_llava_json", "first_reply"]
+from stages.errors import UserError
+
+__all__ = ["DataError", "load_llava_json", "first_reply"]
 
 
-def load_llava_json(path: str | Path, *, error: type[Exception] = ValueError) -> list[dict[str, Any]]:
+class DataError(UserError, ValueError):
+    """A LLaVA JSON file or record that cannot be used as given."""
+
+
+def load_llava_json(path: str | Path, *, error: type[Exception] = DataError) -> list[dict[str, Any]]:
     """The records of a LLaVA JSON file, unchanged: a list of objects, each with a `conversations` list.
 
     Any problem (missing file, bad JSON, wrong structure) raises `error` naming the file; the `image`

@@ -12,13 +12,14 @@ from typing import Any
 
 import torch
 
+from stages.config import ConfigError
+from stages.errors import UserError
+
 __all__ = ["SDComponents", "ModelLoadError", "load_sd_components", "resolve_model_dir", "default_device",
            "default_dtype", "resolve_dtype"]
 
-SD_PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 
-
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, OSError):
     """A model that cannot be found or loaded, with the location that was tried."""
 
 
@@ -59,7 +60,7 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     except AttributeError:
         dtype = None
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+        raise ConfigError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
     return dtype
 
 
@@ -77,9 +78,9 @@ def resolve_model_dir(model: str) -> Path:
         try:
             return Path(snapshot_download(source, local_files_only=True))
         except Exception as exc:  # the hub raises several unrelated types for "not cached"
-            raise FileNotFoundError(f"model {source!r} is not a local directory and not in the local "
-                                    f"Hugging Face cache ({type(exc).__name__}); download it first") from exc
-    raise FileNotFoundError(f"model directory {source!r} does not exist")
+            raise ModelLoadError(f"model {source!r} is not a local directory and not in the local "
+                                 f"Hugging Face cache ({type(exc).__name__}); download it first") from exc
+    raise ModelLoadError(f"model directory {source!r} does not exist")
 
 
 def load_sd_components(
@@ -92,7 +93,7 @@ def load_sd_components(
 
     try:
         source = str(resolve_model_dir(spec))
-    except FileNotFoundError as exc:
+    except ModelLoadError as exc:
         raise ModelLoadError(f"{exc} (expected unet/ vae/ text_encoder/ tokenizer/ scheduler/ inside, as in "
                              "a diffusers Stable Diffusion checkout)") from exc
     device = torch.device(device) if device is not None else default_device()

@@ -13,13 +13,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from stages.config import ConfigError
+from stages.errors import UserError
+
 __all__ = ["ImageSpec", "ImageError", "safe_image_path", "load_image", "preprocess", "to_tensor"]
 
 CLIP_MEAN_RGB = (122, 116, 104)  # round(CLIP mean * 255): LLaVA-1.5's expand2square background
 RESIZE_MODES = ("pad", "crop", "stretch")
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image that cannot be used: escaping path, missing, unreadable, truncated or too large."""
 
 
@@ -32,11 +35,11 @@ class ImageSpec:
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode {self.resize_mode!r} is not one of {RESIZE_MODES}")
+            raise ConfigError(f"resize_mode {self.resize_mode!r} is not one of {RESIZE_MODES}")
         if len(self.pad_color) != 3 or not all(0 <= c <= 255 for c in self.pad_color):
-            raise ValueError(f"pad_color {self.pad_color!r} must be three integers in 0..255")
+            raise ConfigError(f"pad_color {self.pad_color!r} must be three integers in 0..255")
         if self.resolution <= 0:
-            raise ValueError(f"resolution must be positive, got {self.resolution}")
+            raise ConfigError(f"resolution must be positive, got {self.resolution}")
 
 
 def safe_image_path(root: str | Path, key: str) -> Path:

@@ -7,7 +7,8 @@
 any field is a dotted override: `lr=2e-3 data.num_workers=4 guidance.scale=0 resume=true`.
 Run from the repository root (config paths are relative to it). Exit status 2: a setup problem (bad
 config, missing cache store or DeepSpeed JSON, missing stage-1 adapter, a checkpoint this run cannot
-resume), printed as one message naming the fix.
+resume), printed as one message naming the fix (a `stages.errors.UserError`); anything else is a failed
+run or a bug: exit status 1 with its traceback.
 """
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from stages.config import ConfigError, build_dataclass, load_config
+from stages.errors import USAGE_ERROR, UserError, print_user_error
 from stages.llava import load_llava_json
+from stages.models import ModelLoadError, resolve_model_dir
 from train.collate import collate
-from train.conditioning import GuidedFeatures, extractor_builder, required_arrays
+from train.conditioning import GuidedFeatures, encoder_builder, guidance_applies, required_arrays
 from train.config import STAGES, TrainConfig, VisionConfig
 from train.data import LlavaDataset
 from train.engine import check_engine_config, ensure_distributed, is_main_process, seed_everything
@@ -43,7 +46,7 @@ DEFAULT_CONFIGS = {"pretrain": REPO / "configs/train/sample-pretrain.yaml",
 TEMPLATES = {"pretrain": "plain", "sft": "v1"}  # DESIGN §6: plain for stage 1, Vicuna v1 for stage 2
 
 
-class SetupError(RuntimeError):
+class SetupError(UserError, RuntimeError):
     """Something the user has to do before this stage can run (the message says what)."""
 
 
@@ -105,17 +108,22 @@ def _check_adapter(config: TrainConfig) -> None:
 def _tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
-    from stages.embedded import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    source = resolve_model_dir(model)  # a clear error for a missing directory or an uncached hub id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {model!r} from {str(source)!r}: {exc}") from exc
     if tokenizer.pad_token_id is None:  # Vicuna has none; LLaVA pads with unk (the mask comes from lengths)
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     return tokenizer
 
 
-def _token_array(vision: VisionConfig) -> str:
-    """The array whose token count the LLM sees (xattn keeps CLIP's tokens)."""
-    return vision.clip_array if vision.mode in ("clip", "sd+clip-xattn") else vision.sd_array
+def _check_token_counts(vision: VisionConfig, source: Any) -> None:
+    """A mode that fuses token by token needs one token count in every array it reads."""
+    counts = {a: source.sample_shape(a)[0] for a in vision.array_ids}
+    if vision.mode_spec.equal_tokens and len(set(counts.values())) > 1:
+        raise SetupError(f"vision.mode={vision.mode} needs equal token counts, got {counts}; "
+                         "extract the arrays on one token grid")
 
 
 def _world() -> tuple[int, int]:
@@ -164,10 +172,11 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
     array_ids = required_arrays(vision, guidance)
     if source is None:
         source = CachedFeatures(locate_stores(config.data), array_ids=array_ids)
+    _check_token_counts(vision, source)
     data_path, _ = resolve_data_path(config.data.data_path)
     tokenizer = _tokenizer(config.model)
     dataset = LlavaDataset(load_llava_json(data_path), template=TEMPLATES[config.stage], tokenizer=tokenizer,
-                           max_length=config.max_length, num_image_tokens=source.sample_shape(_token_array(vision))[0],
+                           max_length=config.max_length, num_image_tokens=source.sample_shape(vision.token_array)[0],
                            feature_source=source, array_ids=array_ids, missing=config.data.missing)
     if len(dataset) == 0:
         raise SetupError(f"no samples of {data_path} have their image in {source!r}")
@@ -176,10 +185,10 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
     check_resume(config, sampler)
     seed_everything(config.seed)  # the adapter's initial weights
     model = build_model(config, feature_dims={a: source.sample_shape(a)[-1] for a in vision.array_ids})
-    question_guided = vision.mode != "clip" and guidance.scale > 0 and guidance.prompt_source == "question"
-    builder = (extractor_builder(source.cache_spec(vision.sd_array), vision.sd_array, device=_device())
+    question_guided = guidance_applies(vision, guidance) and guidance.prompt_source == "question"
+    builder = (encoder_builder(source.cache_spec(vision.sd_array), vision.sd_array, device=_device())
                if question_guided else None)  # only question guidance runs the U-Net (and reads cache_spec)
-    hook = GuidedFeatures(vision=vision, guidance=guidance, build_extractor=builder)
+    hook = GuidedFeatures(vision=vision, guidance=guidance, build_encoder=builder)
     return Prepared(config=config, model=model, sampler=sampler, prepare_features=hook, tokenizer=tokenizer,
                     make_loader=_loader_factory(config, dataset, tokenizer.pad_token_id), dataset=dataset)
 
@@ -199,14 +208,11 @@ def run(prepared: Prepared) -> RunResult:
                      skipped_images=prepared.dataset.num_skipped)
 
 
-_SETUP_ERRORS = (ValueError, KeyError, OSError, SetupError)  # ConfigError, StoreNotFound, MissingImageError, ...
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES:
         print(__doc__, file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        return 0 if argv and argv[0] in ("-h", "--help") else USAGE_ERROR
     stage = argv[0]
     # the `deepspeed` launcher (without --no_local_rank) and torch.distributed.launch append --local_rank=N;
     # the rank comes from the LOCAL_RANK variable they also set
@@ -214,10 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         prepared = prepare(load_stage_config(stage, overrides))
-    except _SETUP_ERRORS as exc:  # user-facing: the message, not a traceback
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"train {stage}: error: {message}", file=sys.stderr)
-        return 2
+    except UserError as exc:  # the message, not a traceback; anything else is a bug and keeps its traceback
+        return print_user_error(f"train {stage}", exc)
     result = run(prepared)
     if is_main_process():
         print(f"{result.summary()} ({time.perf_counter() - started:.1f} s in all)")

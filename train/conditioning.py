@@ -10,65 +10,60 @@ With guidance scale `s`, the SD array becomes `X_u + s·(X_c − X_u)` (DESIGN �
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
-from stages.cache_spec import LATENTS, cache_spec_from, extraction_spec_for
-from stages.extractor import SDExtractor, amplify
+from stages.cache_spec import LATENTS, cache_spec_from
+from stages.encoders import SDFeatureEncoder
+from stages.extractor import amplify
 from stages.features import ArrayId
 from train.config import GuidanceConfig, VisionConfig
 
-__all__ = ["required_arrays", "GuidedFeatures", "extractor_builder"]
+__all__ = ["guidance_applies", "required_arrays", "GuidedFeatures", "encoder_builder"]
 
 
-def _conditioned(vision: VisionConfig, guidance: GuidanceConfig) -> bool:
-    return guidance.scale > 0 and vision.mode != "clip"
+def guidance_applies(vision: VisionConfig, guidance: GuidanceConfig) -> bool:
+    """A positive scale on a mode that reads an SD array."""
+    return guidance.scale > 0 and vision.mode_spec.guided
 
 
 def required_arrays(vision: VisionConfig, guidance: GuidanceConfig) -> tuple[str, ...]:
     """Store arrays a batch needs: the mode's arrays plus what guidance reads."""
     ids = list(vision.array_ids)
-    if _conditioned(vision, guidance):
+    if guidance_applies(vision, guidance):
         ids.append(f"{vision.sd_array}:caption" if guidance.prompt_source == "caption" else LATENTS)
     return tuple(dict.fromkeys(ids))
 
 
-def extractor_builder(cache_spec: Mapping[str, Any], sd_array: str, *,
-                      device: torch.device | None = None) -> Callable[[], SDExtractor]:
-    """A U-Net-only extractor reproducing the store's settings (model, grid, trials, noise seed)."""
-
-    array = ArrayId.parse(sd_array)
+def encoder_builder(cache_spec: Mapping[str, Any], sd_array: str, *,
+                    device: torch.device | None = None) -> Callable[[], SDFeatureEncoder]:
+    """A U-Net-only encoder with the store's settings (model, grid, trials, noise seed); the spec is
+    checked now, the weights load when the builder is called."""
+    ArrayId.parse(sd_array)
     store_spec = cache_spec_from(cache_spec, where=f"the cache_spec recorded with {sd_array}")  # fails now
-
-    def build() -> SDExtractor:
-        from stages.models import load_sd_components
-
-        components = load_sd_components(store_spec.model, device=device, with_vae=False)
-        return SDExtractor(components, extraction_spec_for(store_spec, features=(str(array.feature),),
-                                                           timesteps=(array.timestep,)))
-
-    return build
+    return functools.partial(SDFeatureEncoder.load, store_spec, device=device, with_vae=False)
 
 
 class GuidedFeatures:
     """The loop's `prepare_features` hook: batch -> the feature dict the vision adapter reads."""
 
     def __init__(self, *, vision: VisionConfig, guidance: GuidanceConfig,
-                 build_extractor: Callable[[], SDExtractor] | None = None) -> None:
+                 build_encoder: Callable[[], SDFeatureEncoder] | None = None) -> None:
         self.vision, self.guidance = vision, guidance
-        self.active = _conditioned(vision, guidance)
-        if self.active and guidance.prompt_source == "question" and build_extractor is None:
-            raise ValueError("question guidance needs an extractor builder (the U-Net runs on cached latents)")
-        self._build = build_extractor
-        self._extractor: SDExtractor | None = None
+        self.active = guidance_applies(vision, guidance)
+        if self.active and guidance.prompt_source == "question" and build_encoder is None:
+            raise ValueError("question guidance needs an encoder builder (the U-Net runs on cached latents)")
+        self._build = build_encoder
+        self._encoder: SDFeatureEncoder | None = None
 
     @property
-    def extractor(self) -> SDExtractor:
-        if self._extractor is None:  # built on first use: s = 0 never loads a U-Net
-            self._extractor = self._build()
-        return self._extractor
+    def encoder(self) -> SDFeatureEncoder:
+        if self._encoder is None:  # built on first use: s = 0 never loads a U-Net
+            self._encoder = self._build()
+        return self._encoder
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         features = batch["features"]
@@ -92,7 +87,9 @@ class GuidedFeatures:
         if keep.any():
             rows = keep.nonzero().flatten().tolist()
             latents = batch["features"][LATENTS][keep]  # (N_keep, 4, h, w)
-            computed = self.extractor.features(latents, [keys[i] for i in rows],
-                                               prompts=[questions[i] for i in rows], source="question")
-            cond[keep] = computed[f"{self.vision.sd_array}:question"].to(cond.device, cond.dtype)
+            sd = ArrayId.parse(self.vision.sd_array)
+            question_array = str(ArrayId(sd.feature, sd.timestep, "question"))  # NAME@tT:question
+            computed = self.encoder.features(latents, [keys[i] for i in rows], array_ids=[question_array],
+                                             prompts={"question": [questions[i] for i in rows]})
+            cond[keep] = computed[question_array].to(cond.device, cond.dtype)
         return cond

@@ -8,14 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stages.config import ConfigError
+from train.vision_modes import VISION_MODES, VisionMode
 
-__all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGES", "PRECISIONS", "OPTIMIZERS"]
+__all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGES", "PRECISIONS", "OPTIMIZERS",
+           "GUIDANCE_PROMPTS"]
 
 STAGES = ("pretrain", "sft")
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adamw", "fused_adam")
-VISION_MODES = ("sd", "clip", "sd+clip-concat", "sd+clip-xattn")
-PROMPT_SOURCES = ("question", "caption")
+GUIDANCE_PROMPTS = ("question", "caption")  # where guidance takes X_c's prompt from
 
 
 def _check(ok: bool, message: str) -> None:
@@ -25,23 +26,37 @@ def _check(ok: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """Which cached arrays feed the LLM and how they are fused (see `train.fusion`)."""
+    """Which cached arrays feed the LLM and how they are fused (`mode`: a `train.vision_modes` entry)."""
 
     mode: str = "sd"
     sd_array: str = "U-L1-R1-B0-Cross-Q@t50"  # array id in the store (DESIGN §4)
-    clip_array: str = "CLIP-L-2"  # stages.clip_features.CLIP_ARRAY_ID
+    clip_array: str = "CLIP-L-2"  # stages.encoders.clip.CLIP_ARRAY_ID
     projector: str = "mlp2x_gelu"
-    xattn_dim: int = 0  # sd+clip-xattn common width; 0 = CLIP's channel count
+    xattn_dim: int = 0  # xattn fusion common width; 0 = the query (CLIP) array's channel count
     xattn_heads: int = 8
 
     def __post_init__(self) -> None:
-        _check(self.mode in VISION_MODES, f"vision.mode {self.mode!r} is not one of {VISION_MODES}")
+        _check(self.mode in VISION_MODES, f"vision.mode {self.mode!r} is not one of {tuple(VISION_MODES)}")
         _check(self.xattn_dim >= 0 and self.xattn_heads > 0, "vision.xattn_dim must be >= 0, xattn_heads > 0")
 
     @property
+    def mode_spec(self) -> VisionMode:
+        """The `train.vision_modes` entry of `mode`."""
+        return VISION_MODES[self.mode]
+
+    def array_of(self, role: str) -> str:
+        """The store array of a role ("sd" or "clip", `train.vision_modes.ROLES`)."""
+        return {"sd": self.sd_array, "clip": self.clip_array}[role]
+
+    @property
     def array_ids(self) -> tuple[str, ...]:
-        """The store arrays this mode reads."""
-        return {"sd": (self.sd_array,), "clip": (self.clip_array,)}.get(self.mode, (self.sd_array, self.clip_array))
+        """The store arrays this mode reads, in the order its fusion takes them."""
+        return tuple(self.array_of(role) for role in self.mode_spec.reads)
+
+    @property
+    def token_array(self) -> str:
+        """The array whose token count the LLM sees."""
+        return self.array_of(self.mode_spec.tokens)
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,8 @@ class GuidanceConfig:
     def __post_init__(self) -> None:
         _check(self.scale >= 0, f"guidance.scale must be >= 0, got {self.scale}")
         _check(0 <= self.prompt_dropout <= 1, f"guidance.prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
-        _check(self.prompt_source in PROMPT_SOURCES,
-               f"guidance.prompt_source {self.prompt_source!r} is not one of {PROMPT_SOURCES}")
+        _check(self.prompt_source in GUIDANCE_PROMPTS,
+               f"guidance.prompt_source {self.prompt_source!r} is not one of {GUIDANCE_PROMPTS}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,7 @@ class TrainConfig:
     output_dir: str = "runs/pretrain"
     save_every: int = 0  # checkpoint every N optimizer steps; 0 = only at the end
     keep_checkpoints: int = 2  # newest checkpoints kept on disk; 0 = keep all
+    tensorboard: bool = True  # also log metrics to <output_dir>/tensorboard/ (metrics.jsonl is always written)
     resume: bool = False
     gradient_checkpointing: bool = False
     deepspeed_config: str = "configs/deepspeed/zero2.json"

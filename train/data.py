@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from stages.llava import first_reply
+from stages.config import ConfigError
+from stages.errors import UserError
+from stages.llava import DataError, first_reply
 from train.conversation import IMAGE_TOKEN_INDEX, first_human_text, get_template, tokenize_conversation
 
 __all__ = ["FeatureSource", "MissingImageError", "LlavaDataset"]
@@ -32,7 +34,7 @@ class FeatureSource(Protocol):
         ...
 
 
-class MissingImageError(KeyError):
+class MissingImageError(UserError, KeyError):
     """An image sample whose key is not in the feature store."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
@@ -63,7 +65,7 @@ class LlavaDataset(Dataset):
         if missing not in ("error", "skip"):
             raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}")
         if num_image_tokens < 1 or max_length < num_image_tokens + 1:
-            raise ValueError(f"max_length ({max_length}) must exceed num_image_tokens ({num_image_tokens})")
+            raise ConfigError(f"max_length ({max_length}) must exceed num_image_tokens ({num_image_tokens})")
         if feature_source is not None and not array_ids:
             raise ValueError("array_ids must name at least one array to read from the feature source")
         self.template, self.tokenizer, self.feature_source = template, tokenizer, feature_source
@@ -76,8 +78,8 @@ class LlavaDataset(Dataset):
                     raise ValueError(f"its 'image' is not a string: {record['image']!r}")
                 format_conversation(record["conversations"], record.get("image") is not None)
             except (ValueError, TypeError, AttributeError) as exc:
-                raise ValueError(f"record {i} (id {record.get('id')!r}) does not fit the {template!r} "
-                                 f"template: {exc}") from exc
+                raise DataError(f"record {i} (id {record.get('id')!r}) does not fit the {template!r} "
+                                f"template: {exc}") from exc
 
     def _check_images(self, records: Sequence[Mapping[str, Any]], missing: str) -> tuple[list, tuple[str, ...]]:
         if self.feature_source is None:

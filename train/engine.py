@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from stages.config import ConfigError
 from stages.store.layout import write_json_atomic
 from train.config import TrainConfig
 
@@ -84,7 +85,7 @@ def _fill(section: dict[str, Any], key: str, value: Any, where: str) -> None:
     """Replace an 'auto' (or missing) entry with `value`; an explicit, different value is a conflict."""
     current = section.get(key, "auto")
     if current != "auto" and current != value:
-        raise ValueError(f"{where}.{key} is {current!r} but the train config says {value!r}; set it to \"auto\"")
+        raise ConfigError(f"{where}.{key} is {current!r} but the train config says {value!r}; set it to \"auto\"")
     section[key] = value
 
 
@@ -92,7 +93,7 @@ def deepspeed_config(config: TrainConfig) -> dict[str, Any]:
     """The DeepSpeed JSON named by the config with its "auto" entries filled from the train config."""
     path = Path(config.deepspeed_config)
     if not path.is_file():
-        raise FileNotFoundError(f"DeepSpeed config {path} does not exist (see configs/deepspeed/)")
+        raise ConfigError(f"DeepSpeed config {path} does not exist (see configs/deepspeed/)")
     ds = json.loads(path.read_text())
     ds.pop("train_batch_size", None)  # DeepSpeed derives it from micro batch × accumulation × world
     _fill(ds, "train_micro_batch_size_per_gpu", config.per_device_batch_size, path.name)
@@ -102,7 +103,7 @@ def deepspeed_config(config: TrainConfig) -> dict[str, Any]:
     _fill(bf16, "enabled", resolve_precision(config.precision) == "bf16", f"{path.name}.bf16")
     ds["bf16"] = bf16
     if "optimizer" in ds or "scheduler" in ds:
-        raise ValueError(f"{path}: optimizer and scheduler come from the train config, remove them from the JSON")
+        raise ConfigError(f"{path}: optimizer and scheduler come from the train config, remove them from the JSON")
     ds["zero_allow_untested_optimizer"] = True  # a torch optimizer is passed in
     return ds
 
@@ -123,7 +124,7 @@ def check_engine_config(config: TrainConfig) -> None:
     without CUDA), so the CLI reports it before loading anything."""
     deepspeed_config(config)
     if config.optimizer == "fused_adam" and not torch.cuda.is_available():
-        raise ValueError("optimizer=fused_adam needs CUDA; use optimizer=adamw on CPU")
+        raise ConfigError("optimizer=fused_adam needs CUDA; use optimizer=adamw on CPU")
 
 
 def _optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
@@ -238,7 +239,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
         return None
     path = pointer.parent / pointer.read_text().strip()
     if not (path / _STATE_FILE).is_file():
-        raise FileNotFoundError(f"{pointer} names {path.name}, which is missing or incomplete")
+        raise ConfigError(f"cannot resume: {pointer} names {path.name}, which is missing or incomplete")
     return path
 
 

@@ -1,26 +1,28 @@
-"""Vision adapters: cached feature arrays in, LLM-width image tokens out, one class per fusion mode.
+"""Vision adapters: cached feature arrays in, LLM-width image tokens out, one builder per fusion.
 
 Every adapter takes `features: {array_id: (N_img, T, C)}` (the batch's image samples in batch order)
-and returns `(N_img, T_out, H)`. The mode and the array ids it reads come from `VisionConfig`:
+and returns `(N_img, T_out, H)`. Which arrays a mode reads, in which order, and which fusion combines
+them is its `train.vision_modes` entry; `FUSIONS` maps the fusion names to builders here:
 
-- `sd`, `clip`: one array → projector.
-- `sd+clip-concat`: SD and CLIP tokens concatenated along channels (equal T required) → projector.
-- `sd+clip-xattn`: CLIP tokens attend to SD tokens (queries from CLIP, keys/values from SD, both mapped
-  to a common width first), residual + LayerNorm → projector; T_out is CLIP's T.
+- `single`: one array → projector.
+- `concat`: the arrays concatenated along channels, token by token (equal T required) → projector.
+- `xattn`: the first array's tokens attend to the second's (queries from the first, keys/values from the
+  second, both mapped to a common width first), residual + LayerNorm → projector; T_out is the first's T.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from stages.config import ConfigError
 from train.config import VisionConfig
 from train.projector import build_projector, load_module, read_config, save_module
 
-__all__ = ["ADAPTERS", "build_adapter", "save_adapter", "load_adapter", "adapter_config"]
+__all__ = ["FUSIONS", "build_adapter", "save_adapter", "load_adapter", "adapter_config"]
 
 
 def _take(features: Mapping[str, Tensor], array_id: str, like: nn.Module) -> Tensor:
@@ -46,87 +48,83 @@ class SingleArrayAdapter(nn.Module):
 
 
 class ConcatAdapter(nn.Module):
-    """SD ‖ CLIP along channels, token by token → projector."""
+    """The arrays side by side along channels, token by token → projector."""
 
-    def __init__(self, *, sd_id: str, clip_id: str, sd_dim: int, clip_dim: int, hidden_size: int,
-                 projector: str) -> None:
+    def __init__(self, *, array_ids: Sequence[str], in_dim: int, hidden_size: int, projector: str) -> None:
         super().__init__()
-        self.sd_id, self.clip_id = sd_id, clip_id
-        self.projector = build_projector(projector, in_dim=sd_dim + clip_dim, out_dim=hidden_size)
+        self.array_ids = tuple(array_ids)
+        self.projector = build_projector(projector, in_dim=in_dim, out_dim=hidden_size)
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
-        sd, clip = _take(features, self.sd_id, self), _take(features, self.clip_id, self)
-        if sd.shape[:2] != clip.shape[:2]:
-            raise ValueError(f"sd+clip-concat needs equal (N_img, T): {self.sd_id} has {tuple(sd.shape[:2])}, "
-                             f"{self.clip_id} has {tuple(clip.shape[:2])}; pool both to the same token grid "
-                             "or use sd+clip-xattn")
-        return self.projector(torch.cat([sd, clip], dim=-1))  # (N, T, C_sd + C_clip) -> (N, T, H)
+        parts = [_take(features, a, self) for a in self.array_ids]  # (N, T, C_i) each
+        shapes = {a: tuple(x.shape[:2]) for a, x in zip(self.array_ids, parts)}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"concat fusion needs equal (N_img, T), got {shapes}; extract the arrays on one "
+                             "token grid or use a cross-attention mode")
+        return self.projector(torch.cat(parts, dim=-1))  # (N, T, sum C_i) -> (N, T, H)
 
 
 class CrossAttnAdapter(nn.Module):
-    """CLIP queries attend to SD keys/values; the output keeps CLIP's token count."""
+    """Query tokens attend to memory tokens; the output keeps the query array's token count."""
 
-    def __init__(self, *, sd_id: str, clip_id: str, sd_dim: int, clip_dim: int, width: int, heads: int,
+    def __init__(self, *, query_id: str, memory_id: str, query_dim: int, memory_dim: int, width: int, heads: int,
                  hidden_size: int, projector: str) -> None:
         super().__init__()
         if width % heads:
-            raise ValueError(f"sd+clip-xattn width {width} is not divisible by xattn_heads={heads}")
-        self.sd_id, self.clip_id = sd_id, clip_id
-        self.query_in = nn.Linear(clip_dim, width)
-        self.kv_in = nn.Linear(sd_dim, width)
+            raise ConfigError(f"xattn width {width} (vision.xattn_dim, or the query array's channel count when 0) "
+                              f"is not divisible by vision.xattn_heads={heads}")
+        self.query_id, self.memory_id = query_id, memory_id
+        self.query_in = nn.Linear(query_dim, width)
+        self.kv_in = nn.Linear(memory_dim, width)
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.norm = nn.LayerNorm(width)
         self.projector = build_projector(projector, in_dim=width, out_dim=hidden_size)
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
-        sd, clip = _take(features, self.sd_id, self), _take(features, self.clip_id, self)
-        if sd.shape[0] != clip.shape[0]:
-            raise ValueError(f"sd+clip-xattn: {self.sd_id} has {sd.shape[0]} images, {self.clip_id} {clip.shape[0]}")
-        query = self.query_in(clip)  # (N, T_clip, D)
-        memory = self.kv_in(sd)  # (N, T_sd, D)
-        attended, _ = self.attn(query, memory, memory, need_weights=False)  # (N, T_clip, D)
-        return self.projector(self.norm(query + attended))  # (N, T_clip, H)
+        source, context = _take(features, self.query_id, self), _take(features, self.memory_id, self)
+        if source.shape[0] != context.shape[0]:
+            raise ValueError(f"xattn fusion: {self.query_id} has {source.shape[0]} images, "
+                             f"{self.memory_id} {context.shape[0]}")
+        query = self.query_in(source)  # (N, T_q, D)
+        memory = self.kv_in(context)  # (N, T_m, D)
+        attended, _ = self.attn(query, memory, memory, need_weights=False)  # (N, T_q, D)
+        return self.projector(self.norm(query + attended))  # (N, T_q, H)
 
 
-def _dim(dims: Mapping[str, int], array_id: str) -> int:
-    if array_id not in dims:
-        raise KeyError(f"no channel count for feature array {array_id!r}; known: {sorted(dims)}")
-    return int(dims[array_id])
+def _dims(dims: Mapping[str, int], array_ids: Sequence[str]) -> list[int]:
+    unknown = [a for a in array_ids if a not in dims]
+    if unknown:
+        raise KeyError(f"no channel count for feature array(s) {unknown}; known: {sorted(dims)}")
+    return [int(dims[a]) for a in array_ids]
 
 
-def _single(which: str) -> Callable[[VisionConfig, Mapping[str, int], int], nn.Module]:
-    def build(vision: VisionConfig, dims: Mapping[str, int], hidden: int) -> nn.Module:
-        array_id = vision.sd_array if which == "sd" else vision.clip_array
-        return SingleArrayAdapter(array_id=array_id, in_dim=_dim(dims, array_id), hidden_size=hidden,
-                                  projector=vision.projector)
-    return build
+Builder = Callable[[VisionConfig, Sequence[str], Sequence[int], int], nn.Module]
 
 
-def _concat(vision: VisionConfig, dims: Mapping[str, int], hidden: int) -> nn.Module:
-    return ConcatAdapter(sd_id=vision.sd_array, clip_id=vision.clip_array, sd_dim=_dim(dims, vision.sd_array),
-                         clip_dim=_dim(dims, vision.clip_array), hidden_size=hidden, projector=vision.projector)
+def _single(vision: VisionConfig, ids: Sequence[str], dims: Sequence[int], hidden: int) -> nn.Module:
+    (array_id,), (dim,) = ids, dims
+    return SingleArrayAdapter(array_id=array_id, in_dim=dim, hidden_size=hidden, projector=vision.projector)
 
 
-def _xattn(vision: VisionConfig, dims: Mapping[str, int], hidden: int) -> nn.Module:
-    clip_dim = _dim(dims, vision.clip_array)
-    return CrossAttnAdapter(sd_id=vision.sd_array, clip_id=vision.clip_array, sd_dim=_dim(dims, vision.sd_array),
-                            clip_dim=clip_dim, width=vision.xattn_dim or clip_dim, heads=vision.xattn_heads,
-                            hidden_size=hidden, projector=vision.projector)
+def _concat(vision: VisionConfig, ids: Sequence[str], dims: Sequence[int], hidden: int) -> nn.Module:
+    return ConcatAdapter(array_ids=ids, in_dim=sum(dims), hidden_size=hidden, projector=vision.projector)
 
 
-ADAPTERS: Mapping[str, Callable[[VisionConfig, Mapping[str, int], int], nn.Module]] = {
-    "sd": _single("sd"),
-    "clip": _single("clip"),
-    "sd+clip-concat": _concat,
-    "sd+clip-xattn": _xattn,
-}
+def _xattn(vision: VisionConfig, ids: Sequence[str], dims: Sequence[int], hidden: int) -> nn.Module:
+    (query_id, memory_id), (query_dim, memory_dim) = ids, dims
+    return CrossAttnAdapter(query_id=query_id, memory_id=memory_id, query_dim=query_dim, memory_dim=memory_dim,
+                            width=vision.xattn_dim or query_dim, heads=vision.xattn_heads, hidden_size=hidden,
+                            projector=vision.projector)
+
+
+# fusion name (`VisionMode.fusion`) -> builder(vision, array ids in the mode's order, their channel counts, H)
+FUSIONS: Mapping[str, Builder] = {"single": _single, "concat": _concat, "xattn": _xattn}
 
 
 def build_adapter(vision: VisionConfig, *, feature_dims: Mapping[str, int], hidden_size: int) -> nn.Module:
     """The adapter for `vision.mode`; `feature_dims` maps array id -> channel count C."""
-    if vision.mode not in ADAPTERS:
-        raise ValueError(f"unknown vision mode {vision.mode!r}; valid: {sorted(ADAPTERS)}")
-    return ADAPTERS[vision.mode](vision, feature_dims, hidden_size)
+    ids = vision.array_ids
+    return FUSIONS[vision.mode_spec.fusion](vision, ids, _dims(feature_dims, ids), hidden_size)
 
 
 def adapter_config(vision: VisionConfig, *, feature_dims: Mapping[str, int], hidden_size: int) -> dict:

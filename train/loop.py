@@ -18,15 +18,17 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 import torch
 from torch import Tensor
 
+from stages.config import ConfigError
 from train.config import TrainConfig
 from train.engine import (build_engine, is_main_process, latest_checkpoint, load_checkpoint,
                           read_checkpoint_state, restore_rng, save_checkpoint, seed_everything)
 from train.model import LlavaModel
 
 __all__ = ["ResumableSampler", "StepMetrics", "train", "total_steps", "check_resume", "default_prepare_features",
-           "METRICS_FILE", "FINAL_DIR"]
+           "METRICS_FILE", "TENSORBOARD_DIR", "FINAL_DIR"]
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"  # under output_dir: `tensorboard --logdir runs/`
 FINAL_DIR = "final"
 Batch = Mapping[str, Any]
 
@@ -69,8 +71,8 @@ def total_steps(config: TrainConfig, *, batches_per_epoch: int) -> tuple[int, in
     """(steps per epoch, total optimizer steps) for `batches_per_epoch` whole micro-batches per epoch."""
     per_epoch = batches_per_epoch // config.gradient_accumulation_steps
     if per_epoch == 0:
-        raise ValueError(f"the sampler yields {batches_per_epoch} micro-batches per epoch, fewer than "
-                         f"gradient_accumulation_steps={config.gradient_accumulation_steps}")
+        raise ConfigError(f"the sampler yields {batches_per_epoch} micro-batches per epoch, fewer than "
+                          f"gradient_accumulation_steps={config.gradient_accumulation_steps}")
     return per_epoch, config.max_steps or config.epochs * per_epoch
 
 
@@ -117,12 +119,13 @@ def _train_step(engine: Any, batches: Iterator[Batch], *, accumulation: int, mic
 
 
 class _Reporter:
-    """Progress bar, metrics.jsonl and TensorBoard (when importable), on rank 0 only.
+    """Progress bar, metrics.jsonl and (unless switched off) TensorBoard scalars `train/<metric>`, on rank 0 only.
 
-    A resumed run drops metric lines past its start step, so each step is logged exactly once.
+    A resumed run drops metric lines past its start step, and its TensorBoard writer purges the events past
+    it (`purge_step`), so each step is logged exactly once.
     """
 
-    def __init__(self, output_dir: Path, *, start_step: int, total: int, desc: str) -> None:
+    def __init__(self, output_dir: Path, *, start_step: int, total: int, desc: str, tensorboard: bool) -> None:
         from tqdm.auto import tqdm
 
         self.active = is_main_process()
@@ -137,11 +140,10 @@ class _Reporter:
             kept = [line for line in self.path.read_text().splitlines()
                     if line and json.loads(line)["step"] <= start_step]
         self.path.write_text("".join(line + "\n" for line in kept))
-        try:
+        if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self.board = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step + 1)
-        except ImportError:
-            self.board = None
+
+            self.board = SummaryWriter(str(output_dir / TENSORBOARD_DIR), purge_step=start_step + 1)
 
     def report(self, metrics: StepMetrics) -> None:
         if not self.active:
@@ -156,6 +158,10 @@ class _Reporter:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{metrics.loss:.4f}", lr=f"{metrics.lr:.2e}",
                              samples_s=f"{metrics.samples_per_s:.1f}", tokens_s=f"{metrics.tokens_per_s:.0f}")
+
+    def flush(self) -> None:
+        if self.board is not None:
+            self.board.flush()
 
     def close(self) -> None:
         self.bar.close()
@@ -187,8 +193,8 @@ def _resumable(config: TrainConfig, sampler: ResumableSampler, *, per_epoch: int
     state = read_checkpoint_state(checkpoint)
     for key, value in _schedule(config, per_epoch=per_epoch, total=total).items():
         if state.get(key) != value:
-            raise ValueError(f"cannot resume from {checkpoint}: it was written with {key}={state.get(key)!r}, "
-                             f"this run has {key}={value!r}; restore that setting or use a new output_dir")
+            raise ConfigError(f"cannot resume from {checkpoint}: it was written with {key}={state.get(key)!r}, "
+                              f"this run has {key}={value!r}; restore that setting or use a new output_dir")
     sampler.load_state_dict(state["sampler"])  # rejects a different seed, dataset or world size
     return checkpoint, state
 
@@ -221,31 +227,35 @@ def train(
     if found is not None:
         _, rng = load_checkpoint(engine, found[0])
         step = int(found[1]["step"])
-    reporter = _Reporter(Path(config.output_dir), start_step=step, total=total, desc=config.stage)
+    reporter = _Reporter(Path(config.output_dir), start_step=step, total=total, desc=config.stage,
+                         tensorboard=config.tensorboard)
     history: list[StepMetrics] = []
     engine.train()
-    while step < total:
-        epoch, offset = divmod(step, per_epoch)
-        _position(sampler, epoch=epoch, consumed=offset * accumulation * micro)
-        if rng is not None and offset == 0:  # an uninterrupted run built this epoch's iterator after the save
-            restore_rng(rng)
-            rng = None
-        batches = iter(make_loader(sampler))
-        if rng is not None:  # mid-epoch: after the iterator, whose creation the saved state already includes
-            restore_rng(rng)
-            rng = None
-        for _ in range(min(per_epoch - offset, total - step)):
-            started = time.perf_counter()
-            done = _train_step(engine, batches, accumulation=accumulation, micro=micro, prepare=prepare_features)
-            elapsed = time.perf_counter() - started
-            step += 1
-            history.append(StepMetrics(step=step, epoch=epoch, loss=done["loss"], lr=done["lr"],
-                                       grad_norm=done["grad_norm"], samples_per_s=done["samples"] / elapsed,
-                                       tokens_per_s=done["tokens"] / elapsed))
-            reporter.report(history[-1])
-            if step == total or (config.save_every and step % config.save_every == 0):
-                _checkpoint(engine, config, sampler, step=step, per_epoch=per_epoch, total=total)
-    reporter.close()
+    try:
+        while step < total:
+            epoch, offset = divmod(step, per_epoch)
+            _position(sampler, epoch=epoch, consumed=offset * accumulation * micro)
+            if rng is not None and offset == 0:  # an uninterrupted run built this epoch's iterator after the save
+                restore_rng(rng)
+                rng = None
+            batches = iter(make_loader(sampler))
+            if rng is not None:  # mid-epoch: after the iterator, whose creation the saved state already includes
+                restore_rng(rng)
+                rng = None
+            for _ in range(min(per_epoch - offset, total - step)):
+                started = time.perf_counter()
+                done = _train_step(engine, batches, accumulation=accumulation, micro=micro, prepare=prepare_features)
+                elapsed = time.perf_counter() - started
+                step += 1
+                history.append(StepMetrics(step=step, epoch=epoch, loss=done["loss"], lr=done["lr"],
+                                           grad_norm=done["grad_norm"], samples_per_s=done["samples"] / elapsed,
+                                           tokens_per_s=done["tokens"] / elapsed))
+                reporter.report(history[-1])
+                if step == total or (config.save_every and step % config.save_every == 0):
+                    reporter.flush()  # the events up to a checkpoint survive a killed run
+                    _checkpoint(engine, config, sampler, step=step, per_epoch=per_epoch, total=total)
+    finally:
+        reporter.close()
     if is_main_process():
         engine.module.save_pretrained(Path(config.output_dir) / FINAL_DIR, with_llm=not config.freeze_llm)
     return history

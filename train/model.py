@@ -14,6 +14,8 @@ from typing import Mapping, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from stages.config import ConfigError
+from stages.models import ModelLoadError
 from train.config import TrainConfig, VisionConfig
 from train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from train.engine import resolve_precision
@@ -128,7 +130,7 @@ def load_llm(spec: str, *, dtype: torch.dtype = torch.float32) -> nn.Module:
     try:
         return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise OSError(f"cannot load causal LM {spec!r} (from {source!r}): {exc}") from exc
+        raise ModelLoadError(f"cannot load causal LM {spec!r} (from {source!r}): {exc}") from exc
 
 
 def _check_compatible(path: Path, expected: Mapping[str, object]) -> None:
@@ -136,7 +138,7 @@ def _check_compatible(path: Path, expected: Mapping[str, object]) -> None:
     keys = ("vision", "feature_dims", "hidden_size")
     diff = {k: (found.get(k), expected.get(k)) for k in keys if found.get(k) != expected.get(k)}
     if diff:
-        raise ValueError(f"adapter {path} was trained for a different setup: {json.dumps(diff)} (file, config)")
+        raise ConfigError(f"adapter {path} was trained for a different setup: {json.dumps(diff)} (file, config)")
 
 
 def build_model(config: TrainConfig, *, feature_dims: Mapping[str, int]) -> LlavaModel:

@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from stages.config import ConfigError
+
 __all__ = ["PROJECTORS", "build_projector", "save_module", "load_module", "read_config"]
 
 
@@ -33,7 +35,7 @@ PROJECTORS: Mapping[str, Callable[[int, int], nn.Module]] = {
 def build_projector(name: str, *, in_dim: int, out_dim: int) -> nn.Module:
     """A projector mapping `(..., in_dim)` to `(..., out_dim)`."""
     if name not in PROJECTORS:
-        raise ValueError(f"unknown projector {name!r}; valid: {sorted(PROJECTORS)}")
+        raise ConfigError(f"unknown projector {name!r}; valid: {sorted(PROJECTORS)}")
     if in_dim <= 0 or out_dim <= 0:
         raise ValueError(f"projector dims must be positive, got in_dim={in_dim}, out_dim={out_dim}")
     return PROJECTORS[name](in_dim, out_dim)
@@ -55,7 +57,7 @@ def read_config(path: str | Path) -> dict[str, object]:
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
     if "config" not in meta:
-        raise ValueError(f"{path} has no 'config' metadata; was it written by train.projector.save_module?")
+        raise ConfigError(f"{path} has no 'config' metadata; was it written by train.projector.save_module?")
     return json.loads(meta["config"])
 
 

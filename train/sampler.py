@@ -23,6 +23,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from stages.config import ConfigError
+
 __all__ = ["ModalityLengthGroupedSampler", "SeededRandomSampler"]
 
 
@@ -79,8 +81,8 @@ class _ShardedSampler(Sampler[int]):
         mine = {"seed": self.seed, "num_samples": self.num_samples, "world_size": self.world_size}
         theirs = {name: state.get(name) for name in mine}
         if theirs != mine:
-            raise ValueError(f"sampler state {theirs} does not match this sampler {mine}; "
-                             "resuming with another seed, dataset or world size would change the order")
+            raise ConfigError(f"sampler state {theirs} does not match this sampler {mine}; "
+                              "resuming with another seed, dataset or world size would change the order")
         self.epoch, self.start = int(state["epoch"]), int(state["start"])
 
 

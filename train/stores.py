@@ -10,41 +10,35 @@ the cached-equals-on-the-fly test). Both implement `train.data.FeatureSource` an
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from stages.cache_spec import (LATENTS, CacheSpec, array_ids_for, array_shapes_for, cache_spec_from, extraction_spec_for,
-                               fingerprint_for, image_spec_for, spec_summary)
+from stages.cache_spec import (LATENTS, CacheSpec, array_shapes_for, cache_spec_from, fingerprint_for,
+                               image_spec_for, spec_summary)
 from stages.config import ConfigError, load_config
-from stages.store import FingerprintMismatch, StoreReader, find_store
+from stages.encoders import SDFeatureEncoder
+from stages.preprocess import ImageError, load_image, preprocess, safe_image_path
+from stages.locations import DEFAULT_CACHE_ROOT, SAMPLE_DATA, is_sample_data, resolve_sample_data
+from stages.store import Fingerprint, FingerprintMismatch, StoreNotFound, StoreReader, find_store
+from stages.store.meta import read_header
 from stages.store.registry import describe_missing
 
-__all__ = ["SAMPLE_DATA", "StoreNotFound", "resolve_data_path", "cache_spec_from_yaml", "locate_stores",
+__all__ = ["StoreNotFound", "resolve_data_path", "cache_spec_from_yaml", "LocatedStore", "locate_stores",
            "CachedFeatures", "OnTheFlyFeatures"]
-
-# data_path values naming the bundled sample's JSON files (built on first use, never downloaded)
-SAMPLE_DATA = {"embedded:sample-pretrain": "pretrain_json", "embedded:sample-sft": "sft_json"}
-
-
-class StoreNotFound(FileNotFoundError):
-    """No store holds what the config asks for; the message says which command fills it."""
-
-
-def _sample():
-    from stages.embedded.sample import bundled_sample_dir, ensure_sample
-
-    return ensure_sample(bundled_sample_dir())
 
 
 def resolve_data_path(data_path: str) -> tuple[Path, Path | None]:
-    """(LLaVA JSON, image root or None): `embedded:sample-*` is the bundled sample, anything else a file."""
-    if data_path in SAMPLE_DATA:
-        sample = _sample()
-        return Path(getattr(sample, SAMPLE_DATA[data_path])), Path(sample.image_root)
-    if data_path.startswith("embedded:"):
-        raise ConfigError(f"unknown data_path {data_path!r}; embedded data: {sorted(SAMPLE_DATA)}")
+    """(LLaVA JSON, image root or None): a one-file bundled-sample name (`stages.locations.SAMPLE_DATA`,
+    e.g. `embedded:sample-sft`) or a file."""
+    if is_sample_data(data_path):
+        paths, image_root = resolve_sample_data(data_path)
+        if len(paths) != 1:
+            raise ConfigError(f"data.data_path {data_path!r} is {len(paths)} JSON files; training reads one: "
+                              f"{sorted(n for n, fields in SAMPLE_DATA.items() if len(fields) == 1)}")
+        return paths[0], image_root
     path = Path(data_path)
     if not path.is_file():
         raise ConfigError(f"data.data_path {data_path!r} is not a file (a LLaVA JSON)")
@@ -54,7 +48,7 @@ def resolve_data_path(data_path: str) -> tuple[Path, Path | None]:
 def cache_spec_from_yaml(path: str | Path) -> tuple[CacheSpec, str]:
     """The `CacheSpec` of an extraction YAML (its run fields ignored) and the YAML's `cache_root`."""
     values = load_config(path)
-    return cache_spec_from(values, where=str(path)), str(values.get("cache_root", "cache"))
+    return cache_spec_from(values, where=str(path)), str(values.get("cache_root", DEFAULT_CACHE_ROOT))
 
 
 def _extract_hint(yaml_path: str, root: str, yaml_root: str) -> str:
@@ -62,13 +56,35 @@ def _extract_hint(yaml_path: str, root: str, yaml_root: str) -> str:
     return f"fill it with:  just extract config={yaml_path}{extra}"
 
 
-def locate_stores(data: Any) -> list[Path]:
-    """Store directories for a `DataConfig`: `data.stores` as given, then one per `data.extract_configs`."""
-    paths = []
-    for store in data.stores:
-        if not (Path(store) / "fingerprint.json").is_file():
-            raise StoreNotFound(f"data.stores entry {store} is not a feature store (no fingerprint.json)")
-        paths.append(Path(store))
+class LocatedStore(NamedTuple):
+    """A store directory and the fingerprint it must have (every `StoreReader` on it checks it again)."""
+
+    path: Path
+    fingerprint: Fingerprint
+
+
+def _explicit_store(store: str) -> LocatedStore:
+    """A `data.stores` directory. It must match the fingerprint that its own recorded `cache_spec` gives
+    with the model weights as they are now: the question-conditioned U-Net pass reloads that model."""
+    try:
+        _, attrs = read_header(store, expect=None)
+    except StoreNotFound as exc:
+        raise StoreNotFound(f"data.stores entry: {exc}") from exc
+    if "cache_spec" not in attrs:
+        raise StoreNotFound(f"data.stores entry {store} records no cache_spec; re-create it with `just extract`")
+    expected = fingerprint_for(cache_spec_from(attrs["cache_spec"], where=f"{store} (recorded cache_spec)"))
+    try:
+        read_header(store, expect=expected)
+    except FingerprintMismatch as exc:
+        raise StoreNotFound(f"data.stores entry {store} does not have the fingerprint its recorded cache_spec "
+                            f"gives with the model as it is now; re-extract it with `just extract`.\n{exc}") from exc
+    return LocatedStore(Path(store), expected)
+
+
+def locate_stores(data: Any) -> list[LocatedStore]:
+    """The stores of a `DataConfig`, each with the fingerprint it must have: `data.stores` (checked against
+    their recorded `cache_spec`), then one per `data.extract_configs` (found by the YAML's fingerprint)."""
+    located = [_explicit_store(store) for store in data.stores]
     for yaml_path in data.extract_configs:
         spec, yaml_root = cache_spec_from_yaml(yaml_path)
         root = data.cache_root or yaml_root
@@ -80,32 +96,34 @@ def locate_stores(data: Any) -> list[Path]:
         if found is None:
             raise StoreNotFound(f"no feature store for {yaml_path}: {describe_missing(root, fingerprint)}\n"
                                 f"{_extract_hint(yaml_path, root, yaml_root)}")
-        paths.append(found)
-    if not paths:
+        located.append(LocatedStore(found, fingerprint))
+    if not located:
         raise ConfigError("no feature stores: set data.extract_configs (extraction YAMLs) or data.stores")
-    return paths
+    return located
 
 
 class CachedFeatures:
     """A `FeatureSource` over several stores; each array id is read from the first store that has it.
 
-    A key is `in` the source only when every store serving one of `array_ids` has it complete.
+    A key is `in` the source only when every store serving one of `array_ids` has it complete. `stores`
+    come from `locate_stores`: each is opened expecting its fingerprint.
     """
 
-    def __init__(self, stores: Sequence[str | Path], *, array_ids: Sequence[str]) -> None:
-        owners: dict[str, Path] = {}
-        held: dict[Path, list[str]] = {}
-        for store in map(Path, stores):
-            held[store] = sorted(StoreReader(store).infos)
+    def __init__(self, stores: Sequence[LocatedStore], *, array_ids: Sequence[str]) -> None:
+        owners: dict[str, LocatedStore] = {}
+        held: dict[LocatedStore, list[str]] = {}
+        for store in stores:
+            held[store] = StoreReader(store.path, expect=store.fingerprint).meta.array_ids
             for array_id in held[store]:
                 owners.setdefault(array_id, store)
         missing = [a for a in array_ids if a not in owners]
         if missing:
-            listing = "; ".join(f"{p} has {ids}" for p, ids in held.items())
+            listing = "; ".join(f"{s.path} has {ids}" for s, ids in held.items())
             raise StoreNotFound(f"arrays {missing} are in none of the stores ({listing}); add the feature name, "
                                 "timestep or prompt source to the extraction YAML and run `just extract` again")
         self.array_ids = tuple(array_ids)
-        self.readers = [StoreReader(store, array_ids=[a for a in self.array_ids if owners[a] == store])
+        self.readers = [StoreReader(store.path, expect=store.fingerprint,
+                                    array_ids=[a for a in self.array_ids if owners[a] == store])
                         for store in dict.fromkeys(owners[a] for a in self.array_ids)]
         self._owner = {a: i for i, reader in enumerate(self.readers) for a in reader.array_ids}
         self._keys = frozenset.intersection(*(frozenset(r.keys) for r in self.readers))
@@ -131,7 +149,7 @@ class CachedFeatures:
         """The extraction settings recorded by the store holding `array_id` (model, grid, trials, seed)."""
         reader = self.reader_for(array_id)
         if "cache_spec" not in reader.attrs:
-            raise KeyError(f"store {reader.paths.root} records no cache_spec; re-create it with `just extract`")
+            raise StoreNotFound(f"store {reader.paths.root} records no cache_spec; re-create it with `just extract`")
         return reader.attrs["cache_spec"]
 
     def read(self, keys: list[str], array_ids: list[str]) -> dict[str, np.ndarray]:
@@ -147,28 +165,28 @@ class CachedFeatures:
 
 
 class OnTheFlyFeatures:
-    """A `FeatureSource` computing an SD store's arrays from the images: load → preprocess → VAE →
-    latents rounded to the stored dtype → U-Net taps → pooled features cast to the stored dtype.
+    """A `FeatureSource` computing an SD store's arrays from the images with the same `FeatureEncoder`
+    the extraction uses: load → preprocess → latents rounded to the stored dtype → U-Net taps → arrays
+    cast to the stored dtypes.
 
-    Serves `latents` and the unconditional `NAME@tT` arrays of `spec` with the values the extraction
-    writes (DESIGN §3). Seconds per image at 512 px on a CPU: for checks and debugging, not training.
+    Serves `latents` and the unconditional `NAME@tT` arrays of `spec` (DESIGN §3). Seconds per image at
+    512 px on a CPU: for checks and debugging, not training.
     """
 
     def __init__(self, spec: CacheSpec, *, image_root: str | Path, device: str | None = None) -> None:
-        if spec.encoder != "sd":
-            raise ValueError(f"on-the-fly features need an SD spec, got encoder {spec.encoder!r}")
-        self.spec, self.image_root, self.device = spec, Path(image_root), device
+        if LATENTS not in spec.array_ids():
+            raise ValueError(f"on-the-fly features need a backbone with latents (sd), got encoder {spec.encoder!r}")
+        # no prompt-conditioned arrays: the unconditional pass runs alone, as a store without them has it
+        self.spec, self.image_root, self.device = replace(spec, prompt_sources=()), Path(image_root), device
         self.image_spec = image_spec_for(spec)
-        self.served = tuple(a for a in array_ids_for(spec) if ":" not in a)  # no prompt-conditioned arrays
-        self._extractor = None
+        self.served = tuple(self.spec.array_ids())
+        self._encoder: SDFeatureEncoder | None = None
         self._shapes: dict[str, tuple[int, ...]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_extractor": None}  # each worker loads its own models
+        return {**self.__dict__, "_encoder": None}  # each worker loads its own models
 
     def __contains__(self, key: object) -> bool:
-        from stages.preprocess import ImageError, safe_image_path
-
         try:
             return isinstance(key, str) and safe_image_path(self.image_root, key).is_file()
         except ImageError:
@@ -183,31 +201,21 @@ class OnTheFlyFeatures:
         return tuple(self._shapes[array_id])
 
     def cache_spec(self, array_id: str) -> Mapping[str, Any]:
-        """The settings a store of these arrays would record (what `extractor_builder` reads)."""
+        """The settings a store of these arrays would record (what `encoder_builder` reads)."""
         return spec_summary(self.spec)
 
     @property
-    def extractor(self) -> Any:
-        if self._extractor is None:
-            from stages.extractor import SDExtractor
-            from stages.models import load_sd_components
-
-            spec = self.spec
-            self._extractor = SDExtractor(load_sd_components(spec.model, device=self.device),
-                                          extraction_spec_for(spec))
-        return self._extractor
+    def encoder(self) -> SDFeatureEncoder:
+        if self._encoder is None:
+            self._encoder = SDFeatureEncoder.load(self.spec, device=self.device)
+        return self._encoder
 
     def read(self, keys: list[str], array_ids: list[str]) -> dict[str, np.ndarray]:
-        import torch
-
-        from stages.preprocess import load_image, preprocess, to_tensor
-
         unknown = [a for a in array_ids if a not in self.served]
         if unknown:
             raise KeyError(f"on-the-fly features serve {list(self.served)}, not {unknown}")
-        images = [load_image(self.image_root, k, max_pixels=self.image_spec.max_pixels) for k in keys]
-        pixels = torch.stack([to_tensor(preprocess(im, self.image_spec)) for im in images])  # (B, 3, R, R)
-        z0 = self.extractor.encode(pixels).to(getattr(torch, self.spec.latents_dtype)).float()  # (B, 4, h, w)
-        computed = {LATENTS: z0, **self.extractor.features(z0, keys)}
-        dtypes = {a: self.spec.latents_dtype if a == LATENTS else self.spec.feature_dtype for a in array_ids}
-        return {a: computed[a].float().cpu().numpy().astype(dtypes[a]) for a in array_ids}
+        images = np.stack([np.asarray(preprocess(load_image(self.image_root, k, max_pixels=self.image_spec.max_pixels),
+                                                 self.image_spec)) for k in keys])  # (B, R, R, 3) uint8
+        latents = self.encoder.latents(images)
+        computed = {LATENTS: latents, **self.encoder.features(latents, keys, array_ids=array_ids)}
+        return self.encoder.stored({a: computed[a] for a in array_ids})

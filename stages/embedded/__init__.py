@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from stages.config import ConfigError
+
 __all__ = [
     "EMBEDDED_PREFIX",
     "MANIFEST_NAME",
@@ -106,7 +108,7 @@ def resolve_model(spec: str) -> str:
     entry = _load_provider(name)
     if entry is None:
         valid = ", ".join(EMBEDDED_PREFIX + n for n in registered_names())
-        raise ValueError(f"unknown embedded model {spec!r}; valid: {valid}")
+        raise ConfigError(f"unknown embedded model {spec!r}; valid: {valid}")
     target = embedded_home() / f"{entry.name}-v{entry.version}"
     return str(materialize(target, entry.build_fn))
 

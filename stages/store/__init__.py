@@ -1,19 +1,22 @@
 """The feature cache store: fingerprinted, sharded zarr v3 arrays plus an optional webdataset export.
 
 Layout and reading without this package: docs/store.md. Writers use `CacheStore`; the trainer uses
-`StoreReader`; `verify_store` and `list_caches` back the `verify` and `caches` commands.
+`StoreReader`; `verify_store` and `list_caches` back the `verify` and `caches` commands. All of them
+read a store's metadata through `StoreMeta` (stages/store/meta.py), checked against the fingerprint the
+caller expects.
 """
 from stages.store.arrays import COMPRESSIONS, DEFAULT_COMPRESSION
 from stages.store.fingerprint import (Fingerprint, FingerprintMismatch, contract_fields, diff_fields,
                                       weights_hash)
 from stages.store.keys import decode_key, encode_key
 from stages.store.layout import ShardPlan
+from stages.store.meta import CompletionRecord, StoreMeta, StoreNotFound
 from stages.store.reader import KeyNotInStore, StoreReader
 from stages.store.registry import CacheInfo, find_store, list_caches
 from stages.store.verify import verify_store
 from stages.store.writer import DEFAULT_SHARD_SIZE, CacheStore
 
 __all__ = ["Fingerprint", "FingerprintMismatch", "contract_fields", "diff_fields", "weights_hash",
-           "CacheStore", "ShardPlan", "StoreReader", "KeyNotInStore", "CacheInfo", "find_store",
-           "list_caches", "verify_store", "encode_key", "decode_key", "COMPRESSIONS",
-           "DEFAULT_COMPRESSION", "DEFAULT_SHARD_SIZE"]
+           "CacheStore", "ShardPlan", "StoreMeta", "CompletionRecord", "StoreReader", "KeyNotInStore",
+           "StoreNotFound", "CacheInfo", "find_store", "list_caches", "verify_store", "encode_key", "decode_key",
+           "COMPRESSIONS", "DEFAULT_COMPRESSION", "DEFAULT_SHARD_SIZE"]

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from stages.errors import UserError
+
 __all__ = ["Fingerprint", "FingerprintMismatch", "canonical_json", "diff_fields", "weights_hash",
            "contract_fields"]
 
@@ -73,15 +75,15 @@ def diff_fields(expected: Fingerprint, actual: Fingerprint) -> list[str]:
     return lines
 
 
-class FingerprintMismatch(ValueError):
-    """A store exists where we would write, but it was made from different inputs."""
+class FingerprintMismatch(UserError, ValueError):
+    """A store was made from other inputs than the caller expects (to write into it or to read it)."""
 
     def __init__(self, path: Path, *, store: Fingerprint, requested: Fingerprint) -> None:
         self.path, self.store, self.requested = Path(path), store, requested
         diffs = diff_fields(store, requested) or ["(fields equal; hash differs)"]
         super().__init__(
-            f"store {path} was made with fingerprint {store.short}, this run has {requested.short}; "
-            "refusing to write into it. Differing fields (this run != store):\n  " + "\n  ".join(diffs))
+            f"store {path} was made with fingerprint {store.short}, not the expected {requested.short}; "
+            "refusing to use it. Differing fields (expected != store):\n  " + "\n  ".join(diffs))
 
 
 def _default_memo() -> Path:

@@ -1,4 +1,5 @@
-"""Where things live inside one store directory, durable small-file writes, and the raw shard parser.
+"""Where things live inside one store directory, durable small-file writes, and the raw shard parser
+(the JSON files are parsed by `stages.store.meta`).
 
     <cache_root>/<fingerprint.short>/
         fingerprint.json           canonical fingerprint JSON (the exact bytes hashed)
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ShardPlan", "load_plans", "StorePaths", "write_json_atomic", "read_json", "fsync_path", "shard_chunk_key",
+__all__ = ["ShardPlan", "StorePaths", "write_json_atomic", "read_json", "fsync_path", "shard_chunk_key",
            "read_shard_index", "read_raw_rows", "MISSING"]
 
 MISSING = np.uint64(2**64 - 1)  # zarr's shard-index marker for an inner chunk that was never written
@@ -55,16 +56,6 @@ class StorePaths:
 
     def shard_file(self, array_id: str, shard: int, sample_ndim: int) -> Path:
         return self.zarr / array_id / shard_chunk_key(shard, sample_ndim)
-
-
-def load_plans(paths: StorePaths, known: list[ShardPlan]) -> list[ShardPlan]:
-    """Extend `known` (in place) with the index files written since; they never change once written."""
-    while (path := paths.index_file(len(known))).is_file():
-        entry = read_json(path)
-        start = entry["first_row"]
-        known.append(ShardPlan(index=entry["shard"], rows=range(start, start + len(entry["keys"])),
-                               keys=tuple(entry["keys"])))
-    return known
 
 
 def shard_chunk_key(shard: int, sample_ndim: int) -> str:

@@ -13,15 +13,17 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from stages.store.arrays import ArrayInfo, array_info
+from stages.errors import UserError
+from stages.store.arrays import ArrayInfo
 from stages.store.fingerprint import Fingerprint
-from stages.store.layout import ShardPlan, StorePaths, load_plans, read_json, read_raw_rows
-from stages.store.registry import find_store, describe_missing
+from stages.store.layout import StorePaths, read_raw_rows
+from stages.store.meta import StoreMeta, StoreNotFound, is_store
+from stages.store.registry import describe_missing
 
-__all__ = ["StoreReader", "KeyNotInStore"]
+__all__ = ["StoreReader", "KeyNotInStore", "StoreNotFound"]
 
 
-class KeyNotInStore(KeyError):
+class KeyNotInStore(UserError, KeyError):
     """A key the store cannot serve; the message says whether it was never planned, failed, or is
     in a shard that is not complete yet."""
 
@@ -32,24 +34,19 @@ class KeyNotInStore(KeyError):
 class StoreReader:
     """Read-only, picklable (for DataLoader workers) view of the completed part of a store.
 
-    `array_ids` selects the arrays this reader serves (default: all); `keys` are those whose shard is
-    complete for every selected array and that failed in none, in row order.
+    `expect` is the fingerprint the caller needs (`FingerprintMismatch` otherwise; None only to
+    inspect, as `verify` does). `array_ids` selects the arrays this reader serves (default: all);
+    `keys` are those whose shard is complete for every selected array and that failed in none, in row
+    order. The metadata is read once, at construction (`meta`).
     """
 
-    def __init__(self, path: str | Path, *, array_ids: Sequence[str] | None = None) -> None:
-        self.paths = StorePaths(path)
-        if not self.paths.fingerprint.is_file():
-            raise FileNotFoundError(f"{path} is not a feature store (no fingerprint.json)")
-        self.fingerprint = Fingerprint.from_json(self.paths.fingerprint.read_text(encoding="utf-8"))
-        self.attrs: dict[str, Any] = read_json(self.paths.zarr / "zarr.json").get("attributes", {})
-        self.shard_size: int = self.attrs["feature_cache"]["shard_size"]
-        self.plans: list[ShardPlan] = load_plans(self.paths, [])
-        self.infos: dict[str, ArrayInfo] = self._load_infos()
-        self.records: dict[str, dict[int, dict[str, Any]]] = {a: self._load_records(a) for a in self.infos}
-        self.array_ids: list[str] = self._check_ids(array_ids if array_ids is not None else sorted(self.infos))
-        self._row = {k: plan.rows[i] for plan in self.plans for i, k in enumerate(plan.keys) if k is not None}
-        self.keys: list[str] = [k for plan in self._complete_plans(self.array_ids)
-                                for k in self._valid_keys(plan, self.array_ids)]
+    def __init__(self, path: str | Path, *, expect: Fingerprint | None,
+                 array_ids: Sequence[str] | None = None) -> None:
+        self.meta = StoreMeta.load(path, expect=expect)
+        self.array_ids: list[str] = self._check_ids(array_ids if array_ids is not None else self.meta.array_ids)
+        self._row = {k: plan.rows[i] for plan in self.meta.plans for i, k in enumerate(plan.keys) if k is not None}
+        self.keys: list[str] = [k for shard in self.meta.complete_shards(self.array_ids)
+                                for k in self.meta.valid_keys(self.meta.plans[shard], self.array_ids)]
         self._index_cache: dict[tuple[str, int], np.ndarray] = {}
         self._zarr: dict[str, zarr.Array] = {}
 
@@ -58,43 +55,32 @@ class StoreReader:
              array_ids: Sequence[str] | None = None) -> "StoreReader":
         """The store for `fingerprint` under `cache_root`; a clear error (naming the differing fields
         of the stores that do exist) when there is none."""
-        path = find_store(cache_root, fingerprint)
-        if path is None:
-            raise FileNotFoundError(describe_missing(cache_root, fingerprint))
-        return cls(path, array_ids=array_ids)
+        path = Path(cache_root) / fingerprint.short
+        if not is_store(path):
+            raise StoreNotFound(describe_missing(cache_root, fingerprint))
+        return cls(path, expect=fingerprint, array_ids=array_ids)
 
-    # ---- metadata --------------------------------------------------------------------------
-    def _load_infos(self) -> dict[str, ArrayInfo]:
-        infos = {}
-        for meta_path in sorted(self.paths.zarr.glob("*/zarr.json")):
-            meta = read_json(meta_path)
-            if meta.get("node_type") == "array":
-                infos[meta_path.parent.name] = array_info(meta_path.parent.name, meta)
-        return infos
+    @property
+    def paths(self) -> StorePaths:
+        return self.meta.paths
 
-    def _load_records(self, array_id: str) -> dict[int, dict[str, Any]]:
-        folder = self.paths.done / array_id
-        return {int(p.stem): read_json(p) for p in sorted(folder.glob("[0-9]*.json"))} if folder.is_dir() else {}
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self.meta.fingerprint
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.meta.attrs
+
+    @property
+    def infos(self) -> dict[str, ArrayInfo]:
+        return self.meta.infos
 
     def _check_ids(self, array_ids: Sequence[str]) -> list[str]:
-        unknown = [a for a in array_ids if a not in self.infos]
+        unknown = [a for a in array_ids if a not in self.meta.infos]
         if unknown:
-            raise KeyError(f"arrays {unknown} are not in store {self.paths.root}; it has {sorted(self.infos)}")
+            raise KeyError(f"arrays {unknown} are not in store {self.paths.root}; it has {self.meta.array_ids}")
         return list(array_ids)
-
-    def _complete_plans(self, array_ids: Sequence[str]) -> Iterator[ShardPlan]:
-        return (p for p in self.plans if all(p.index in self.records[a] for a in array_ids))
-
-    def _failed(self, shard: int, array_ids: Sequence[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for a in array_ids:
-            for key, reason in self.records[a].get(shard, {}).get("failed", {}).items():
-                out.setdefault(key, f"{a}: {reason}")
-        return out
-
-    def _valid_keys(self, plan: ShardPlan, array_ids: Sequence[str]) -> list[str]:
-        failed = self._failed(plan.index, array_ids)
-        return [k for k in plan.keys if k is not None and k not in failed]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -114,11 +100,11 @@ class StoreReader:
         if row is None:
             raise KeyNotInStore(f"key {key!r} was never planned in store {self.paths.root} "
                                 f"({len(self._row)} keys planned)")
-        shard = row // self.shard_size
-        waiting = [a for a in array_ids if shard not in self.records[a]]
+        shard = row // self.meta.shard_size
+        waiting = [a for a in array_ids if not self.meta.is_complete(a, shard)]
         if waiting:
             raise KeyNotInStore(f"key {key!r} is in shard {shard}, which is not complete for {waiting}")
-        reason = self._failed(shard, array_ids).get(key)
+        reason = self.meta.failed(shard, array_ids).get(key)
         if reason is not None:
             raise KeyNotInStore(f"key {key!r} failed: {reason}")
         return row
@@ -149,7 +135,7 @@ class StoreReader:
         array_ids = self.array_ids if array_ids is None else self._check_ids(array_ids)
         rows = np.fromiter((self.row_of(k, array_ids) for k in keys), dtype=np.int64, count=len(keys))
         order = np.argsort(rows, kind="stable")
-        shard_size = self.shard_size
+        shard_size = self.meta.shard_size
         shards = rows[order] // shard_size
         bounds = np.flatnonzero(np.diff(shards)) + 1
         out = {a: np.empty((len(keys), *self.infos[a].sample_shape), self.infos[a].dtype) for a in array_ids}
@@ -172,20 +158,20 @@ class StoreReader:
         rows only; `shards` restricts to those indices (e.g. one DataLoader worker's share)."""
         array_ids = self.array_ids if array_ids is None else self._check_ids(array_ids)
         wanted = None if shards is None else set(shards)
-        for plan in self._complete_plans(array_ids):
-            if wanted is not None and plan.index not in wanted:
+        for shard in self.meta.complete_shards(array_ids):
+            if wanted is not None and shard not in wanted:
                 continue
-            keys = self._valid_keys(plan, array_ids)
+            keys = self.meta.valid_keys(self.meta.plans[shard], array_ids)
             if keys:
                 yield keys, self.read(keys, array_ids)
 
     def read_shard(self, array_id: str, shard: int) -> np.ndarray:
         """Every row of one shard (padding and failed rows included, as zeros): `(shard_size, *sample)`."""
         info = self.infos[array_id]
-        out = np.empty((self.shard_size, *info.sample_shape), info.dtype)
-        self._read_shard_rows(array_id, shard, np.arange(self.shard_size), out)
+        out = np.empty((self.meta.shard_size, *info.sample_shape), info.dtype)
+        self._read_shard_rows(array_id, shard, np.arange(self.meta.shard_size), out)
         return out
 
     def complete_shards(self, array_ids: Sequence[str] | None = None) -> list[int]:
         array_ids = self.array_ids if array_ids is None else self._check_ids(array_ids)
-        return [p.index for p in self._complete_plans(array_ids)]
+        return self.meta.complete_shards(array_ids)

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stages.store.fingerprint import Fingerprint, FingerprintMismatch, diff_fields
-from stages.store.layout import StorePaths, load_plans, read_json
+from stages.store.fingerprint import Fingerprint, diff_fields
+from stages.store.meta import StoreMeta, is_store, read_header
 
 __all__ = ["CacheInfo", "find_store", "list_caches", "describe_missing"]
 
@@ -30,19 +30,13 @@ class CacheInfo:
     bytes_on_disk: int
 
 
-def _is_store(path: Path) -> bool:
-    return (path / "fingerprint.json").is_file() and (path / "zarr" / "zarr.json").is_file()
-
-
 def find_store(cache_root: str | Path, fingerprint: Fingerprint) -> Path | None:
     """`<cache_root>/<fingerprint.short>` if it holds this fingerprint; None if absent.
     A directory of that name with another fingerprint raises `FingerprintMismatch`."""
     path = Path(cache_root) / fingerprint.short
-    if not _is_store(path):
+    if not is_store(path):
         return None
-    stored = Fingerprint.from_json(StorePaths(path).fingerprint.read_text(encoding="utf-8"))
-    if stored.full != fingerprint.full:
-        raise FingerprintMismatch(path, store=stored, requested=fingerprint)
+    read_header(path, expect=fingerprint)
     return path
 
 
@@ -50,9 +44,9 @@ def describe_missing(cache_root: str | Path, fingerprint: Fingerprint) -> str:
     """Why no store matches: the stores that do exist and how their fingerprints differ."""
     lines = [f"no store for fingerprint {fingerprint.short} under {cache_root}"]
     root = Path(cache_root)
-    others = sorted(p for p in root.iterdir() if _is_store(p)) if root.is_dir() else []
+    others = sorted(p for p in root.iterdir() if is_store(p)) if root.is_dir() else []
     for path in others:
-        stored = Fingerprint.from_json(StorePaths(path).fingerprint.read_text(encoding="utf-8"))
+        stored, _ = read_header(path, expect=None)
         diffs = diff_fields(stored, fingerprint)
         lines.append(f"  {path.name} differs in {len(diffs)} field(s) (requested != store): " + "; ".join(diffs[:6]))
     if not others:
@@ -72,25 +66,12 @@ def _bytes_on_disk(root: Path) -> int:
 
 
 def _summarise(path: Path) -> CacheInfo:
-    paths = StorePaths(path)
-    attrs = read_json(paths.zarr / "zarr.json").get("attributes", {})
-    own = attrs.get("feature_cache", {})
-    plans = load_plans(paths, [])
-    array_ids = tuple(sorted(p.parent.name for p in paths.zarr.glob("*/zarr.json")
-                             if read_json(p).get("node_type") == "array"))
-    n_done = {}
-    for array_id in array_ids:
-        done = 0
-        for plan in plans:
-            record = paths.record(array_id, plan.index)
-            if record.is_file():
-                done += read_json(record)["n_valid"]
-        n_done[array_id] = done
-    timesteps = sorted({int(m.group(1)) for a in array_ids if (m := _TIMESTEP.search(a))})
-    return CacheInfo(path=path, fingerprint=path.name, created=own.get("created", "?"),
-                     model_ids=attrs.get("model_ids"), array_ids=array_ids, timesteps=tuple(timesteps),
-                     n_planned=sum(k is not None for plan in plans for k in plan.keys),
-                     n_done=n_done, bytes_on_disk=_bytes_on_disk(path))
+    meta = StoreMeta.load(path, expect=None)
+    timesteps = sorted({int(m.group(1)) for a in meta.array_ids if (m := _TIMESTEP.search(a))})
+    return CacheInfo(path=path, fingerprint=path.name, created=meta.attrs["feature_cache"].get("created", "?"),
+                     model_ids=meta.attrs.get("model_ids"), array_ids=tuple(meta.array_ids),
+                     timesteps=tuple(timesteps), n_planned=meta.n_keys,
+                     n_done={a: meta.n_valid(a) for a in meta.array_ids}, bytes_on_disk=_bytes_on_disk(path))
 
 
 def list_caches(root: str | Path) -> list[CacheInfo]:
@@ -98,4 +79,4 @@ def list_caches(root: str | Path) -> list[CacheInfo]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted((_summarise(p) for p in root.iterdir() if _is_store(p)), key=lambda c: (c.created, c.fingerprint))
+    return sorted((_summarise(p) for p in root.iterdir() if is_store(p)), key=lambda c: (c.created, c.fingerprint))

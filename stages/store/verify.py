@@ -8,27 +8,27 @@ import numpy as np
 
 from stages.store.fingerprint import Fingerprint
 from stages.store.keys import decode_key
-from stages.store.layout import StorePaths
+from stages.store.meta import StoreMeta
 from stages.store.reader import StoreReader
 from stages.store.writer import file_sha256
 
 __all__ = ["verify_store"]
 
 
-def _check_header(reader: StoreReader) -> list[str]:
-    own = reader.attrs.get("feature_cache", {})
+def _check_header(meta: StoreMeta) -> list[str]:
+    own = meta.attrs.get("feature_cache", {})
     problems = []
-    if own.get("fingerprint_sha256") != reader.fingerprint.full:
+    if own.get("fingerprint_sha256") != meta.fingerprint.full:
         problems.append("fingerprint.json does not hash to the fingerprint in the group attributes")
-    if Fingerprint.from_json(own.get("fingerprint_json", "{}")).full != reader.fingerprint.full:
+    if Fingerprint.from_json(own.get("fingerprint_json", "{}")).full != meta.fingerprint.full:
         problems.append("fingerprint_json in the group attributes differs from fingerprint.json")
-    index_files = sorted(reader.paths.index.glob("[0-9]*.json"))
-    if len(index_files) != len(reader.plans):
-        problems.append(f"index has {len(index_files)} files but only shards 0..{len(reader.plans) - 1} are contiguous")
+    index_files = sorted(meta.paths.index.glob("[0-9]*.json"))
+    if len(index_files) != len(meta.plans):
+        problems.append(f"index has {len(index_files)} files but only shards 0..{len(meta.plans) - 1} are contiguous")
     seen: set[str] = set()
-    for plan in reader.plans:
-        if plan.rows.start != plan.index * reader.shard_size or len(plan.keys) != reader.shard_size:
-            problems.append(f"index of shard {plan.index} has rows {plan.rows}, expected shard_size {reader.shard_size}")
+    for plan in meta.plans:
+        if plan.rows.start != plan.index * meta.shard_size or len(plan.keys) != meta.shard_size:
+            problems.append(f"index of shard {plan.index} has rows {plan.rows}, expected shard_size {meta.shard_size}")
         dupes = seen.intersection(k for k in plan.keys if k is not None)
         if dupes:
             problems.append(f"index of shard {plan.index} repeats keys of earlier shards: {sorted(dupes)[:3]}")
@@ -38,20 +38,21 @@ def _check_header(reader: StoreReader) -> list[str]:
 
 def _check_shard(reader: StoreReader, array_id: str, shard: int) -> list[str]:
     """Recorded bytes, checksum, shape, dtype, failed keys and finiteness of one completed shard."""
-    info, record = reader.infos[array_id], reader.records[array_id][shard]
+    meta = reader.meta
+    info, record = meta.infos[array_id], meta.record(array_id, shard)
     where = f"array {array_id!r} shard {shard}"
-    path = reader.paths.shard_file(array_id, shard, len(info.sample_shape))
+    path = meta.paths.shard_file(array_id, shard, len(info.sample_shape))
     if not path.is_file():
         return [f"{where}: shard file {path} is missing"]
     nbytes, digest = file_sha256(path)
-    if nbytes != record["nbytes"] or digest != record["sha256"]:
+    if nbytes != record.nbytes or digest != record.sha256:
         return [f"{where}: checksum mismatch ({nbytes} bytes, sha256 {digest[:12]}; "
-                f"recorded {record['nbytes']} bytes, {record['sha256'][:12]})"]
+                f"recorded {record.nbytes} bytes, {record.sha256[:12]})"]
     problems = []
-    if tuple(record["sample_shape"]) != info.sample_shape or np.dtype(record["dtype"]) != info.dtype:
-        problems.append(f"{where}: recorded {record['dtype']} {record['sample_shape']} but the array is "
+    if record.sample_shape != info.sample_shape or np.dtype(record.dtype) != info.dtype:
+        problems.append(f"{where}: recorded {record.dtype} {list(record.sample_shape)} but the array is "
                         f"{info.dtype.str} {list(info.sample_shape)}")
-    stray = set(record.get("failed", {})) - set(reader.plans[shard].keys)
+    stray = set(record.failed) - set(meta.plans[shard].keys)
     if stray:
         problems.append(f"{where}: failed keys not in this shard: {sorted(stray)[:3]}")
     try:
@@ -65,11 +66,11 @@ def _check_shard(reader: StoreReader, array_id: str, shard: int) -> list[str]:
     return problems
 
 
-def _check_tar(reader: StoreReader, path: Path) -> list[str]:
+def _check_tar(meta: StoreMeta, path: Path) -> list[str]:
     shard = int(path.stem)
-    if shard >= len(reader.plans):
+    if shard >= len(meta.plans):
         return [f"{path.name}: shard {shard} is not planned"]
-    planned = set(k for k in reader.plans[shard].keys if k is not None)
+    planned = set(k for k in meta.plans[shard].keys if k is not None)
     fields: dict[str, set[str]] = {}
     try:
         with tarfile.open(path) as tar:
@@ -88,23 +89,25 @@ def _check_tar(reader: StoreReader, path: Path) -> list[str]:
 def verify_store(path: str | Path, *, require_complete: bool = True) -> list[str]:
     """Problems found in the store at `path` (empty list = healthy). With `require_complete`, a
     planned shard without a completion record for some array is a problem too."""
-    paths = StorePaths(path)
     try:
-        reader = StoreReader(paths.root)
+        reader = StoreReader(path, expect=None)  # inspection: the store is checked against itself
     except Exception as exc:  # noqa: BLE001
-        return [f"cannot open store {paths.root}: {exc}"]
-    problems = _check_header(reader)
-    for array_id, info in reader.infos.items():
-        if info.n_rows < len(reader.plans) * reader.shard_size or info.shard_size != reader.shard_size:
+        return [f"cannot open store {path}: {exc}"]
+    meta = reader.meta
+    problems = _check_header(meta)
+    needed = len(meta.plans) * meta.shard_size
+    for array_id, info in meta.infos.items():
+        if info.n_rows < needed or info.shard_size != meta.shard_size:
             problems.append(f"array {array_id!r}: {info.n_rows} rows, shard {info.shard_size}; index needs "
-                            f"{len(reader.plans) * reader.shard_size} rows, shard {reader.shard_size}")
-        for shard in sorted(set(reader.records[array_id]) - set(range(len(reader.plans)))):
+                            f"{needed} rows, shard {meta.shard_size}")
+        for shard in sorted(set(meta.records[array_id]) - set(range(len(meta.plans)))):
             problems.append(f"array {array_id!r}: completion record for unplanned shard {shard}")
-        for plan in reader.plans:
-            if plan.index in reader.records[array_id]:
+        for plan in meta.plans:
+            if meta.is_complete(array_id, plan.index):
                 problems += _check_shard(reader, array_id, plan.index)
             elif require_complete:
                 problems.append(f"array {array_id!r} shard {plan.index}: not complete")
-    for tar in sorted(paths.wds.glob("[0-9]*.tar")) if paths.wds.is_dir() else []:
-        problems += _check_tar(reader, tar)
+    wds = meta.paths.wds
+    for tar in sorted(wds.glob("[0-9]*.tar")) if wds.is_dir() else []:
+        problems += _check_tar(meta, tar)
     return problems

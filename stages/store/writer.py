@@ -20,10 +20,12 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from stages.config import ConfigError
 from stages.store.arrays import DEFAULT_COMPRESSION, array_info, create_array, package_versions
-from stages.store.fingerprint import Fingerprint, FingerprintMismatch
+from stages.store.fingerprint import Fingerprint
 from stages.store.keys import check_array_id, check_key
-from stages.store.layout import ShardPlan, StorePaths, fsync_path, load_plans, write_json_atomic
+from stages.store.layout import ShardPlan, StorePaths, fsync_path, write_json_atomic
+from stages.store.meta import CompletionRecord, StoreMeta
 from stages.store.webdataset_shards import write_tar_shard
 
 __all__ = ["CacheStore", "ShardPlan", "DEFAULT_SHARD_SIZE", "LAYOUT_VERSION", "file_sha256"]
@@ -43,34 +45,35 @@ def file_sha256(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def load_fingerprint(root: Path) -> Fingerprint:
-    return Fingerprint.from_json(StorePaths(root).fingerprint.read_text(encoding="utf-8"))
-
-
 class CacheStore:
-    """Writer-side handle on one store directory. Use `open_or_create` or `open`."""
+    """Writer-side handle on one store directory. Use `open_or_create` or `open`.
 
-    def __init__(self, path: str | Path) -> None:
-        self.paths = StorePaths(path)
-        if not self.paths.fingerprint.is_file():
-            raise FileNotFoundError(f"{path} is not a feature store (no fingerprint.json)")
-        self.fingerprint = load_fingerprint(self.paths.root)
-        self.attrs: dict[str, Any] = dict(self._group().attrs)
-        self.shard_size: int = self.attrs["feature_cache"]["shard_size"]
-        self._plans: list[ShardPlan] = []
+    `meta` is its `StoreMeta`; the queries here (`shards`, `is_complete`, `failed`, `missing_shards`)
+    refresh it first, so they see what other processes have written; `refresh()` returns it up to date
+    for many queries at once.
+    """
+
+    def __init__(self, meta: StoreMeta) -> None:
+        self.meta = meta
 
     @property
     def path(self) -> Path:
-        return self.paths.root
+        return self.meta.paths.root
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self.meta.fingerprint
+
+    @property
+    def shard_size(self) -> int:
+        return self.meta.shard_size
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, *, fingerprint: Fingerprint | None = None) -> "CacheStore":
-        """Open an existing store; with `fingerprint`, refuse one made from other inputs."""
-        store = cls(path)
-        if fingerprint is not None and fingerprint.full != store.fingerprint.full:
-            raise FingerprintMismatch(store.path, store=store.fingerprint, requested=fingerprint)
-        return store
+    def open(cls, path: str | Path, *, fingerprint: Fingerprint) -> "CacheStore":
+        """Open an existing store, refusing one made from other inputs than `fingerprint`
+        (`FingerprintMismatch`, naming the differing fields)."""
+        return cls(StoreMeta.load(path, expect=fingerprint))
 
     @classmethod
     def open_or_create(cls, cache_root: str | Path, *, fingerprint: Fingerprint,
@@ -85,8 +88,8 @@ class CacheStore:
                         attrs=dict(attrs or {}))
         store = cls.open(target, fingerprint=fingerprint)
         if shard_size is not None and shard_size != store.shard_size:
-            raise ValueError(f"store {target} has shard_size {store.shard_size}, not {shard_size}; "
-                             "shard size is fixed when a store is created")
+            raise ConfigError(f"store {target} has shard_size {store.shard_size}, not {shard_size}; "
+                              "shard size is fixed when a store is created")
         return store
 
     @staticmethod
@@ -119,49 +122,53 @@ class CacheStore:
 
     # ---- helpers -------------------------------------------------------------------------
     def _group(self, mode: str = "r") -> zarr.Group:
-        return zarr.open_group(store=LocalStore(self.paths.zarr, read_only=mode == "r"), mode=mode)
+        return zarr.open_group(store=LocalStore(self.meta.paths.zarr, read_only=mode == "r"), mode=mode)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Exclusive lock for metadata changes (planning keys, creating or resizing arrays)."""
-        with self.paths.lock.open("a") as fh:
+        with self.meta.paths.lock.open("a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _refresh(self) -> list[ShardPlan]:
-        return load_plans(self.paths, self._plans)
+    def refresh(self) -> StoreMeta:
+        """The store's metadata with every plan, array and completion record written so far."""
+        return self.meta.refresh()
+
+    def _plans(self) -> list[ShardPlan]:
+        return self.meta.refresh(shards=()).plans
 
     @property
     def n_rows(self) -> int:
-        return len(self._refresh()) * self.shard_size
+        return len(self._plans()) * self.shard_size
 
     def shards(self) -> list[ShardPlan]:
-        return list(self._refresh())
+        return list(self._plans())
 
     def array_ids(self) -> list[str]:
-        return sorted(name for name, _ in self._group().arrays())
+        return self.meta.refresh(shards=()).array_ids
 
     # ---- planning ------------------------------------------------------------------------
     def add_keys(self, keys: Sequence[str]) -> list[int]:
         """Give rows to new keys, appended from the next shard boundary so that completed shards
         never change; existing keys keep their rows. Idempotent. Returns the new shard indices."""
         with self._locked():
-            known = {k for plan in self._refresh() for k in plan.keys if k is not None}
+            plans = self._plans()
+            known = {k for plan in plans for k in plan.keys if k is not None}
             new = list(dict.fromkeys(check_key(k) for k in keys if k not in known))
-            first_new = len(self._plans)
+            first_new = len(plans)
             size = self.shard_size
             for offset in range(0, len(new), size):
                 chunk = new[offset:offset + size]
                 shard = first_new + offset // size
-                write_json_atomic(self.paths.index_file(shard), {
+                write_json_atomic(self.meta.paths.index_file(shard), {
                     "shard": shard, "first_row": shard * size,
                     "keys": chunk + [None] * (size - len(chunk))})
-            self._refresh()
             self._grow_arrays()
-        return list(range(first_new, len(self._plans)))
+        return list(range(first_new, len(self._plans())))
 
     def _grow_arrays(self) -> None:
         group, n_rows = self._group("r+"), self.n_rows
@@ -193,15 +200,18 @@ class CacheStore:
 
     # ---- completion ----------------------------------------------------------------------
     def is_complete(self, array_id: str, shard: int) -> bool:
-        return self.paths.record(array_id, shard).is_file()
+        return self.meta.refresh(shards=[shard]).is_complete(array_id, shard)
+
+    def failed(self, shard: int, array_ids: Sequence[str]) -> dict[str, str]:
+        """key -> reason for the keys of `shard` recorded as failed by `array_ids` (see `StoreMeta.failed`)."""
+        return self.meta.refresh(shards=[shard]).failed(shard, array_ids)
 
     def missing_shards(self, array_ids: Sequence[str]) -> list[int]:
         """Shards where any of `array_ids` has no completion record (work left to do)."""
-        return [plan.index for plan in self._refresh()
-                if not all(self.is_complete(a, plan.index) for a in array_ids)]
+        return self.refresh().missing_shards(array_ids)
 
     def _plan(self, index: int) -> ShardPlan:
-        plans = self._refresh()
+        plans = self._plans()
         if not 0 <= index < len(plans):
             raise IndexError(f"shard {index} is not planned in {self.path} ({len(plans)} shards)")
         return plans[index]
@@ -238,8 +248,9 @@ class CacheStore:
 
     def _write_one(self, plan: ShardPlan, array_id: str, array: zarr.Array, values: np.ndarray,
                    failed: dict[str, str]) -> None:
-        record = self.paths.record(array_id, plan.index)
-        shard_file = self.paths.shard_file(array_id, plan.index, values.ndim - 1)
+        paths = self.meta.paths
+        record = paths.record(array_id, plan.index)
+        shard_file = paths.shard_file(array_id, plan.index, values.ndim - 1)
         record.unlink(missing_ok=True)  # a rewrite makes the shard invisible until it is done again
         if record.parent.is_dir():
             fsync_path(record.parent)
@@ -252,18 +263,17 @@ class CacheStore:
             fsync_path(directory)
         nbytes, digest = file_sha256(shard_file)
         info = array_info(array_id, array.metadata.to_dict())
-        write_json_atomic(record, {
-            "array_id": array_id, "shard": plan.index, "rows": [plan.rows.start, plan.rows.stop],
-            "chunk_key": shard_file.relative_to(self.paths.zarr / array_id).as_posix(),
-            "nbytes": nbytes, "sha256": digest, "dtype": info.dtype.str,
-            "sample_shape": list(info.sample_shape), "failed": failed,
-            "n_valid": sum(k is not None and k not in failed for k in plan.keys),
-            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        write_json_atomic(record, CompletionRecord(
+            array_id=array_id, shard=plan.index, rows=(plan.rows.start, plan.rows.stop),
+            chunk_key=shard_file.relative_to(paths.zarr / array_id).as_posix(),
+            nbytes=nbytes, sha256=digest, dtype=info.dtype.str, sample_shape=info.sample_shape, failed=failed,
+            n_valid=sum(k is not None and k not in failed for k in plan.keys),
+            written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).to_json())
 
     def write_webdataset_shard(self, index: int, arrays: Mapping[str, np.ndarray],
                                failed: Mapping[str, str] | None = None) -> Path:
         """Export shard `index` as `wds/NNNNNN.tar` (valid keys only); returns the tar path."""
-        plan, group = self._plan(index), self._group()
-        cast = {a: np.asarray(d, dtype=group[a].dtype if a in group else None) for a, d in arrays.items()}
-        return write_tar_shard(self.paths.tar(index), keys=plan.keys, rows=plan.rows, arrays=cast,
+        plan, infos = self._plan(index), self.meta.infos
+        cast = {a: np.asarray(d, dtype=infos[a].dtype if a in infos else None) for a, d in arrays.items()}
+        return write_tar_shard(self.meta.paths.tar(index), keys=plan.keys, rows=plan.rows, arrays=cast,
                                failed=dict(failed or {}), store=self.fingerprint.short)

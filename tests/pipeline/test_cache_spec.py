@@ -1,5 +1,4 @@
 """CacheSpec fingerprints and the CLIP path of the shard worker (no Ray: the same units Ray schedules)."""
-import json
 
 import numpy as np
 import pytest
@@ -7,9 +6,9 @@ import torch
 from PIL import Image
 
 from pipeline.config import split_config
-from pipeline.driver import plan_run
-from pipeline.worker import WorkerBuilder, decode_shard
-from stages.cache_spec import CacheSpec, array_ids_for, fingerprint_for
+from pipeline.driver import plan_run, worker_builder
+from pipeline.worker import decode_shard
+from stages.cache_spec import CacheSpec, fingerprint_for
 from stages.embedded import resolve_model
 from stages.preprocess import load_image
 from stages.store import StoreReader
@@ -34,10 +33,10 @@ def test_a_resolution_the_model_cannot_downsample_is_refused_before_any_store_ex
 
 def test_array_ids_name_latents_and_each_feature_timestep_source():
     spec = CacheSpec(features=("U-L1-R1-B0-Cross-Q",), timesteps=(50, 100), prompt_sources=("caption",))
-    assert array_ids_for(spec) == ["latents", "U-L1-R1-B0-Cross-Q@t50", "U-L1-R1-B0-Cross-Q@t100",
-                                   "U-L1-R1-B0-Cross-Q@t50:caption", "U-L1-R1-B0-Cross-Q@t100:caption"]
-    assert array_ids_for(CacheSpec(model="embedded:tiny-clip-vision", encoder="clip", resolution=None,
-                                   grid=None)) == ["CLIP-L-2"]
+    assert spec.array_ids() == ["latents", "U-L1-R1-B0-Cross-Q@t50", "U-L1-R1-B0-Cross-Q@t100",
+                                "U-L1-R1-B0-Cross-Q@t50:caption", "U-L1-R1-B0-Cross-Q@t100:caption"]
+    assert CacheSpec(model="embedded:tiny-clip-vision", encoder="clip", resolution=None,
+                     grid=None).array_ids() == ["CLIP-L-2"]
     with pytest.raises(ValueError, match="prompt_sources apply to encoder sd"):
         CacheSpec(encoder="clip", prompt_sources=("caption",))
 
@@ -47,15 +46,15 @@ def test_clip_shard_equals_penultimate_patch_tokens_of_clip_vision_model(tmp_pat
 
     config = split_config({"model": "embedded:tiny-clip-vision", "encoder": "clip", "resolution": None,
                            "grid": None, "features": [], "cache_root": str(tmp_path), "shard_size": 16,
-                           "batch_size": 3})
+                           "batch_size": 3, "device": "cpu"})
     plan = plan_run(config)
-    worker = WorkerBuilder(spec=config.spec, store_path=str(plan.store.path), shapes=plan.shapes,
-                           batch_size=3, device="cpu").build()
+    worker = worker_builder(config, plan).build()
     task = decode_shard(plan.tasks[0], image_root=str(plan.manifest.image_root), image_spec=plan.image_spec)
     stats = worker.process(task)
-    assert stats["n_failed"] == 0 and stats["batches"] == 6  # 16 images in batches of 3
+    assert not stats.failed and stats.batches == 6  # 16 images in batches of 3
+    assert list(stats.seconds) == ["decode", "clip", "write"] and min(stats.seconds.values()) > 0
 
-    keys = [k for k in json.loads(plan.tasks[0]["keys"]) if k is not None][:4]
+    keys = [k for k in plan.tasks[0].keys if k is not None][:4]
     model_dir = resolve_model("embedded:tiny-clip-vision")
     model, processor = CLIPVisionModel.from_pretrained(model_dir).eval(), CLIPImageProcessor.from_pretrained(model_dir)
     expected = []
@@ -67,7 +66,7 @@ def test_clip_shard_equals_penultimate_patch_tokens_of_clip_vision_model(tmp_pat
         with torch.no_grad():
             out = model(processor(images=square, return_tensors="pt")["pixel_values"], output_hidden_states=True)
         expected.append(out.hidden_states[-2][0, 1:].numpy())
-    stored = StoreReader(plan.store.path).read(keys)["CLIP-L-2"].astype(np.float32)
+    stored = StoreReader(plan.store.path, expect=plan.store.fingerprint).read(keys)["CLIP-L-2"].astype(np.float32)
     expected = np.stack(expected)  # (4, 256, 64)
     assert stored.shape == expected.shape == (4, 256, 64)
     # one BICUBIC resize of the same square either way; the rest is float16 storage rounding

@@ -7,6 +7,7 @@ reference store, a run with another seed, and a run whose actor is SIGKILLed (it
 hit). The cache-hit checks start no Ray job; the worker and the plan are tested without Ray in
 test_worker.py.
 """
+import functools
 import json
 import os
 import shutil
@@ -21,8 +22,9 @@ import pytest
 from PIL import Image
 
 from pipeline.config import REPO, split_config
-from pipeline.driver import ExtractionError, run_extract
-from stages.cache_spec import LATENTS
+from pipeline.driver import run_extract
+from pipeline.errors import ExtractionError
+from stages.cache_spec import LATENTS, fingerprint_for
 from stages.store import StoreReader, verify_store
 
 pytestmark = pytest.mark.slow
@@ -101,8 +103,14 @@ def rel_err(actual, expected):
     return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
 
 
+@functools.cache
+def expected_fingerprint():
+    """The fingerprint of the stores read here (`fields` changes no fingerprint field but the seed)."""
+    return fingerprint_for(split_config(fields({"json": "", "root": ""}, "")).spec)
+
+
 def read_all(store_path):
-    reader = StoreReader(store_path)
+    reader = StoreReader(store_path, expect=expected_fingerprint())
     return reader.keys, reader.read(reader.keys)
 
 
@@ -268,7 +276,7 @@ def test_new_feature_and_timestep_reuse_stored_latents_and_leave_existing_arrays
     from stages.extractor import ExtractionSpec, SDExtractor
 
     store = shutil.copytree(reference.store, tmp_path / "cache" / reference.store.name)
-    old_ids = StoreReader(store).array_ids
+    old_ids = StoreReader(store, expect=expected_fingerprint()).array_ids
     old_paths = [store / "index", store / "fingerprint.json",
                  *(store / folder / a for folder in ("zarr", "done") for a in old_ids)]
     kept = file_bytes(old_paths)
@@ -284,7 +292,7 @@ def test_new_feature_and_timestep_reuse_stored_latents_and_leave_existing_arrays
     assert (summary.done, summary.failed) == (39, 4) and summary.extractor_batches > 0  # failures as recorded
     assert file_bytes(old_paths) == kept  # every pre-existing array's zarr files and records, byte for byte
     assert verify_store(store) == []
-    reader = StoreReader(store)
+    reader = StoreReader(store, expect=expected_fingerprint())
     new_ids = sorted(set(reader.array_ids) - set(old_ids))
     assert len(new_ids) == 2 * (3 * 2 - len(FEATURES))  # (3 names x 2 timesteps - 2 old) x (uncond, caption)
     picked = [reader.keys[0], "bad/cmyk.jpg", reader.keys[-1]]

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from pipeline.config import split_config
-from pipeline.driver import plan_run
-from pipeline.worker import WorkerBuilder, decode_shard
+from pipeline.driver import plan_run, run_extract, worker_builder
+from pipeline.progress import ErrorLog, Progress, Summary
+from pipeline.rows import ShardStats
+from pipeline.worker import decode_shard
+from stages.config import ConfigError
 from stages.features import FeatureName
 from stages.store import StoreReader
 
@@ -24,14 +27,13 @@ def data(sample, tmp_path_factory):
 
 def config(data, cache_root, **extra):
     values = {"data": [data["json"]], "image_root": data["root"], "cache_root": str(cache_root),
-              "resolution": 64, "grid": 4, "features": [OLD], "timesteps": [50], "shard_size": 4, **extra}
+              "resolution": 64, "grid": 4, "features": [OLD], "timesteps": [50], "shard_size": 4,
+              "batch_size": 4, "device": "cpu", "compute_dtype": "float32", **extra}
     return split_config(values)
 
 
 def processor_for(cfg, plan):
-    builder = WorkerBuilder(spec=cfg.spec, store_path=str(plan.store.path), shapes=plan.shapes, batch_size=4,
-                            device="cpu", compute_dtype="float32", write_webdataset=True)
-    return builder.build()
+    return worker_builder(cfg, plan).build()
 
 
 def run_tasks(plan, processor):
@@ -51,24 +53,24 @@ def test_reused_latents_compute_only_the_missing_names_and_timesteps(data, tmp_p
     plan = plan_run(more_steps)
     processor = processor_for(more_steps, plan)
     unet_rows = []
-    processor.runner.components.unet.register_forward_pre_hook(lambda m, args: unet_rows.append(len(args[0])))
+    processor.encoder.components.unet.register_forward_pre_hook(lambda m, args: unet_rows.append(len(args[0])))
     stats = run_tasks(plan, processor)
-    assert plan.tasks and all(t["reuse_latents"] for t in plan.tasks)
-    assert sum(s["encoded"] for s in stats) == 0
+    assert plan.tasks and all(t.reuse_latents for t in plan.tasks)
+    assert sum(s.encoded for s in stats) == 0 and all(s.seconds["vae"] == 0 < s.seconds["unet"] for s in stats)
     assert unet_rows and max(unet_rows) <= 4  # one timestep x batch, not both timesteps
 
     more_names = config(data, tmp_path, features=[OLD, NEW], timesteps=[50, 200])  # only NEW is missing
     plan = plan_run(more_names)
     processor = processor_for(more_names, plan)
-    unet = processor.runner.components.unet
+    unet = processor.encoder.components.unet
     old_calls = []
     FeatureName.parse(OLD).resolve(unet).register_forward_hook(lambda *_: old_calls.append(1))
     run_tasks(plan, processor)
     assert old_calls == []  # the forward stopped at NEW: OLD, already stored, was not computed
 
-    reader = StoreReader(plan.store.path)
+    reader = StoreReader(plan.store.path, expect=plan.store.fingerprint)
     stored = reader.read(reader.keys)
-    full = processor.runner.extractor.features(torch.from_numpy(stored["latents"]), reader.keys)
+    full = processor.encoder.features(torch.from_numpy(stored["latents"]), reader.keys)
     for array_id, values in full.items():  # the restricted passes give the full pass's values
         np.testing.assert_allclose(stored[array_id].astype(np.float32), values.numpy(), rtol=2e-3, atol=2e-3)
 
@@ -93,7 +95,7 @@ def test_two_data_files_on_one_store_count_only_their_own_shards(sample, tmp_pat
     plan = plan_run(cfg_a)
     assert (len(plan.tasks), plan.foreign_shards) == (1, 0) and gone in plan.manifest.missing
     stats = run_tasks(plan, processor_for(cfg_a, plan))
-    assert json.loads(stats[0]["failed"]).keys() == {gone}
+    assert stats[0].failed.keys() == {gone}
     plan = plan_run(cfg_a)
     assert (plan.tasks, plan.planned, plan.reused_images, plan.recorded_failures) == ((), 4, 3, ())
 
@@ -101,3 +103,29 @@ def test_two_data_files_on_one_store_count_only_their_own_shards(sample, tmp_pat
     assert plan.store.path == plan_run(cfg_a).store.path and len(plan.tasks) == 1
     assert (plan.planned, plan.reused_images, plan.recorded_failures) == (4, 0, ())  # nothing of A's
     assert plan.errors_file.parent == plan.store.path and plan.errors_file != plan_run(cfg_a).errors_file
+
+
+def test_shard_stats_time_each_stage_and_the_summary_says_where_the_time_went(data, tmp_path):
+    cfg = config(data, tmp_path / "cache", shard_size=2)
+    plan = plan_run(cfg)
+    stats = run_tasks(plan, processor_for(cfg, plan))
+    assert len(stats) == 2 and all(ShardStats.from_row(s.to_row()) == s for s in stats)
+    for s in stats:
+        assert list(s.seconds) == ["decode", "vae", "unet", "write"] and min(s.seconds.values()) > 0
+    summary = Summary(store=plan.store.path, errors_file=tmp_path / "errors.jsonl")
+    progress = Progress(summary, ErrorLog(summary.errors_file), total=4, enabled=False)
+    for s in stats:
+        progress.update(s)
+    progress.close()
+    assert summary.as_dict()["stage_seconds"]["unet"] == pytest.approx(sum(s.seconds["unet"] for s in stats))
+    time_line = next(line for line in summary.render().splitlines() if line.startswith("time"))
+    assert all(f"{stage} " in time_line for stage in ("decode", "vae", "unet", "write")), time_line
+
+
+def test_cpu_actors_beyond_the_embedded_rays_cpus_fail_before_ray_starts(data, tmp_path, monkeypatch):
+    import pipeline.job
+
+    monkeypatch.setattr(pipeline.job, "start_ray", lambda run: pytest.fail("Ray was started"))
+    cfg = config(data, tmp_path / "cache", shard_size=1, num_actors=4, num_cpus=4, device="cpu")
+    with pytest.raises(ConfigError, match="4 CPU actors x cpus_per_actor=1.0 leave none of the 4 CPUs"):
+        run_extract(cfg, show_progress=False)

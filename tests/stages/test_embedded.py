@@ -14,6 +14,7 @@ import torch
 from stages.embedded import MANIFEST_NAME, materialize, registered_names, resolve_model
 from stages.embedded.sample import ensure_sample, sample_paths
 from stages.embedded.sd import MODEL_MAX_LENGTH, SCHEDULER_CONFIG
+from stages.locations import SAMPLE, resolve_sample_data
 
 SD21_UNET = {
     "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
@@ -291,3 +292,13 @@ def test_ensure_sample_is_idempotent_and_matches_its_manifest(sample):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert sorted(manifest) == sorted(str(p.relative_to(sample.image_root.parent)) for p in stamps
                                       if p.name != MANIFEST_NAME)
+
+
+def test_sample_data_names_resolve_to_the_bundled_sample_files(home, monkeypatch):
+    monkeypatch.setenv("DFC_EMBEDDED_HOME", str(home))
+    paths = sample_paths(Path(resolve_model(SAMPLE)))
+    assert resolve_sample_data(SAMPLE) == ([paths.pretrain_json, paths.sft_json], paths.image_root)
+    assert resolve_sample_data(f"{SAMPLE}-pretrain") == ([paths.pretrain_json], paths.image_root)
+    assert resolve_sample_data(f"{SAMPLE}-sft") == ([paths.sft_json], paths.image_root)
+    with pytest.raises(ValueError, match=f"{SAMPLE}-sft"):
+        resolve_sample_data(f"{SAMPLE}-val")

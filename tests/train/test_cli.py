@@ -93,15 +93,40 @@ def test_missing_deepspeed_json_exits_2_before_loading_anything(train_store, tmp
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("lr=-1", "lr must be > 0"),
+    ("model=no-such-llm-dir", "model directory 'no-such-llm-dir' does not exist"),
+    ("max_length=8", "max_length (8) must exceed num_image_tokens (16)"),
+    ("vision.projector=bogus", "unknown projector 'bogus'"),
+])
+def test_a_user_mistake_exits_2_with_one_line_naming_it(override, message, train_store, tmp_path, capsys):
+    code = main(["pretrain", *_common(train_store, "pretrain", tmp_path / "out"), override])
+    err = capsys.readouterr().err  # the last line: before it, maybe the LLM's loading progress bar
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"train pretrain: error: {message}"), err
+
+
+def test_a_bug_is_not_reported_as_a_setup_error_but_keeps_its_traceback(train_store, tmp_path, monkeypatch,
+                                                                         capsys):
+    def bug(*args, **kwargs):
+        raise KeyError("a bug in our code")
+
+    monkeypatch.setattr("train.cli.check_engine_config", bug)
+    with pytest.raises(KeyError, match="a bug in our code"):  # uncaught: Python prints it and exits 1
+        main(["pretrain", *_common(train_store, "pretrain", tmp_path / "out")])
+    assert "error:" not in capsys.readouterr().err
+
+
 def test_cached_features_pickle_for_spawned_loader_workers(train_store):
-    source = CachedFeatures(locate_stores(DataConfig(stores=(str(train_store.path),))), array_ids=[SD_ARRAY, "latents"])
+    stores = locate_stores(DataConfig(stores=(str(train_store.path),)))
+    source = CachedFeatures(stores, array_ids=[SD_ARRAY, "latents"])
     keys = source.readers[0].keys[:3]
     clone = pickle.loads(pickle.dumps(source))
     assert all(k in clone for k in keys) and "not/a/key.jpg" not in clone
     for array_id, values in source.read(keys, [SD_ARRAY, "latents"]).items():
         np.testing.assert_array_equal(clone.read(keys, [array_id])[array_id], values)
     with pytest.raises(StoreNotFound, match="in none of the stores"):
-        CachedFeatures([train_store.path], array_ids=["CLIP-L-2"])
+        CachedFeatures(stores, array_ids=["CLIP-L-2"])
 
 
 def test_iterating_the_cli_loader_leaves_the_global_torch_rng_untouched(train_store):

@@ -1,24 +1,26 @@
 """Guided SD features in training equal a from-scratch recomputation; s = 0 never builds a U-Net.
 
 The trainer's side is what `train.cli.prepare` wires: `CachedFeatures` over the store found from the
-extraction YAML, `LlavaDataset` + `collate`, and `GuidedFeatures` with `extractor_builder` (U-Net only,
-on the cached latents). The reference recomputes everything from the images with a full extractor.
+extraction YAML, `LlavaDataset` + `collate`, and `GuidedFeatures` with `encoder_builder` (U-Net only,
+on the cached latents). The reference recomputes everything from the images with a full encoder.
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from stages.cache_spec import image_spec_for
-from stages.extractor import ExtractionSpec, SDExtractor, amplify
+from stages.encoders import SDFeatureEncoder
+from stages.extractor import amplify
 from stages.llava import load_llava_json
-from stages.models import load_sd_components
-from stages.preprocess import load_image, preprocess, to_tensor
+from stages.preprocess import load_image, preprocess
 from train.cli import TEMPLATES
 from train.collate import collate
-from train.conditioning import GuidedFeatures, extractor_builder, required_arrays
+from train.conditioning import GuidedFeatures, encoder_builder, required_arrays
 from train.config import DataConfig, GuidanceConfig, VisionConfig
 from train.data import LlavaDataset
 from train.stores import CachedFeatures, locate_stores
@@ -53,19 +55,19 @@ def _batch(store, *, stage: str, guidance: GuidanceConfig) -> tuple[dict, Cached
 
 
 def _hook(source: CachedFeatures, guidance: GuidanceConfig) -> GuidedFeatures:
-    builder = extractor_builder(source.cache_spec(SD_ARRAY), SD_ARRAY, device=torch.device("cpu"))
-    return GuidedFeatures(vision=VISION, guidance=guidance, build_extractor=builder)
+    builder = encoder_builder(source.cache_spec(SD_ARRAY), SD_ARRAY, device=torch.device("cpu"))
+    return GuidedFeatures(vision=VISION, guidance=guidance, build_encoder=builder)
 
 
 def _from_scratch(store, keys: list[str], questions: list[str]) -> dict[str, torch.Tensor]:
-    """image → latents rounded to the stored dtype → one `conditional_pair` pass → amplified."""
-    spec = store.spec
-    extractor = SDExtractor(load_sd_components(spec.model, device="cpu"), ExtractionSpec(
-        features=spec.features, timesteps=spec.timesteps, grid=spec.grid, trials=spec.trials, seed=spec.seed))
+    """image → latents rounded to the stored dtype → one batched pass pairing the unconditional and the
+    question-conditioned halves (the extraction's layout for a first prompt source) → amplified."""
+    spec = replace(store.spec, prompt_sources=("question",))
+    encoder = SDFeatureEncoder.load(spec, device="cpu")
     image_spec = image_spec_for(spec)
-    pixels = torch.stack([to_tensor(preprocess(load_image(store.image_root, k), image_spec)) for k in keys])
-    latents = extractor.encode(pixels).to(getattr(torch, spec.latents_dtype)).float()
-    pair = extractor.conditional_pair(latents, keys, prompts=questions, source="question")
+    images = np.stack([np.asarray(preprocess(load_image(store.image_root, k), image_spec)) for k in keys])
+    pair = encoder.features(encoder.latents(images), keys, prompts={"question": questions},
+                            array_ids=[SD_ARRAY, f"{SD_ARRAY}:question"])
     uncond, cond = pair[SD_ARRAY], pair[f"{SD_ARRAY}:question"]
     return {"uncond": uncond, "amplified": amplify(uncond, cond, SCALE)}
 

@@ -1,4 +1,5 @@
-"""Projector, fusion adapters and the LLaVA wrapper, on the embedded tiny Llama (no DeepSpeed here)."""
+"""Projector and the LLaVA wrapper, on the embedded tiny Llama (no DeepSpeed here; every vision mode's adapter:
+test_vision_modes.py)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from stages.config import ConfigError
 from train.config import TrainConfig, VisionConfig
 from train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from train.fusion import ADAPTERS, build_adapter, load_adapter
+from train.fusion import load_adapter
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model, splice_image_tokens
 from train.projector import PROJECTORS, build_projector
 
@@ -55,35 +56,6 @@ def test_splice_rejects_placeholder_feature_count_mismatch():
     with pytest.raises(ValueError, match="1 image placeholders but 2"):
         splice_image_tokens(embeds=torch.zeros(1, 3, 2), input_ids=ids, labels=ids, attention_mask=ids > -1000,
                             image_tokens=torch.zeros(2, 4, 2), max_length=8)
-
-
-@pytest.mark.parametrize("mode", sorted(ADAPTERS))
-def test_fusion_modes_map_cached_tokens_to_llm_width(mode):
-    torch.manual_seed(0)
-    features = {SD: torch.randn(3, 16, DIMS[SD], dtype=torch.float16),  # store dtype
-                CLIP: torch.randn(3, 16 if mode == "sd+clip-concat" else 9, DIMS[CLIP])}
-    adapter = build_adapter(VisionConfig(mode=mode, sd_array=SD, clip_array=CLIP, xattn_heads=2),
-                            feature_dims=DIMS, hidden_size=24)
-    out = adapter(features)
-    expected_t = 16 if mode in ("sd", "sd+clip-concat") else 9  # xattn keeps CLIP's token count
-    assert out.shape == (3, expected_t, 24) and out.dtype == torch.float32
-
-
-def test_concat_with_unequal_token_counts_fails_clearly():
-    adapter = build_adapter(VisionConfig(mode="sd+clip-concat", sd_array=SD, clip_array=CLIP),
-                            feature_dims=DIMS, hidden_size=8)
-    with pytest.raises(ValueError, match="equal"):
-        adapter({SD: torch.zeros(2, 16, DIMS[SD]), CLIP: torch.zeros(2, 9, DIMS[CLIP])})
-
-
-def test_xattn_output_depends_on_sd_tokens():
-    torch.manual_seed(0)
-    adapter = build_adapter(VisionConfig(mode="sd+clip-xattn", sd_array=SD, clip_array=CLIP, xattn_heads=2),
-                            feature_dims=DIMS, hidden_size=8)
-    clip = torch.randn(2, 5, DIMS[CLIP])
-    a = adapter({SD: torch.randn(2, 7, DIMS[SD]), CLIP: clip})
-    b = adapter({SD: torch.randn(2, 7, DIMS[SD]), CLIP: clip})
-    assert not torch.allclose(a, b)
 
 
 def test_projector_registry_builds_mlp2x_gelu_and_linear():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.store_cli import caches_main, verify_main
-from stages.store import (CacheStore, Fingerprint, FingerprintMismatch, KeyNotInStore, StoreReader,
-                          decode_key, find_store, list_caches, verify_store)
+from stages.store import (CacheStore, Fingerprint, KeyNotInStore, StoreReader, decode_key, find_store, list_caches,
+                          verify_store)
 
 FEATURE = "U-L1-R1-B0-Cross-Q@t50"
 CAPTION = "U-L1-R1-B0-Cross-Q@t50:caption"
@@ -64,7 +64,7 @@ def test_a_shard_whose_keys_all_failed_is_written_and_verifies(store: CacheStore
     fill(store, FEATURE, failed={KEYS[8]: "truncated", KEYS[9]: "zero-byte"})
     assert store.missing_shards([FEATURE]) == []
     assert verify_store(store.path) == []
-    reader = StoreReader(store.path)
+    reader = StoreReader(store.path, expect=FP)
     assert KEYS[8] not in reader.keys and len(reader) == 8
     assert not reader.read_shard(FEATURE, last.index).any()
 
@@ -72,7 +72,7 @@ def test_a_shard_whose_keys_all_failed_is_written_and_verifies(store: CacheStore
 def test_reader_returns_written_rows_in_request_order(store: CacheStore) -> None:
     fill(store, FEATURE)
     fill(store, "latents", sample_shape=(4, 8, 8))
-    reader = StoreReader(store.path)
+    reader = StoreReader(store.path, expect=FP)
     assert reader.keys == KEYS and len(reader) == len(KEYS) and reader.fingerprint == FP
     assert reader.array_ids == [FEATURE, "latents"]
     order = [KEYS[9], KEYS[0], KEYS[5], KEYS[4], KEYS[1]]
@@ -92,7 +92,7 @@ def test_compressed_arrays_read_through_zarr_equal_what_was_written(store: Cache
         store.ensure_array(array_id, sample_shape=SHAPE, compression=compression)
         for plan in store.shards():
             store.write_shard(plan.index, {array_id: shard_data(array_id, plan.index, 4)})
-        reader = StoreReader(store.path, array_ids=[array_id])
+        reader = StoreReader(store.path, expect=FP, array_ids=[array_id])
         assert not reader.infos[array_id].raw
         got = reader.read([KEYS[6], KEYS[1]])[array_id]
         np.testing.assert_array_equal(got, np.stack([expected(store, array_id, k) for k in (KEYS[6], KEYS[1])]))
@@ -102,7 +102,7 @@ def test_compressed_arrays_read_through_zarr_equal_what_was_written(store: Cache
 def test_missing_keys_get_errors_that_say_why(store: CacheStore) -> None:
     store.ensure_array(FEATURE, sample_shape=SHAPE)
     store.write_shard(0, {FEATURE: shard_data(FEATURE, 0, 4)}, failed={KEYS[2]: "cannot decode image"})
-    reader = StoreReader(store.path)
+    reader = StoreReader(store.path, expect=FP)
     assert reader.keys == [KEYS[0], KEYS[1], KEYS[3]]
     with pytest.raises(KeyNotInStore, match="never planned"):
         reader.row_of("nope.jpg")
@@ -123,12 +123,7 @@ def test_same_fingerprint_reuses_the_store_and_skips_done_shards(store: CacheSto
     assert StoreReader.open(tmp_path / "cache", FP).keys == KEYS
 
 
-def test_mismatched_fingerprint_is_refused_naming_the_field(store: CacheStore, tmp_path: Path) -> None:
-    other = Fingerprint.from_fields({**FP.fields, "resolution": 768})
-    with pytest.raises(FingerprintMismatch, match=r"resolution: 768 != 512"):
-        CacheStore.open(store.path, fingerprint=other)
-    with pytest.raises(FileNotFoundError, match=r"resolution: 768 != 512"):
-        StoreReader.open(tmp_path / "cache", other)
+def test_an_existing_array_is_never_recreated_with_another_shape(store: CacheStore) -> None:
     store.ensure_array(FEATURE, sample_shape=SHAPE)
     with pytest.raises(ValueError, match="sample shape"):
         store.ensure_array(FEATURE, sample_shape=(16, 64))
@@ -144,14 +139,14 @@ def test_adding_an_array_leaves_existing_arrays_byte_identical(store: CacheStore
     fill(store, CAPTION)
     after = _file_bytes(store.path / "zarr" / FEATURE) | _file_bytes(store.path / "done" / FEATURE)
     assert after == before
-    assert StoreReader(store.path).array_ids == [FEATURE, CAPTION] and verify_store(store.path) == []
+    assert StoreReader(store.path, expect=FP).array_ids == [FEATURE, CAPTION] and verify_store(store.path) == []
 
 
 def test_tensorstore_zarr3_reads_every_array_equal_to_our_reader(store: CacheStore) -> None:
     ts = pytest.importorskip("tensorstore")
     fill(store, CAPTION)
     fill(store, "latents", sample_shape=(4, 8, 8))
-    reader = StoreReader(store.path)
+    reader = StoreReader(store.path, expect=FP)
     for array_id in reader.array_ids:
         spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(store.path / "zarr" / array_id)}}
         data = ts.open(spec, open=True, read=True).result().read().result()
@@ -164,7 +159,7 @@ def test_tensorstore_zarr3_reads_every_array_equal_to_our_reader(store: CacheSto
 def test_stock_webdataset_and_tarfile_read_our_tars(store: CacheStore) -> None:
     wds = pytest.importorskip("webdataset")
     fill(store, FEATURE, failed={KEYS[5]: "boom"}, wds=True)
-    reader = StoreReader(store.path)
+    reader = StoreReader(store.path, expect=FP)
     tars = sorted(str(p) for p in (store.path / "wds").glob("*.tar"))
     samples = list(wds.WebDataset(tars, shardshuffle=False).decode())
     assert [decode_key(s["__key__"]) for s in samples] == reader.keys == [k for k in KEYS if k != KEYS[5]]

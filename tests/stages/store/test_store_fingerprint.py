@@ -12,7 +12,7 @@ import pytest
 
 from stages.store import Fingerprint, FingerprintMismatch, contract_fields, decode_key, encode_key, weights_hash
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _component(path: Path, payload: bytes = b"\x00\x01weights" * 1000) -> Path:
@@ -52,7 +52,7 @@ def test_fingerprint_is_canonical_json_sha256() -> None:
 
 def test_fingerprint_is_identical_in_two_processes(models: Path) -> None:
     code = ("import sys, json; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-            "from tests.stages.test_store_fingerprint import _fields; from stages.store import Fingerprint; "
+            "from tests.stages.store.test_store_fingerprint import _fields; from stages.store import Fingerprint; "
             "print(Fingerprint.from_fields(_fields(Path(sys.argv[2]))).full)")
     runs = [subprocess.run([sys.executable, "-c", code, str(REPO), str(models)], capture_output=True,
                            text=True, check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.strip()

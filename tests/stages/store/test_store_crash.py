@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from stages.store import CacheStore, StoreReader, verify_store
-from tests.stages.test_store import FEATURE, FP, shard_data
+from tests.stages.store.test_store import FEATURE, FP, shard_data
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHAPE = (64, 256)  # (T, C): large enough that a shard write takes a moment
 SHARD = 4
 N_SHARDS = 6
@@ -38,7 +38,7 @@ def _spawn(code: str) -> subprocess.Popen:
 
 
 def _writer(path: Path, shards: list[int], *, loop: bool = False) -> subprocess.Popen:
-    return _spawn(f"from tests.stages.test_store_crash import write_shards; "
+    return _spawn(f"from tests.stages.store.test_store_crash import write_shards; "
                   f"write_shards({str(path)!r}, {shards!r}, loop={loop})")
 
 
@@ -51,7 +51,7 @@ def _store(tmp_path: Path) -> CacheStore:
 
 
 def _assert_holds_expected(store: CacheStore, shards: list[int]) -> None:
-    reader = StoreReader(store.path)
+    reader = StoreReader(store.path, expect=FP)
     for shard in shards:
         np.testing.assert_array_equal(reader.read_shard(FEATURE, shard), shard_data(FEATURE, shard, SHARD, SHAPE))
         np.testing.assert_array_equal(reader.read_shard(LATENTS, shard), shard_data(LATENTS, shard, SHARD, (4, 8, 8)))
@@ -63,7 +63,7 @@ def test_two_writer_processes_on_disjoint_shards_make_a_complete_verified_store(
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert verify_store(store.path) == [] and store.missing_shards([FEATURE, LATENTS]) == []
     _assert_holds_expected(store, list(range(N_SHARDS)))
-    assert len(StoreReader(store.path)) == SHARD * N_SHARDS
+    assert len(StoreReader(store.path, expect=FP)) == SHARD * N_SHARDS
 
 
 def test_writer_killed_inside_a_shard_write_leaves_it_invisible_until_rewritten(tmp_path: Path) -> None:
@@ -75,10 +75,10 @@ def test_writer_killed_inside_a_shard_write_leaves_it_invisible_until_rewritten(
             "    if '/c/1/' in str(p): os.kill(os.getpid(), signal.SIGKILL)\n"
             "    real(p)\n"
             "w.fsync_path = fsync_then_die\n"
-            f"from tests.stages.test_store_crash import write_shards; write_shards({str(store.path)!r}, [1])")
+            f"from tests.stages.store.test_store_crash import write_shards; write_shards({str(store.path)!r}, [1])")
     assert _spawn(trap).wait(timeout=120) == -signal.SIGKILL
     assert (store.path / "zarr" / FEATURE / "c" / "1" / "0" / "0").is_file()  # data landed, no record
-    reader = StoreReader(store.path)
+    reader = StoreReader(store.path, expect=FP)
     assert reader.complete_shards() == [0, 2] and "img/0004.jpg" not in reader.keys
     assert verify_store(store.path, require_complete=False) == []
     assert store.missing_shards([FEATURE, LATENTS]) == [1, 3, 4, 5]
@@ -97,7 +97,7 @@ def test_sigkill_at_a_random_moment_never_exposes_a_half_written_shard(tmp_path:
         assert proc.wait(timeout=30) == -signal.SIGKILL
         # Whatever is recorded complete verifies and holds the right values.
         assert verify_store(store.path, require_complete=False) == []
-        done = StoreReader(store.path).complete_shards()
+        done = StoreReader(store.path, expect=FP).complete_shards()
         _assert_holds_expected(store, [s for s in done if s in (0, 1)])
     assert _writer(store.path, list(range(N_SHARDS))).wait(timeout=120) == 0
     assert verify_store(store.path) == []

@@ -3,9 +3,9 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from benchmarks.sd21 import sd21_base_modules
 from stages.extractor import ExtractionSpec, SDExtractor
 from stages.models import SDComponents
-from stages.sd21 import sd21_base_modules
 
 PAPER = {
     "D-L2-R0-B0-Cross-Q": 1280, "U-L1-R1-B0-Cross-Q": 1280, "U-L1-R1-B0-Out": 1280,

@@ -1,0 +1,20 @@
+"""The encoder registry: `ENCODERS[spec.encoder]` knows a backbone's arrays, shapes, preprocessing and
+fingerprint fields, and loads the `FeatureEncoder` that computes them. A new backbone is a new entry."""
+from __future__ import annotations
+
+from typing import Mapping
+
+from stages.encoders.base import EncoderKind, FeatureEncoder, Prompts
+from stages.encoders.clip import CLIP, CLIP_ARRAY_ID, ClipFeatureEncoder
+from stages.encoders.sd import SD, SDFeatureEncoder
+
+__all__ = ["ENCODERS", "encoder_kind", "EncoderKind", "FeatureEncoder", "Prompts", "SDFeatureEncoder",
+           "ClipFeatureEncoder", "CLIP_ARRAY_ID"]
+
+ENCODERS: Mapping[str, EncoderKind] = {kind.name: kind for kind in (SD, CLIP)}
+
+
+def encoder_kind(name: str) -> EncoderKind:
+    if name not in ENCODERS:
+        raise ValueError(f"encoder {name!r} is not one of {sorted(ENCODERS)}")
+    return ENCODERS[name]

@@ -1,0 +1,181 @@
+"""Stable Diffusion U-Net features (DESIGN §2–§3) as a `FeatureEncoder`: images -> VAE latents rounded to
+the stored dtype -> U-Net taps on exactly those latents -> pooled arrays.
+
+Pass layout (it decides the float rounding, so it is part of what a store's values are): the
+unconditional half shares one batched pass with the spec's first prompt source; every other prompt
+source (further extraction sources, or `question` at training time) runs a conditional pass of its own.
+Restricting `array_ids` restricts the names and timesteps computed, never the layout of a pass.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from stages.encoders.base import EncoderKind, FeatureEncoder, Prompts
+from stages.extractor import SDExtractor, check_resolution
+from stages.features import LATENTS, ArrayId, FeatureName
+from stages.models import ModelLoadError, SDComponents, load_sd_components
+from stages.preprocess import ImageSpec, to_tensor
+from stages.store.fingerprint import contract_fields
+
+if TYPE_CHECKING:
+    from stages.cache_spec import CacheSpec
+
+__all__ = ["SD", "SDKind", "SDFeatureEncoder"]
+
+SD_COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer")  # hashed into the fingerprint (+ scheduler config)
+
+
+class SDFeatureEncoder(FeatureEncoder):
+    """`latents(images)` and `features(latents, keys, prompts=..., array_ids=...)` for one `CacheSpec`."""
+
+    def __init__(self, spec: "CacheSpec", components: SDComponents) -> None:
+        super().__init__(spec)
+        self.components = components
+        self._latents_dtype = getattr(torch, spec.latents_dtype)
+        self._extractors: dict[tuple[tuple[str, ...], tuple[int, ...]], SDExtractor] = {}
+
+    @classmethod
+    def load(cls, spec: "CacheSpec", *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+             with_vae: bool = True) -> "SDFeatureEncoder":
+        """`with_vae=False`: U-Net only, for features of cached latents (SFT question conditioning)."""
+        encoder = cls(spec, load_sd_components(spec.model, device=device, dtype=dtype, with_vae=with_vae))
+        if with_vae:
+            encoder._extractor(spec.features, spec.timesteps).check_resolution(spec.resolution)
+        return encoder
+
+    @property
+    def device(self) -> torch.device:
+        return self.components.device
+
+    def _extractor(self, names: Sequence[str], timesteps: Sequence[int]) -> SDExtractor:
+        key = (tuple(names), tuple(timesteps))
+        if key not in self._extractors:
+            self._extractors[key] = SDExtractor(self.components,
+                                                self.spec.extraction_spec(features=key[0], timesteps=key[1]))
+        return self._extractors[key]
+
+    def latents(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 `(B, R, R, 3)` -> `(B, 4, R/8, R/8)` float32 holding values of the stored latents dtype."""
+        pixels = torch.stack([to_tensor(image) for image in images])  # (B, 3, R, R) in [-1, 1]
+        with self.timed("vae"):
+            z0 = self._extractor(self.spec.features, self.spec.timesteps).encode(pixels)
+        return z0.to(self._latents_dtype).float()
+
+    def _selection(self, ids: Sequence[ArrayId]) -> tuple[list[str], list[int]]:
+        """Feature names and timesteps of `ids`, in the spec's order (extra ones after it)."""
+        names = [str(i.feature) for i in ids]
+        steps = [i.timestep for i in ids]
+        spec_names = [str(FeatureName.parse(n)) for n in self.spec.features]
+        return ([n for n in spec_names if n in names] + [n for n in dict.fromkeys(names) if n not in spec_names],
+                [t for t in self.spec.timesteps if t in steps] + [t for t in dict.fromkeys(steps)
+                                                                   if t not in self.spec.timesteps])
+
+    def features(self, latents: torch.Tensor, keys: Sequence[str], *, prompts: Prompts | None = None,
+                 array_ids: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """`{array_id: (B, T, C) float32}` for `array_ids` (default: every feature array of the spec);
+        `prompts[source]` holds the texts of each conditioned source they name."""
+        prompts = prompts or {}
+        ids = [ArrayId.parse(a) for a in (array_ids or self.spec.array_ids()) if a != LATENTS]
+        if not ids:
+            return {}
+        extractor = self._extractor(*self._selection(ids))
+        sources = list(dict.fromkeys(i.source for i in ids))
+        missing = [s for s in sources if s is not None and s not in prompts]
+        if missing:
+            raise KeyError(f"no prompts for source(s) {missing}; given {sorted(prompts)}")
+        paired = self.spec.prompt_sources[0] if self.spec.prompt_sources else None
+        out: dict[str, torch.Tensor] = {}
+        with self.timed("unet"):
+            if paired is not None and (None in sources or paired in sources):
+                out.update(extractor.conditional_pair(latents, keys, prompts=prompts[paired], source=paired))
+            elif None in sources:
+                out.update(extractor.features(latents, keys))
+            for source in sources:
+                if source not in (None, paired):
+                    out.update(extractor.features(latents, keys, prompts=prompts[source], source=source))
+        return {str(i): out[str(i)] for i in ids}
+
+    def encode(self, images: np.ndarray, keys: Sequence[str], prompts: Prompts) -> dict[str, torch.Tensor]:
+        latents = self.latents(images)
+        return {LATENTS: latents, **self.features(latents, keys, prompts=prompts)}
+
+
+class SDKind(EncoderKind):
+    """SD 2.x-layout pipelines (`vae/ unet/ text_encoder/ tokenizer/ scheduler/`): latents + U-Net taps."""
+
+    name = "sd"
+    time_stages = ("vae", "unet")
+
+    def validate(self, spec: "CacheSpec") -> None:
+        if spec.resolution is None or spec.grid is None:
+            raise ValueError("encoder sd needs an explicit resolution and grid")
+        if not spec.features or not spec.timesteps:
+            raise ValueError("encoder sd needs at least one feature name and one timestep")
+        for name in spec.features:
+            FeatureName.parse(name)
+
+    def image_spec(self, spec: "CacheSpec", model_dir: Path, **extra: Any) -> ImageSpec:
+        return ImageSpec(resolution=spec.resolution, resize_mode=spec.resize_mode, pad_color=tuple(spec.pad_color),
+                         **extra)
+
+    def array_ids(self, spec: "CacheSpec") -> list[str]:
+        """`latents`, then `NAME@tT` and `NAME@tT:SOURCE` for every name, timestep and prompt source."""
+        return [LATENTS] + [str(ArrayId(FeatureName.parse(n), t, source)) for source in (None, *spec.prompt_sources)
+                            for n in spec.features for t in spec.timesteps]
+
+    def sample_shapes(self, spec: "CacheSpec", model_dir: Path) -> dict[str, tuple[int, ...]]:
+        """Tap channels from a U-Net forward on the meta device (no weights, no compute)."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        vae_config = AutoencoderKL.load_config(model_dir / "vae")
+        side = spec.resolution // 2 ** (len(vae_config["block_out_channels"]) - 1)
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(model_dir / "unet"))
+            latents = torch.empty(1, unet.config.in_channels, side, side)
+            text = torch.empty(1, 77, unet.config.cross_attention_dim)
+        names = [FeatureName.parse(n) for n in spec.features]
+        channels: dict[str, int] = {}
+
+        def hook(name: FeatureName):
+            def capture(_module, _inputs, output):
+                out = output[0] if isinstance(output, tuple) else output
+                channels[str(name)] = out.shape[-1] if name.layout == "tokens" else out.shape[1]
+            return capture
+
+        handles = [name.resolve(unet).register_forward_hook(hook(name)) for name in names]
+        try:
+            with torch.no_grad():
+                unet(latents, torch.full((1,), 1, device="meta"), encoder_hidden_states=text)
+        finally:
+            for handle in handles:
+                handle.remove()
+        shapes = {LATENTS: (vae_config["latent_channels"], side, side)}
+        for array_id in self.array_ids(spec)[1:]:
+            shapes[array_id] = (spec.grid * spec.grid, channels[str(ArrayId.parse(array_id).feature)])
+        return shapes
+
+    def fingerprint_fields(self, spec: "CacheSpec", model_dir: Path, *, preprocess: Mapping[str, Any],
+                           pooling: Mapping[str, Any], memo_path: str | Path | None) -> dict[str, Any]:
+        missing = [p for p in (*SD_COMPONENTS, "scheduler") if not (model_dir / p).is_dir()]
+        if missing:
+            raise ModelLoadError(f"{model_dir} lacks {missing}: expected a diffusers Stable Diffusion layout")
+        scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+        check_resolution(spec.resolution, vae_config=json.loads((model_dir / "vae" / "config.json").read_text()),
+                         unet_config=json.loads((model_dir / "unet" / "config.json").read_text()), source=spec.model)
+        fields = contract_fields(
+            components={name: model_dir / name for name in SD_COMPONENTS}, scheduler_config=scheduler,
+            preprocess=preprocess, noise={"seed": spec.seed, "trials": spec.trials}, pooling=pooling,
+            dtypes={"features": spec.feature_dtype, "latents": spec.latents_dtype}, memo_path=memo_path)
+        return {**fields, "encoder": self.name}
+
+    def load(self, spec: "CacheSpec", *, device: torch.device | str | None = None,
+             dtype: torch.dtype | None = None) -> SDFeatureEncoder:
+        return SDFeatureEncoder.load(spec, device=device, dtype=dtype)
+
+
+SD = SDKind()

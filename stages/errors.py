@@ -1,0 +1,25 @@
+"""User-facing errors: a mistake the user can fix, whose message says how.
+
+`extract` and `train` catch `UserError` alone, print its message (no traceback) and exit with
+`USAGE_ERROR` (2, as argparse does for bad arguments); any other exception is a bug or a failed run and
+propagates with its traceback (exit status 1). Each concrete type also derives from the builtin it
+replaces (`ConfigError(UserError, ValueError)`), so `except ValueError` callers keep working.
+"""
+from __future__ import annotations
+
+import sys
+
+__all__ = ["UserError", "USAGE_ERROR", "print_user_error"]
+
+USAGE_ERROR = 2
+
+
+class UserError(Exception):
+    """Something the user has to change (a config value, a file, a model, a store); the message says what."""
+
+
+def print_user_error(prog: str, exc: UserError) -> int:
+    """`prog: error: <message>` on stderr; returns `USAGE_ERROR`."""
+    message = exc.args[0] if exc.args else type(exc).__name__  # not str(): KeyError-based types quote it
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
