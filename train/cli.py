@@ -32,7 +32,7 @@ from train.conditioning import GuidedFeatures, encoder_builder, guidance_applies
 from train.config import STAGES, TrainConfig, VisionConfig
 from train.data import LlavaDataset
 from train.engine import check_engine_config, ensure_distributed, is_main_process, seed_everything
-from train.loop import FINAL_DIR, StepMetrics, check_resume, train
+from train.loop import FINAL_DIR, NonFiniteLoss, StepMetrics, check_resume, train
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model
 from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
 from train.stores import CachedFeatures, locate_stores, resolve_data_path
@@ -83,6 +83,8 @@ class RunResult:
             return f"{self.stage}: nothing left to train; saved {', '.join(map(str, self.saved))}"
         first, last = self.history[0], self.history[-1]
         skipped = f", {self.skipped_images} samples skipped (image not cached)" if self.skipped_images else ""
+        nonfinite = sum(m.skipped for m in self.history)
+        skipped += f", {nonfinite} micro-batches skipped (non-finite loss)" if nonfinite else ""
         saved = ", ".join(map(str, self.saved))
         return (f"{self.stage}: {len(self.history)} steps (to step {last.step}), loss {first.loss:.4f} -> "
                 f"{last.loss:.4f}, {self.samples_per_s:.1f} samples/s{skipped}; saved {saved}")
@@ -222,7 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepared = prepare(load_stage_config(stage, overrides))
     except UserError as exc:  # the message, not a traceback; anything else is a bug and keeps its traceback
         return print_user_error(f"train {stage}", exc)
-    result = run(prepared)
+    try:
+        result = run(prepared)
+    except NonFiniteLoss as exc:  # the run failed (exit 1), for a reason one line says
+        print(f"train {stage}: stopped: {exc}", file=sys.stderr)
+        return 1
     if is_main_process():
         print(f"{result.summary()} ({time.perf_counter() - started:.1f} s in all)")
     return 0

@@ -116,6 +116,7 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N optimizer steps; 0 = only at the end
     keep_checkpoints: int = 2  # newest checkpoints kept on disk; 0 = keep all
     tensorboard: bool = True  # also log metrics to <output_dir>/tensorboard/ (metrics.jsonl is always written)
+    on_nonfinite: str = "stop"  # a NaN/Inf loss: "stop" the run naming step, keys and arrays; "skip" the micro-batch
     resume: bool = False
     gradient_checkpointing: bool = False
     deepspeed_config: str = "configs/deepspeed/zero2.json"
@@ -134,6 +135,7 @@ class TrainConfig:
         _check(min(self.max_steps, self.save_every, self.keep_checkpoints) >= 0,
                "max_steps, save_every and keep_checkpoints must be >= 0")
         _check(self.max_length > 0, f"max_length must be > 0, got {self.max_length}")
+        _check(self.on_nonfinite in ("stop", "skip"), f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
 
     @property
     def freeze_llm(self) -> bool:

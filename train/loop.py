@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
@@ -24,8 +25,8 @@ from train.engine import (build_engine, is_main_process, latest_checkpoint, load
                           read_checkpoint_state, restore_rng, save_checkpoint, seed_everything)
 from train.model import LlavaModel
 
-__all__ = ["ResumableSampler", "StepMetrics", "train", "total_steps", "check_resume", "default_prepare_features",
-           "METRICS_FILE", "TENSORBOARD_DIR", "FINAL_DIR"]
+__all__ = ["ResumableSampler", "StepMetrics", "NonFiniteLoss", "train", "total_steps", "check_resume",
+           "default_prepare_features", "METRICS_FILE", "TENSORBOARD_DIR", "FINAL_DIR"]
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"  # under output_dir: `tensorboard --logdir runs/`
@@ -60,6 +61,23 @@ class StepMetrics:
     grad_norm: float  # before clipping
     samples_per_s: float
     tokens_per_s: float
+    skipped: int = 0  # micro-batches left out for a non-finite loss (on_nonfinite=skip)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A non-finite loss or gradient norm: the run stops (checkpoints before it are intact)."""
+
+
+def _nonfinite_arrays(features: Mapping[str, Tensor]) -> list[str]:
+    return sorted(a for a, t in features.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+
+
+def _nonfinite_message(what: str, *, step: int, batch: Batch, features: Mapping[str, Tensor]) -> str:
+    keys = [k for k in batch.get("image_keys", []) if k is not None]
+    arrays = _nonfinite_arrays({**batch.get("features", {}), **features})
+    source = (f"feature arrays with NaN/Inf values: {arrays}; check the store with `just verify STORE`"
+              if arrays else "no input feature is non-finite (the model diverged: lower lr, or on_nonfinite=skip)")
+    return f"{what} at step {step}, batch with image keys {keys[:8]}{' ...' if len(keys) > 8 else ''}; {source}"
 
 
 def default_prepare_features(batch: Batch) -> Mapping[str, Tensor]:
@@ -84,21 +102,30 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _micro_step(engine: Any, batch: Batch, prepare: Callable[[Batch], Mapping[str, Tensor]]) -> tuple[Tensor, Tensor]:
+def _micro_step(engine: Any, batch: Batch, prepare: Callable[[Batch], Mapping[str, Tensor]], *, step: int,
+                skip_nonfinite: bool) -> tuple[Tensor, Tensor, bool]:
+    """Forward, backward and (at the accumulation boundary) the optimizer step; returns (loss, tokens,
+    skipped). A non-finite loss raises `NonFiniteLoss`, or with `skip_nonfinite` contributes zero
+    gradients (DeepSpeed still counts the micro-batch) and is left out of the loss."""
     batch = _to_device(batch, engine.device)  # first: question guidance runs its U-Net on device tensors
     features = _to_device(prepare(batch), engine.device)  # a no-op unless a hook returns host tensors
     inputs = {k: batch[k] for k in ("input_ids", "labels", "attention_mask", "has_image")}
     out = engine(**inputs, features=features)
-    engine.backward(out.loss)
+    loss, skipped = out.loss, not bool(torch.isfinite(out.loss))  # one host sync per micro-batch
+    if skipped:
+        if not skip_nonfinite:
+            raise NonFiniteLoss(_nonfinite_message("non-finite loss", step=step, batch=batch, features=features))
+        loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
+    engine.backward(loss)
     engine.step()  # applies the optimizer and the schedule only at the accumulation boundary
-    return out.loss.detach().float(), out.tokens.detach().float()
+    return loss.detach().float(), out.tokens.detach().float(), skipped
 
 
-def _train_step(engine: Any, batches: Iterator[Batch], *, accumulation: int, micro: int,
-                prepare: Callable[[Batch], Mapping[str, Tensor]]) -> dict[str, float]:
-    """One optimizer step; loss averaged, samples and tokens summed over micro-batches and ranks."""
+def _train_step(engine: Any, batches: Iterator[Batch], *, accumulation: int, micro: int, step: int,
+                skip_nonfinite: bool, prepare: Callable[[Batch], Mapping[str, Tensor]]) -> dict[str, float]:
+    """Optimizer step `step`; loss averaged, samples and tokens summed over micro-batches and ranks."""
     lr = float(engine.get_lr()[0])  # before the step advances the schedule
-    totals = torch.zeros(3, device=engine.device)  # loss, tokens, samples
+    totals = torch.zeros(4, device=engine.device)  # loss, tokens, samples, skipped micro-batches
     for _ in range(accumulation):
         try:
             batch = next(batches)
@@ -106,16 +133,23 @@ def _train_step(engine: Any, batches: Iterator[Batch], *, accumulation: int, mic
             raise RuntimeError("the data loader ended before the epoch's last optimizer step") from None
         if len(batch["input_ids"]) != micro:  # positions are counted in whole micro-batches
             raise ValueError(f"loader gave a batch of {len(batch['input_ids'])}, per_device_batch_size is {micro}")
-        loss, tokens = _micro_step(engine, batch, prepare)
-        totals += torch.stack([loss / accumulation, tokens, torch.tensor(float(micro), device=engine.device)])
+        loss, tokens, skipped = _micro_step(engine, batch, prepare, step=step, skip_nonfinite=skip_nonfinite)
+        totals += torch.stack([loss / accumulation, tokens, torch.tensor(float(micro), device=engine.device),
+                               torch.tensor(float(skipped), device=engine.device)])
     world = 1
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
         world = torch.distributed.get_world_size()
     norm = engine.get_global_grad_norm()
-    loss, tokens, samples = totals.tolist()
-    return {"loss": loss / world, "lr": lr, "grad_norm": float("nan") if norm is None else float(norm),
-            "samples": samples, "tokens": tokens}
+    loss, tokens, samples, skipped = totals.tolist()
+    kept = accumulation * world - skipped  # with skips, the mean is over the micro-batches learned from
+    if norm is not None and not math.isfinite(float(norm)):
+        raise NonFiniteLoss(_nonfinite_message(f"non-finite gradient norm {float(norm)}", step=step, batch=batch,
+                                               features={}))
+    mean = loss / world if not skipped else (loss * accumulation / kept if kept else float("nan"))
+    return {"loss": mean, "lr": lr,
+            "grad_norm": float("nan") if norm is None else float(norm), "samples": samples, "tokens": tokens,
+            "skipped": int(skipped)}
 
 
 class _Reporter:
@@ -244,12 +278,13 @@ def train(
                 rng = None
             for _ in range(min(per_epoch - offset, total - step)):
                 started = time.perf_counter()
-                done = _train_step(engine, batches, accumulation=accumulation, micro=micro, prepare=prepare_features)
+                done = _train_step(engine, batches, accumulation=accumulation, micro=micro, step=step + 1,
+                                   skip_nonfinite=config.on_nonfinite == "skip", prepare=prepare_features)
                 elapsed = time.perf_counter() - started
                 step += 1
                 history.append(StepMetrics(step=step, epoch=epoch, loss=done["loss"], lr=done["lr"],
                                            grad_norm=done["grad_norm"], samples_per_s=done["samples"] / elapsed,
-                                           tokens_per_s=done["tokens"] / elapsed))
+                                           tokens_per_s=done["tokens"] / elapsed, skipped=done["skipped"]))
                 reporter.report(history[-1])
                 if step == total or (config.save_every and step % config.save_every == 0):
                     reporter.flush()  # the events up to a checkpoint survive a killed run

@@ -240,3 +240,40 @@ def test_resume_refuses_a_checkpoint_written_with_other_batch_or_schedule_settin
     field = {"max_steps": "total_steps"}.get(next(iter(change)), next(iter(change)))
     with pytest.raises(ValueError, match=f"cannot resume .* {field}="):
         _run(dataclasses.replace(config, resume=True, **change), dataset, tokenizer)
+
+
+def _poison_hook(*, at_call: int):
+    """Feature hook that turns one batch's SD features into NaN on its `at_call`-th call (1-based)."""
+    calls = []
+
+    def prepare(batch):
+        calls.append(1)
+        features = dict(batch["features"])
+        if len(calls) == at_call:
+            features[SD] = torch.full_like(features[SD], float("nan"))
+        return features
+    return prepare
+
+
+def test_a_non_finite_loss_stops_the_run_naming_step_keys_and_array(llm_dir, tokenizer, tmp_path):
+    from train.loop import NonFiniteLoss
+
+    config = _config(llm_dir, tmp_path / "run", max_steps=3, save_every=1)
+    dataset = _dataset(config, tokenizer, _records())
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 2, batch with image keys \['img/") as info:
+        _run(config, dataset, tokenizer, prepare_features=_poison_hook(at_call=2))
+    assert SD in str(info.value) and "verify" in str(info.value)
+    assert not (tmp_path / "run" / FINAL_DIR).exists()  # nothing is saved as if the run had finished
+    logged = [json.loads(line)["step"] for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    assert logged == [1]
+
+
+def test_skipping_non_finite_batches_counts_them_and_keeps_the_weights_finite(llm_dir, tokenizer, tmp_path):
+    config = _config(llm_dir, tmp_path / "run", max_steps=3, gradient_accumulation_steps=2,
+                     on_nonfinite="skip")
+    dataset = _dataset(config, tokenizer, _records())
+    model, history = _run(config, dataset, tokenizer, prepare_features=_poison_hook(at_call=3))
+    assert [m.skipped for m in history] == [0, 1, 0]
+    assert all(np.isfinite(m.loss) and np.isfinite(m.grad_norm) for m in history)
+    weights = load_file(str(tmp_path / "run" / FINAL_DIR / ADAPTER_FILE))
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values())
