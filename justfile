@@ -13,26 +13,26 @@ demo: extract train-pretrain train-sft
 
 # fill the feature cache (default: embedded sample into ./cache); config=configs/extract/llava558k.yaml for the real run
 extract *args:
-    python -m pipeline.cli extract "$@"
+    @python -m pipeline.cli extract "$@"
 
 # stage 1: projector only, LLM frozen
 train-pretrain *args:
-    python -m train.cli pretrain "$@"
+    @python -m train.cli pretrain "$@"
 
 # stage 2: LLM + projector, question-conditioned SD features on the fly
 train-sft *args:
-    python -m train.cli sft "$@"
+    @python -m train.cli sft "$@"
 
 # list cache stores under a cache root (default ./cache)
 caches *args:
-    python -m pipeline.cli caches "$@"
+    @python -m pipeline.cli caches "$@"
 
-# check every shard of a store; non-zero exit on any problem (flags pass through: --allow-incomplete)
+# check every shard of a store, naming the fix; non-zero exit on any problem (flags: --allow-incomplete, --repair, --no-progress)
 verify store *flags:
-    python -m pipeline.cli verify "$@"
+    @python -m pipeline.cli verify "$@"
 
 test *args:
-    python -m pytest -q tests "$@"
+    @python -m pytest -q tests "$@"
 
 bench: bench-extract bench-store bench-train
 

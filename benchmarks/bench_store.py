@@ -1,6 +1,6 @@
 """Store benchmark: write MB/s and read samples/s of our zarr store and webdataset export against
-per-sample .npy / torch.save files and the raw page-cache bandwidth (`np.fromfile`), plus the
-compression table that picks the default codec.
+per-sample .npy / torch.save files and the raw page-cache bandwidth (`np.fromfile`), the compression
+table that picks the default codec, and the cost of checking every sample's crc32c on read.
 
 Data: synthetic but activation-like float16 `[256, 1280]` samples (16x16 token grid): a low-rank
 (r=32) spatially smooth field (bicubic-upsampled 4x4 noise) mixed into 1280 channels, plus token
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from benchmarks.common import best_seconds, markdown_table, write_results
+from benchmarks.common import best_seconds, best_seconds_interleaved, markdown_table, write_results
 from stages.store import COMPRESSIONS, CacheStore, Fingerprint, StoreReader
 
 T, C, SHARD, BATCH = 256, 1280, 256, 32
@@ -199,6 +199,37 @@ def bench_compression(work: Path, data: np.ndarray) -> list[dict]:
     return rows
 
 
+def bench_integrity(work: Path, data: np.ndarray) -> dict:
+    """`StoreReader` on the same rows in layout 2 (each sample checked against its crc32c on every read)
+    and in layout 1 (no per-sample checksum; the reader hashes each shard file once per process, in the
+    warm-up, so the timed reads are exactly what the reader did before layout 2), interleaved in one run."""
+    fp = Fingerprint.from_fields({"bench": "integrity"})
+    store = CacheStore.open_or_create(work / "integrity", fingerprint=fp, shard_size=SHARD)
+    keys = [f"bench/{i:06d}.jpg" for i in range(len(data))]
+    store.add_keys(keys)
+    store.ensure_array("checked", sample_shape=(T, C))
+    zarr.open_group(str(store.path / "zarr"), mode="r+").create_array(  # an array as layout 1 created it
+        "legacy", shape=(store.n_rows, T, C), chunks=(1, T, C), shards=(SHARD, T, C), dtype="float16",
+        fill_value=0, compressors=None, config={"write_empty_chunks": True})
+    for plan in store.shards():
+        rows = data[plan.rows.start:plan.rows.stop]
+        store.write_shard(plan.index, {"checked": rows, "legacy": rows})
+    reader = StoreReader(store.path, expect=fp)
+    assert reader.infos["checked"].checksummed and not reader.infos["legacy"].checksummed
+    batches = [[keys[i] for i in idx] for idx in np.array_split(np.random.default_rng(0).permutation(len(keys)),
+                                                                  len(keys) // BATCH)]
+    random_s = best_seconds_interleaved({a: lambda a=a: [reader.read(b, [a]) for b in batches]
+                                         for a in ("checked", "legacy")})
+    shard_s = best_seconds_interleaved({a: lambda a=a: [reader.read_shard(a, s) for s in reader.complete_shards()]
+                                        for a in ("checked", "legacy")})
+    out = {"random_samples_per_s": {a: round(len(keys) / t, 1) for a, t in random_s.items()},
+           "shard_samples_per_s": {a: round(len(keys) / t, 1) for a, t in shard_s.items()},
+           "random_ratio_checked_vs_legacy": round(random_s["legacy"] / random_s["checked"], 3),
+           "shard_ratio_checked_vs_legacy": round(shard_s["legacy"] / shard_s["checked"], 3)}
+    print(out, flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=768, help="samples (multiple of 256 keeps shards full)")
@@ -213,10 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         rows += zarr_rows + bench_webdataset(work, data, reader)
         rows += bench_per_sample(work, data, "npy") + bench_per_sample(work, data, "pt")
         compression = bench_compression(work, data)
+        integrity = bench_integrity(work, data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     path = write_results("store", {"n_samples": args.n, "sample_shape": [T, C], "dtype": "float16",
-                                   "batch": BATCH, "shard_size": SHARD, "reads": rows, "compression": compression})
+                                   "batch": BATCH, "shard_size": SHARD, "reads": rows, "compression": compression,
+                                   "integrity": integrity})
     keys = ["format", "access", "workers", "write_MBps", "samples_per_s", "read_MBps"]
     print(markdown_table(keys, [[r[k] for k in keys] for r in rows]))
     ckeys = list(compression[0])

@@ -5,10 +5,12 @@
     caches [ROOT]     list the stores under a cache root
     verify STORE      check every shard of a store
 
-Exit status: 0 done; 1 the run failed (an extraction worker error, with its traceback; `verify` found
-problems); 2 a setup problem (bad arguments or config, a missing model, data file or store, a store made
-from other inputs, an unreachable Ray cluster), printed as one message naming the fix. Any other error
-is a bug and keeps its traceback.
+Exit status: 0 done; 1 the run failed (an extraction worker error: one line with the worker's exception,
+shard and keys, and the log file holding the tracebacks; `verify` found problems); 2 a setup problem
+(bad arguments or config, a missing model, data file or store, a store made from other inputs, an
+unreachable Ray cluster), printed as one message naming the fix; 130 interrupted (Ctrl-C): the summary
+of the completed shards is printed (and written), and the same command resumes. Any other error is a
+bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import sys
 from typing import Sequence
 
 from pipeline import store_cli
-from stages.errors import USAGE_ERROR, UserError, print_user_error
+from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 
 __all__ = ["main", "extract_main"]
 
@@ -34,15 +36,27 @@ def extract_main(argv: Sequence[str]) -> int:
 
     from pipeline.config import load_extract_config
     from pipeline.driver import run_extract
+    from pipeline.errors import ExtractionError
 
     try:
         summary = run_extract(load_extract_config(overrides), show_progress=not args.no_progress)
-    except UserError as exc:  # the message, not a traceback; a worker failure (ExtractionError) keeps its own
+    except UserError as exc:  # the message, not a traceback
         return print_user_error("extract", exc)
+    except ExtractionError as exc:  # a worker failed: one line; the tracebacks are in the log it names
+        print(f"extract: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before any shard was computed (later ones return an interrupted summary)
+        print("extract: interrupted before any shard was computed; run the same command to start again",
+              file=sys.stderr)
+        return INTERRUPTED
     print(summary.render())
     if args.summary_json:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
             json.dump(summary.as_dict(), fh, indent=2)
+    if summary.interrupted:
+        print(f"extract: interrupted after {summary.shards} shards ({summary.done} images) of this run; "
+              "they are kept: run the same command to resume", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

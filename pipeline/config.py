@@ -6,6 +6,7 @@ fingerprint, the run fields never do.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -13,12 +14,15 @@ from typing import Any, Mapping, Sequence
 from stages.cache_spec import CacheSpec, cache_spec_from
 from stages.config import ConfigError, build_dataclass, load_config
 from stages.locations import DEFAULT_CACHE_ROOT, SAMPLE, is_sample_data, resolve_sample_data
+from stages.models import resolve_model_dir
 from stages.preprocess import ImageSpec
 
-__all__ = ["RunConfig", "ExtractConfig", "DEFAULT_CONFIG", "load_extract_config", "split_config", "resolve_data"]
+__all__ = ["RunConfig", "ExtractConfig", "DEFAULT_CONFIG", "load_extract_config", "split_config", "resolve_data",
+           "check_setup"]
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "extract" / "sample.yaml"
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # stages.models.resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class RunConfig:
     image_root: str | None = None  # folder the JSON `image` paths are relative to
     cache_root: str = DEFAULT_CACHE_ROOT
     batch_size: int = 8  # images per extractor call, formed deterministically inside a shard
-    shard_size: int = 256  # rows per store shard = the unit of work (fixed when a store is created)
+    shard_size: int | None = None  # rows per store shard = the unit of work (None: the store's; 256 for a new one)
     num_actors: int = 1  # extractor actors (one GPU each on CUDA hosts)
     cpus_per_actor: float = 1.0  # CPU actors: also the torch thread count
     ray_address: str | None = None  # None: embedded ray.init(); "auto" or "ray://host:10001": a cluster
@@ -40,10 +44,14 @@ class RunConfig:
     max_pixels: int = ImageSpec.max_pixels  # decompression-bomb limit
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.shard_size < 1 or self.num_actors < 1:
+        if self.batch_size < 1 or (self.shard_size is not None and self.shard_size < 1) or self.num_actors < 1:
             raise ConfigError("batch_size, shard_size and num_actors must be >= 1")
         if not self.data:
             raise ConfigError("data must list at least one LLaVA JSON file (or embedded:sample)")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device {self.device!r} is not auto, cpu, cuda or cuda:N")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
 
 
 @dataclass(frozen=True)
@@ -80,3 +88,17 @@ def resolve_data(run: RunConfig) -> tuple[list[Path], Path]:
     if run.image_root is None:
         raise ConfigError("image_root must be set: the folder the `image` paths of the JSON files are relative to")
     return [Path(p) for p in run.data], Path(run.image_root)
+
+
+def check_setup(config: ExtractConfig) -> None:
+    """What can be refused before any store is opened or Ray is started: the spec against the model's
+    configs (the registry entry's `check_model`: e.g. SD timesteps and feature names), and a CUDA device
+    on a driver without one (a cluster's GPUs are checked once connected, in `pipeline.job`)."""
+    spec, run = config.spec, config.run
+    spec.kind.check_model(spec, resolve_model_dir(spec.model))
+    if run.ray_address is None and run.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={run.device} but torch sees no CUDA GPU on this machine; "
+                              "use device=auto or device=cpu (or ray_address=... for a GPU cluster)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.config import ExtractConfig, resolve_data
+from pipeline.config import ExtractConfig, check_setup, resolve_data
 from pipeline.manifest import Manifest, build_manifest
 from pipeline.progress import ErrorLog, Progress, Summary
 from pipeline.rows import ShardTask
@@ -19,10 +19,12 @@ from pipeline.worker import WorkerBuilder
 from stages.cache_spec import (LATENTS, array_shapes_for, fingerprint_for, image_spec_for,
                                spec_summary)
 from stages.preprocess import ImageSpec
+from stages.config import ConfigError
 from stages.store import CacheStore, StoreMeta
+from stages.store.repair import cheap_problems, repair
 from stages.store.layout import ShardPlan
 
-__all__ = ["Plan", "errors_file_name", "plan_run", "worker_builder", "run_extract"]
+__all__ = ["Plan", "errors_file_name", "plan_run", "worker_builder", "run_extract", "drop_unwritten"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class Plan:
     recorded_failures: tuple[dict[str, str], ...]  # failures recorded by those shards (not re-reported)
     foreign_shards: int  # missing shards of keys outside this run's data (left for a run with that data)
     errors_file: Path  # this data set's errors file in the store
+    created: tuple[str, ...] = ()  # arrays this run created (dropped again if it fails before writing them)
+    repairs: tuple[str, ...] = ()  # what the cheap checks of the existing store found and repaired
 
 
 def errors_file_name(json_paths: Sequence[Path], image_root: Path) -> str:
@@ -49,13 +53,22 @@ def errors_file_name(json_paths: Sequence[Path], image_root: Path) -> str:
     return f"errors-{hashlib.sha256(data.encode()).hexdigest()[:12]}.jsonl"
 
 
-def _open_store(config: ExtractConfig, manifest: Manifest) -> CacheStore:
+def _open_store(config: ExtractConfig, manifest: Manifest) -> tuple[CacheStore, list[str]]:
+    """The store with this run's keys planned, and what was repaired first: the cheap checks of
+    `stages.store.repair` on the shards of the arrays this run needs (a damaged shard is computed
+    again, a damaged index rewritten from the store or from this run's keys)."""
     spec, run = config.spec, config.run
+    if not manifest.keys:
+        raise ConfigError(f"no images to extract: the data has {manifest.n_samples} samples "
+                          f"({manifest.n_text_only} text-only), {len(manifest.missing)} images missing and "
+                          f"{len(manifest.refused)} refused under image_root {manifest.image_root}")
     attrs = {"model_ids": {"model": spec.model, "encoder": spec.encoder}, "cache_spec": spec_summary(spec)}
     store = CacheStore.open_or_create(run.cache_root, fingerprint=fingerprint_for(spec),
                                       shard_size=run.shard_size, attrs=attrs)
+    problems = cheap_problems(store.refresh(), spec.array_ids())
+    repairs = repair(store, problems, keys=manifest.keys) if problems else []
     store.add_keys(manifest.keys)
-    return store
+    return store, repairs
 
 
 def _task(plan: ShardPlan, *, meta: StoreMeta, manifest: Manifest, array_ids: list[str],
@@ -77,11 +90,13 @@ def plan_run(config: ExtractConfig) -> Plan:
     spec, run = config.spec, config.run
     json_paths, image_root = resolve_data(run)
     manifest = build_manifest(json_paths, image_root=image_root, prompt_sources=spec.prompt_sources)
-    store = _open_store(config, manifest)
+    store, repairs = _open_store(config, manifest)
     array_ids = spec.array_ids()
+    created = []
     if not set(array_ids) <= set(store.array_ids()):  # shapes need a meta forward: only for new arrays
         for array_id, (shape, dtype) in array_shapes_for(spec).items():
-            store.ensure_array(array_id, sample_shape=shape, dtype=dtype)
+            if store.ensure_array(array_id, sample_shape=shape, dtype=dtype):
+                created.append(array_id)
     meta = store.refresh()
     shapes = {a: (meta.infos[a].sample_shape, meta.infos[a].dtype.name) for a in array_ids}
     missing = set(meta.missing_shards(array_ids))
@@ -102,7 +117,8 @@ def plan_run(config: ExtractConfig) -> Plan:
                 image_spec=image_spec_for(spec, max_pixels=run.max_pixels), tasks=tuple(tasks),
                 planned=sum(k is not None for p in mine for k in p.keys), reused_images=reused,
                 recorded_failures=tuple(failures), errors_file=store.path / errors_file_name(json_paths, image_root),
-                foreign_shards=sum(p.index in missing for p in shards) - len(tasks))
+                foreign_shards=sum(p.index in missing for p in shards) - len(tasks), created=tuple(created),
+                repairs=tuple(repairs))
 
 
 def worker_builder(config: ExtractConfig, plan: Plan) -> WorkerBuilder:
@@ -115,13 +131,17 @@ def worker_builder(config: ExtractConfig, plan: Plan) -> WorkerBuilder:
 
 
 def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary:
-    """Fill the store for `config`; returns the summary (also for a cache hit, which starts no Ray)."""
+    """Fill the store for `config`; returns the summary (also for a cache hit, which starts no Ray, and
+    for a run stopped by Ctrl-C: `summary.interrupted`, the completed shards counted)."""
+    check_setup(config)
     plan = plan_run(config)
     run = config.run
     log = ErrorLog(plan.errors_file)
     log.reset([*plan.manifest.problems(), *plan.recorded_failures])
     summary = Summary(store=plan.store.path, errors_file=log.path, reused=plan.reused_images,
-                      planned=plan.planned, refused=len(plan.manifest.refused), missing=len(plan.manifest.missing))
+                      planned=plan.planned, refused=len(plan.manifest.refused), missing=len(plan.manifest.missing),
+                      failed_before=len(plan.recorded_failures))
+    summary.notes += [f"repaired: {line}" for line in plan.repairs]
     if plan.foreign_shards:
         summary.notes.append(f"{plan.foreign_shards} incomplete shards hold images of other data files; "
                              "run with those files (and their image_root) to complete them")
@@ -129,8 +149,30 @@ def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary
         summary.notes.append(f"cache hit: all {len(plan.array_ids)} arrays are complete for "
                              f"{summary.reused} images in {plan.store.path}; nothing to compute")
         return summary
+    try:
+        _run_job(config, plan, summary, log, show_progress=show_progress)
+    except BaseException as exc:
+        drop_unwritten(plan)
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
+        summary.interrupted = True
+    return summary
+
+
+def drop_unwritten(plan: Plan) -> None:
+    """Drop the arrays `plan` created that have no completed shard: a run that fails leaves the store
+    as it found it (arrays with completed shards stay, and the next run resumes them)."""
+    meta = plan.store.refresh()
+    unwritten = [a for a in plan.created if not meta.records.get(a)]
+    if unwritten:
+        plan.store.drop_arrays(unwritten)
+
+
+def _run_job(config: ExtractConfig, plan: Plan, summary: Summary, log: ErrorLog, *, show_progress: bool) -> None:
+    """The Ray job over `plan.tasks`, feeding the progress bar and `summary`."""
     from pipeline import job  # imports Ray: only when there is work
 
+    run = config.run
     if run.ray_address is None:  # an embedded Ray's CPUs are known before it starts: check them first
         job.check_embedded_budget(run, n_tasks=len(plan.tasks))
     started, summary.ray_start_s = job.start_ray(run)
@@ -144,5 +186,7 @@ def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary
         if started:
             import ray
 
-            ray.shutdown()
-    return summary
+            try:
+                ray.shutdown()
+            except KeyboardInterrupt:  # the work is over: a Ctrl-C now changes nothing (atexit retries)
+                pass

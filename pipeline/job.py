@@ -6,14 +6,16 @@ embedded (`ray.init()`) unless `ray_address` names a cluster (`auto`, `ray://hea
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import ray
 
 from pipeline.config import REPO, RunConfig
-from pipeline.errors import ExtractionError
+from pipeline.errors import ExtractionError, WorkerError
 from pipeline.rows import ShardStats, ShardTask
 from pipeline.worker import ShardWorker, WorkerBuilder, decode_row
 from stages.config import ConfigError
@@ -22,7 +24,7 @@ from stages.preprocess import ImageSpec
 __all__ = ["start_ray", "check_embedded_budget", "run_shards"]
 
 _PASSED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "DFC_EMBEDDED_HOME", "XDG_CACHE_HOME",
-               "TOKENIZERS_PARALLELISM")
+               "TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS")
 _DECODE_BASE_MEMORY = 512 << 20  # a decode worker imports torch and PIL (~250 MB resident)
 
 
@@ -32,7 +34,8 @@ def start_ray(run: RunConfig) -> tuple[bool, float]:
     start = time.perf_counter()
     if ray.is_initialized():
         return False, 0.0
-    env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+    _quiet_ray_logs()
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", **{k: os.environ[k] for k in _PASSED_ENV if k in os.environ}}
     if run.ray_address is None:  # "local": a fresh instance, never another process's cluster
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         ray.init(address="local", num_cpus=run.num_cpus, include_dashboard=False, configure_logging=False,
@@ -45,6 +48,19 @@ def start_ray(run: RunConfig) -> tuple[bool, float]:
                               "(start one with `ray start --head`, or leave ray_address unset for an "
                               "embedded Ray)") from exc
     return True, time.perf_counter() - start
+
+
+def _quiet_ray_logs() -> None:
+    """Keep Ray's chatter off the terminal: the token-authentication notice of a fresh local Ray, and Ray
+    Data's console log (a worker failure's tracebacks go to our log file instead; Ray Data's own log file,
+    `<ray session>/logs/ray-data/ray-data.log`, keeps everything). Workers load models without progress
+    bars (HF_HUB_DISABLE_PROGRESS_BARS, set in `start_ray` unless given)."""
+    import ray.data  # configures its loggers on import: first, so that the change below sticks
+
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.CRITICAL)
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -82,15 +98,20 @@ def run_shards(tasks: Sequence[ShardTask], *, builder: WorkerBuilder, image_root
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver shows one bar over images
     context.print_on_execution_start = False
+    context.raise_original_map_exception = True  # a worker's WorkerError, not Ray Data's UserCodeException
     resources = ray.cluster_resources()
-    use_gpus = _use_gpus(run, gpus=resources.get("GPU", 0))
+    gpus = resources.get("GPU", 0)
+    use_gpus = _use_gpus(run, gpus=gpus)
     actors = min(run.num_actors, len(tasks))
+    if use_gpus and gpus < actors:  # Ray would wait forever for the missing GPUs
+        raise ConfigError(f"{actors} extractor actors need a GPU each (device={run.device}), but the Ray "
+                          f"cluster has {gpus:g} GPUs; lower num_actors or use device=cpu")
     if not use_gpus:  # a cluster's (or an already running Ray's) CPUs are known only once connected
         _check_cpu_budget(run, actors=actors, cpus=resources.get("CPU", 0), where="in this Ray cluster")
     # The decode tasks declare their memory (their output is one shard of uint8 pixels). Besides
     # sizing the scheduler, the differing resources keep Ray Data from fusing the decode into the
     # actor, which would serialise decoding with the GPU work.
-    shard_bytes = run.shard_size * image_spec.resolution**2 * 3
+    shard_bytes = len(tasks[0].keys) * image_spec.resolution**2 * 3  # the store's shard size
     dataset = ray.data.from_items([t.to_row() for t in tasks], override_num_blocks=len(tasks))
     dataset = dataset.map(decode_row, fn_kwargs={"image_root": image_root, "image_spec": image_spec},
                           num_cpus=1, memory=_DECODE_BASE_MEMORY + 2 * shard_bytes)
@@ -102,4 +123,32 @@ def run_shards(tasks: Sequence[ShardTask], *, builder: WorkerBuilder, image_root
         for row in dataset.iter_rows():
             on_stats(ShardStats.from_row(row))
     except ray.exceptions.RayError as exc:
-        raise ExtractionError(f"extraction worker failed: {_root_cause(exc)}") from exc
+        raise _failure(exc, log_dir=Path(builder.store_path) / "logs") from exc
+
+
+def _worker_error(exc: BaseException) -> WorkerError | None:
+    """The `WorkerError` a Ray error carries: the cause of a failed task, or of an actor's failed
+    creation task (an `ActorDiedError` holding a `RayTaskError`)."""
+    pending, seen = [exc], set()
+    while pending:
+        error = pending.pop()
+        if isinstance(error, WorkerError) and not isinstance(error, ray.exceptions.RayError):
+            return error  # the original (Ray's `RayTaskError(WorkerError)` copy lacks its attributes)
+        if id(error) not in seen:
+            seen.add(id(error))
+            pending += [c for c in (getattr(error, "cause", None), error.__cause__, *error.args)
+                        if isinstance(c, BaseException)]
+    return None
+
+
+def _failure(exc: BaseException, *, log_dir: Path) -> ExtractionError:
+    """One line for the user (the worker's exception type and message, its shard and keys) and a log
+    file `log_dir/extract-<time>.log` with the worker's traceback and Ray's."""
+    cause = _worker_error(exc)
+    line = (f"extraction worker failed at {cause.where()}: {cause.error}" if cause is not None
+            else f"extraction worker failed: {_root_cause(exc)}")
+    log_dir.mkdir(exist_ok=True)
+    log = log_dir / f"extract-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    worker = f"worker traceback:\n{cause.details}\n" if cause is not None else ""
+    log.write_text(f"{line}\n\n{worker}as raised in the driver ({type(exc).__name__}):\n{exc}\n", encoding="utf-8")
+    return ExtractionError(f"{line}; tracebacks in {log}")

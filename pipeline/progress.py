@@ -28,6 +28,7 @@ class Summary:
     refused: int = 0
     missing: int = 0
     failed: int = 0
+    failed_before: int = 0  # failures recorded by the shards reused (in the errors file too)
     shards: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
@@ -38,6 +39,7 @@ class Summary:
     stage_seconds: Counter[str] = field(default_factory=Counter)  # decode, vae/unet/clip, write: summed over shards
     completions: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, images) per shard
     notes: list[str] = field(default_factory=list)
+    interrupted: bool = False  # stopped by Ctrl-C: the counts are those of the shards completed
 
     @property
     def skipped(self) -> int:
@@ -49,7 +51,12 @@ class Summary:
 
     def render(self) -> str:
         if self.shards == 0 and self.notes:  # nothing ran (cache hit): say why, not a row of zeros
-            return "\n".join([*self.notes, f"store: {self.store}"])
+            lines = [*self.notes, f"store: {self.store}"]
+            if self.skipped or self.failed_before:
+                lines.append(f"{self.skipped} skipped ({self.refused} refused, {self.missing} missing), "
+                             f"{self.failed_before} failed in earlier runs; errors (key, kind, reason per "
+                             f"line): {self.errors_file}")
+            return "\n".join(lines)
         lines = [f"extract: {self.done} images done, {self.reused} reused, {self.skipped} skipped "
                  f"({self.refused} refused, {self.missing} missing), {self.failed} failed; "
                  f"{self.shards} shards, {self.bytes_written / 1e9:.3f} GB written in {self.seconds:.1f} s "
@@ -66,10 +73,12 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         return {"store": str(self.store), "errors_file": str(self.errors_file), "planned": self.planned,
                 "reused": self.reused, "done": self.done, "refused": self.refused, "missing": self.missing,
-                "failed": self.failed, "shards": self.shards, "bytes_written": self.bytes_written,
+                "failed": self.failed, "failed_before": self.failed_before, "shards": self.shards,
+                "bytes_written": self.bytes_written,
                 "seconds": self.seconds, "images_per_s": self.images_per_s, "ray_start_s": self.ray_start_s,
                 "extractor_batches": self.extractor_batches, "images_decoded": self.images_decoded,
-                "images_encoded": self.images_encoded, "stage_seconds": dict(self.stage_seconds)}
+                "images_encoded": self.images_encoded, "stage_seconds": dict(self.stage_seconds),
+                "interrupted": self.interrupted}
 
 
 class ErrorLog:
@@ -81,8 +90,12 @@ class ErrorLog:
         self.path = path
 
     def reset(self, rows: list[Mapping[str, str]]) -> None:
+        """Rewrite the file with `rows` (left alone when it holds them already: a cache hit writes nothing)."""
+        text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows)
+        if self.path.is_file() and self.path.read_text(encoding="utf-8") == text:
+            return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(self.path)
 
     def append_failed(self, failed: Mapping[str, str]) -> None:

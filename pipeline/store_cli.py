@@ -1,4 +1,5 @@
-"""`caches [ROOT]` and `verify STORE`: the store commands (wired into pipeline/cli.py)."""
+"""`caches [ROOT] [--drop STORE ARRAY...]` and `verify STORE [--repair]`: the store commands (wired
+into pipeline/cli.py)."""
 from __future__ import annotations
 
 import argparse
@@ -6,10 +7,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from stages.errors import UserError, print_user_error
 from stages.locations import DEFAULT_CACHE_ROOT
-from stages.store import list_caches, verify_store
+from stages.store import CacheStore, StoreMeta, list_caches
+from stages.store.repair import Problem, repair
+from stages.store.verify import check_store
 
-__all__ = ["caches_main", "verify_main"]
+__all__ = ["caches_main", "verify_main", "extract_command"]
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "extract"
 
 
 def _human(nbytes: int) -> str:
@@ -21,12 +27,43 @@ def _human(nbytes: int) -> str:
     return f"{size:.1f} TB"
 
 
+def _drop(store: str, array_ids: Sequence[str]) -> int:
+    """Remove arrays (zarr directory and completion records) from a store. `latents` only goes with every
+    other array: the features were computed from it, and the SFT trainer's conditioned pass and later
+    extractions (new names, timesteps) read it instead of encoding every image again."""
+    from stages.cache_spec import LATENTS  # imports torch: only when dropping
+
+    meta = StoreMeta.load(store, expect=None)
+    unknown = sorted(set(array_ids) - set(meta.array_ids))
+    if unknown:
+        raise UserError(f"{store} has no array {unknown[0]!r}; its arrays: {', '.join(meta.array_ids) or 'none'}")
+    kept = sorted(set(meta.array_ids) - set(array_ids))
+    if LATENTS in array_ids and kept:
+        raise UserError(f"{LATENTS} is what the arrays {', '.join(kept)} were computed from (the SFT trainer "
+                        "and later extractions read it); drop it together with them, or remove the store")
+    CacheStore(meta).drop_arrays(list(dict.fromkeys(array_ids)))
+    print(f"dropped {', '.join(dict.fromkeys(array_ids))} from {store} (tars in wds/ still hold their members)")
+    return 0
+
+
 def caches_main(argv: Sequence[str] | None = None) -> int:
-    """List the stores under ROOT: fingerprint, models, timesteps, arrays, done/planned, size, created."""
+    """List the stores under ROOT: fingerprint, models, timesteps, arrays, done/planned, size, created;
+    or drop arrays from one store."""
     parser = argparse.ArgumentParser(prog="caches", description=caches_main.__doc__)
     parser.add_argument("root", nargs="?", default=DEFAULT_CACHE_ROOT,
                         help=f"cache root (default: {DEFAULT_CACHE_ROOT}, as for extract)")
+    parser.add_argument("--drop", nargs="+", metavar=("STORE", "ARRAY"),
+                        help="remove these arrays (zarr data and completion records) from STORE")
     args = parser.parse_args(argv)
+    if args.drop:
+        if len(args.drop) < 2:
+            parser.error("--drop needs a store and at least one array id")
+        try:
+            return _drop(args.drop[0], args.drop[1:])
+        except UserError as exc:
+            return print_user_error("caches", exc)
+    if not Path(args.root).is_dir():
+        parser.error(f"{args.root} is not a directory (the cache root extract writes to: cache_root=...)")
     infos = list_caches(args.root)
     if not infos:
         print(f"no stores under {args.root}")
@@ -42,18 +79,63 @@ def caches_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _cache_spec_of(config: Path) -> dict | None:
+    from pipeline.config import load_extract_config  # imports torch: only to name a fix
+    from stages.cache_spec import spec_summary
+
+    try:
+        return spec_summary(load_extract_config([f"config={config}"]).spec)
+    except UserError:
+        return None
+
+
+def extract_command(store: str | Path) -> str:
+    """`just extract ...` that fills `store` again: the bundled config whose cache fields the store
+    recorded (`cache_spec` attribute), else a placeholder for the user's; data paths are not recorded."""
+    store = Path(store)
+    spec = StoreMeta.load(store, expect=None).attrs.get("cache_spec")
+    config = next((c for c in sorted(CONFIGS.glob("*.yaml")) if spec is not None and _cache_spec_of(c) == spec), None)
+    name = config.relative_to(CONFIGS.parent.parent) if config else "<the config that made it>"
+    return f"just extract config={name} cache_root={store.parent}"
+
+
+def _fix_advice(store: str, problems: Sequence[Problem], *, repaired: bool) -> list[str]:
+    """The command that fixes what is left, and what it cannot fix."""
+    fixes = {p.fix for p in problems}
+    steps = [] if repaired or not fixes & {"record", "shard", "index", "file"} else [f"just verify {store} --repair"]
+    if fixes & {"record", "shard", "index", "extract"}:
+        steps.append(extract_command(store))
+    lines = [f"to fix: {' && '.join(steps)}"] if steps else []
+    manual = sum(p.fix == "none" for p in problems)
+    if manual:
+        lines.append(f"{manual} problem(s) have no automatic fix: extract the store again into a new cache_root")
+    return lines
+
+
 def verify_main(argv: Sequence[str] | None = None) -> int:
-    """Check every shard of STORE (completeness, checksums, shape, dtype, NaN/Inf); 1 on any problem,
-    2 (usage) when STORE is not a directory."""
+    """Check every shard of STORE (completeness, checksums, shape, dtype, NaN/Inf) and say the command that
+    fixes what was found; 1 on any problem (with --repair: on any it could not fix), 2 (usage) when STORE
+    is not a directory."""
     parser = argparse.ArgumentParser(prog="verify", description=verify_main.__doc__)
     parser.add_argument("store", help="a store directory (<cache root>/<fingerprint>)")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="do not report planned shards that are not written yet")
+    parser.add_argument("--repair", action="store_true",
+                        help="withdraw the records of damaged shards (the next extract computes them again), "
+                             "rewrite damaged index files the store proves, remove leftover temp files")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not Path(args.store).is_dir():
         parser.error(f"{args.store} is not a directory")  # exit status 2, as for any bad argument
-    problems = verify_store(args.store, require_complete=not args.allow_incomplete)
+    problems = check_store(args.store, require_complete=not args.allow_incomplete, progress=not args.no_progress)
     for problem in problems:
-        print(problem, file=sys.stderr)
+        print(problem.message, file=sys.stderr)
     print(f"{args.store}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
-    return 1 if problems else 0
+    repaired = args.repair and any(p.fix != "none" for p in problems)
+    if repaired:
+        for line in repair(CacheStore(StoreMeta.load(args.store, expect=None)), problems):
+            print(f"repaired: {line}")
+    for line in _fix_advice(args.store, problems, repaired=repaired):
+        print(line)
+    unfixed = [p for p in problems if p.fix == "none" or not args.repair]
+    return 1 if unfixed else 0

@@ -10,6 +10,9 @@
   the stored dtypes, writes the shard whole (webdataset tar, then zarr with its completion records)
   and returns its `ShardStats` (images decoded and encoded from pixels are counted, so a run that
   reuses stored latents can be seen to touch no image; the seconds of each stage are reported).
+
+An exception in either leaves as a `pipeline.errors.WorkerError` naming its shard (and the keys of the
+mini-batch being encoded) with its traceback text, which the driver logs (see `pipeline.job`).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from pipeline.errors import reported
 from pipeline.rows import DecodedShard, ShardStats, ShardTask
 from stages.cache_spec import LATENTS, CacheSpec
 from stages.models import default_device, resolve_dtype
@@ -53,7 +57,9 @@ def decode_shard(task: ShardTask, *, image_root: str, image_spec: ImageSpec) -> 
 
 def decode_row(row: Mapping[str, Any], *, image_root: str, image_spec: ImageSpec) -> dict[str, Any]:
     """`decode_shard` on rows: the Ray Data `map` UDF."""
-    return decode_shard(ShardTask.from_row(row), image_root=image_root, image_spec=image_spec).to_row()
+    task = ShardTask.from_row(row)
+    with reported(shard=task.shard):
+        return decode_shard(task, image_root=image_root, image_spec=image_spec).to_row()
 
 
 @dataclass(frozen=True)
@@ -116,12 +122,13 @@ class ShardProcessor:
             rows = ok_rows[start:start + size]
             keys = [task.keys[r] for r in rows]
             prompts = {source: [texts[r] for r in rows] for source, texts in task.prompts.items()}
-            if task.reuse_latents:
-                latents = torch.from_numpy(reused[LATENTS][rows]).float()
-                out = self.encoder.features(latents, keys, prompts=prompts, array_ids=todo)
-            else:
-                out = self.encoder.encode(decoded.images[start:start + size], keys, prompts)
-                self.encoded += len(rows)
+            with reported(shard=task.shard, keys=keys):
+                if task.reuse_latents:
+                    latents = torch.from_numpy(reused[LATENTS][rows]).float()
+                    out = self.encoder.features(latents, keys, prompts=prompts, array_ids=todo)
+                else:
+                    out = self.encoder.encode(decoded.images[start:start + size], keys, prompts)
+                    self.encoded += len(rows)
             self.batches += 1
             for array_id, values in self.encoder.stored({a: out[a] for a in todo}).items():
                 arrays[array_id][rows] = values
@@ -152,10 +159,14 @@ class ShardWorker:
     columns convert cleanly from Python lists, not from numpy object arrays)."""
 
     def __init__(self, builder: WorkerBuilder) -> None:
-        self.processor = builder.build()
+        with reported():
+            self.processor = builder.build()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         import pyarrow as pa
 
-        rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["shard"]))]
-        return pa.Table.from_pylist([self.processor.process(DecodedShard.from_row(r)).to_row() for r in rows])
+        stats = []
+        for row in ({k: v[i] for k, v in batch.items()} for i in range(len(batch["shard"]))):
+            with reported(shard=int(row["shard"])):
+                stats.append(self.processor.process(DecodedShard.from_row(row)).to_row())
+        return pa.Table.from_pylist(stats)

@@ -2,7 +2,9 @@
 
 Both `pipeline/` and `train/` describe their settings as frozen dataclasses; this module is the one
 place that reads YAML, applies overrides (dotted keys reach into nested mappings, values are parsed
-as YAML so `trials=2`, `features=[a,b]` and `pad_color=[0,0,0]` work) and rejects unknown fields.
+as YAML so `trials=2`, `features=[a,b]` and `pad_color=[0,0,0]` work), rejects unknown fields and
+checks every value against its field's type, naming the field (a single value where a list is expected
+is a one-element list: `data=x.json`).
 """
 from __future__ import annotations
 
@@ -63,37 +65,88 @@ def load_config(default_path: str | Path, overrides: Sequence[str] = ()) -> dict
     return _merge(base, tree)
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Turn YAML values into the field's type: lists -> tuples, mappings -> nested dataclasses."""
-    origin = typing.get_origin(annotation)
-    if dataclasses.is_dataclass(annotation) and isinstance(value, Mapping):
-        return build_dataclass(annotation, value, where=where)
+_EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _expected(annotation: Any) -> str:
+    """How a value of `annotation` is described in an error: `an integer`, `a list (a string each)`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            if arg is not type(None) and value is not None:
-                return _coerce(value, arg, where)
+        return " or ".join("null" if a is type(None) else _expected(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list ({_expected(args[0])} each)"
+        return f"a list of {len(args)} ({_expected(args[0])} each)"
+    if dataclasses.is_dataclass(annotation):
+        return "a mapping"
+    return _EXPECTED.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+class _Mismatch(Exception):
+    """A value that is not of the annotated type (turned into a `ConfigError` naming the field)."""
+
+
+def _convert(value: Any, annotation: Any) -> Any:
+    """`value` as `annotation`'s type: YAML lists -> tuples (a single value -> a one-element tuple),
+    ints -> float, integral floats -> int (never a bool: only YAML's true/false are bools). Raises
+    `_Mismatch`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin is tuple:
+        variable = len(args) == 2 and args[1] is Ellipsis
+        if variable and not isinstance(value, (list, tuple, Mapping, type(None))):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not variable and len(value) != len(args):
+            raise _Mismatch
+        inner = [args[0]] * len(value) if variable else args
+        return tuple(_convert(v, a) for v, a in zip(value, inner))
+    if dataclasses.is_dataclass(annotation):  # a mapping is built by `_coerce`
+        raise _Mismatch
+    if annotation not in _EXPECTED:  # Any, and types with no YAML form: as given
         return value
-    if origin is tuple and isinstance(value, (list, tuple)):
-        args = typing.get_args(annotation)
-        inner = args[0] if args else Any
-        return tuple(_coerce(v, inner, where) for v in value)
-    if annotation is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:  # YAML 1.1 reads `2e-3` (no dot) as a string
-            return float(value)
+    if annotation in (bool, str) and isinstance(value, annotation):
+        return value
+    if annotation in (int, float) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads `2e-3` and `1e8` (no dot) as strings
+            number = float(value)
         except ValueError:
-            raise ConfigError(f"{where}: {value!r} is not a number") from None
-    return value
+            raise _Mismatch from None
+        if annotation is float:
+            return number
+        if number.is_integer():
+            return int(value) if isinstance(value, int) else int(number)
+    raise _Mismatch
 
 
-def build_dataclass(cls: type[T], values: Mapping[str, Any], *, where: str = "config") -> T:
-    """Instantiate a (frozen) dataclass from a mapping; unknown fields, wrong arguments and the class's
-    own validation (`ValueError` from `__post_init__`) become a `ConfigError` naming `where`."""
+def _coerce(value: Any, annotation: Any, where: str, field: str) -> Any:
+    """`_convert`, with mappings -> nested dataclasses; a mismatch is a `ConfigError` naming the field."""
+    if dataclasses.is_dataclass(annotation) and isinstance(value, Mapping):
+        return build_dataclass(annotation, value, where=where, prefix=f"{field}.")
+    try:
+        return _convert(value, annotation)
+    except _Mismatch:
+        raise ConfigError(f"{where}: {field} must be {_expected(annotation)}, got {value!r}") from None
+
+
+def build_dataclass(cls: type[T], values: Mapping[str, Any], *, where: str = "config", prefix: str = "") -> T:
+    """Instantiate a (frozen) dataclass from a mapping; unknown fields, values of the wrong type (named
+    `prefix + field`) and the class's own validation (`ValueError` from `__post_init__`) become a
+    `ConfigError` naming `where`."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; valid: {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown field(s) {[prefix + k for k in unknown]}; "
+                          f"valid: {[prefix + k for k in sorted(fields)]}")
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    kwargs = {k: _coerce(v, hints[k], where, prefix + k) for k, v in values.items()}
     try:
         return cls(**kwargs)
     except ConfigError:  # a nested build_dataclass already named its place

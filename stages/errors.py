@@ -1,7 +1,8 @@
 """User-facing errors: a mistake the user can fix, whose message says how.
 
 `extract` and `train` catch `UserError` alone, print its message (no traceback) and exit with
-`USAGE_ERROR` (2, as argparse does for bad arguments); any other exception is a bug or a failed run and
+`USAGE_ERROR` (2, as argparse does for bad arguments); a Ctrl-C ends them with one line and
+`INTERRUPTED` (130, as shells report it); any other exception is a bug or a failed run and
 propagates with its traceback (exit status 1). Each concrete type also derives from the builtin it
 replaces (`ConfigError(UserError, ValueError)`), so `except ValueError` callers keep working.
 """
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["UserError", "USAGE_ERROR", "print_user_error"]
+__all__ = ["UserError", "USAGE_ERROR", "INTERRUPTED", "print_user_error"]
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT
 
 
 class UserError(Exception):

@@ -7,8 +7,9 @@
 any field is a dotted override: `lr=2e-3 data.num_workers=4 guidance.scale=0 resume=true`.
 Run from the repository root (config paths are relative to it). Exit status 2: a setup problem (bad
 config, missing cache store or DeepSpeed JSON, missing stage-1 adapter, a checkpoint this run cannot
-resume), printed as one message naming the fix (a `stages.errors.UserError`); anything else is a failed
-run or a bug: exit status 1 with its traceback.
+resume, `resume=true` with no checkpoint), printed as one message naming the fix (a
+`stages.errors.UserError`); 130: interrupted (Ctrl-C), with the steps run and one line saying how to
+resume from the last checkpoint; anything else is a failed run or a bug: exit status 1 with its traceback.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from stages.config import ConfigError, build_dataclass, load_config
-from stages.errors import USAGE_ERROR, UserError, print_user_error
+from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 from stages.llava import load_llava_json
 from stages.models import ModelLoadError, resolve_model_dir
 from train.collate import collate
@@ -32,7 +33,8 @@ from train.conditioning import GuidedFeatures, encoder_builder, guidance_applies
 from train.config import STAGES, TrainConfig, VisionConfig
 from train.data import LlavaDataset
 from train.engine import check_engine_config, ensure_distributed, is_main_process, seed_everything
-from train.loop import FINAL_DIR, NonFiniteLoss, StepMetrics, check_resume, train
+from train.loop import FINAL_DIR, NonFiniteLoss, TrainingInterrupted, check_resume, train
+from train.metrics import StepMetrics
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model
 from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
 from train.stores import CachedFeatures, locate_stores, resolve_data_path
@@ -85,9 +87,9 @@ class RunResult:
         skipped = f", {self.skipped_images} samples skipped (image not cached)" if self.skipped_images else ""
         nonfinite = sum(m.skipped for m in self.history)
         skipped += f", {nonfinite} micro-batches skipped (non-finite loss)" if nonfinite else ""
-        saved = ", ".join(map(str, self.saved))
+        saved = f"; saved {', '.join(map(str, self.saved))}" if self.saved else ""
         return (f"{self.stage}: {len(self.history)} steps (to step {last.step}), loss {first.loss:.4f} -> "
-                f"{last.loss:.4f}, {self.samples_per_s:.1f} samples/s{skipped}; saved {saved}")
+                f"{last.loss:.4f}, {self.samples_per_s:.1f} samples/s{skipped}{saved}")
 
 
 def load_stage_config(stage: str, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -210,6 +212,23 @@ def run(prepared: Prepared) -> RunResult:
                      skipped_images=prepared.dataset.num_skipped)
 
 
+def _interrupted(prepared: Prepared, exc: TrainingInterrupted) -> int:
+    """Ctrl-C: the steps run (stdout) and one line saying how to resume (stderr); exit status 130."""
+    config = prepared.config
+    if not is_main_process():
+        return INTERRUPTED
+    if exc.history:
+        print(RunResult(stage=config.stage, history=tuple(exc.history), saved=tuple(filter(None, [exc.checkpoint])),
+                        skipped_images=prepared.dataset.num_skipped).summary())
+    if exc.checkpoint is None:
+        how = "no checkpoint was saved yet (save_every sets how often): run the same command to start again"
+    else:
+        how = (f"run the same command{'' if config.resume else ' with resume=true'} to resume from "
+               f"{exc.checkpoint.name}")
+    print(f"train {config.stage}: interrupted at step {exc.step} of {exc.total}; {how}", file=sys.stderr)
+    return INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES:
@@ -224,11 +243,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepared = prepare(load_stage_config(stage, overrides))
     except UserError as exc:  # the message, not a traceback; anything else is a bug and keeps its traceback
         return print_user_error(f"train {stage}", exc)
+    except KeyboardInterrupt:
+        print(f"train {stage}: interrupted before training started; run the same command to start", file=sys.stderr)
+        return INTERRUPTED
     try:
         result = run(prepared)
+    except UserError as exc:  # e.g. a store found damaged while reading it: no step trains on it
+        return print_user_error(f"train {stage}", exc)
     except NonFiniteLoss as exc:  # the run failed (exit 1), for a reason one line says
         print(f"train {stage}: stopped: {exc}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as exc:
+        return _interrupted(prepared, exc)
     if is_main_process():
         print(f"{result.summary()} ({time.perf_counter() - started:.1f} s in all)")
     return 0

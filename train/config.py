@@ -135,7 +135,8 @@ class TrainConfig:
         _check(min(self.max_steps, self.save_every, self.keep_checkpoints) >= 0,
                "max_steps, save_every and keep_checkpoints must be >= 0")
         _check(self.max_length > 0, f"max_length must be > 0, got {self.max_length}")
-        _check(self.on_nonfinite in ("stop", "skip"), f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
+        _check(self.on_nonfinite in ("stop", "skip"),
+               f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
 
     @property
     def freeze_llm(self) -> bool:

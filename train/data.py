@@ -29,6 +29,10 @@ class FeatureSource(Protocol):
 
     def __contains__(self, key: object) -> bool: ...
 
+    def why_missing(self, key: str) -> str:
+        """Why `key` is not `in` the source (failed images say so, with the reason)."""
+        ...
+
     def read(self, keys: list[str], array_ids: list[str]) -> dict[str, np.ndarray]:
         """`{array_id: (len(keys), T, C)}` in the order of `keys`."""
         ...
@@ -92,9 +96,12 @@ class LlavaDataset(Dataset):
             elif missing == "skip":
                 skipped.append(key)
             else:
-                raise MissingImageError(
-                    f"image {key!r} (record {i}, id {record.get('id')!r}) is not in the feature store "
-                    f"{self.feature_source!r}; extract it first or pass missing='skip' to drop such samples")
+                why = self.feature_source.why_missing(key)
+                fix = ("extracting again does not retry a failed image:" if " failed: " in why
+                       else "extract it first (`just extract` with its data file) or")
+                raise MissingImageError(f"image {key!r} (record {i}, id {record.get('id')!r}) cannot be read from "
+                                        f"{self.feature_source!r}: {why}; {fix} pass data.missing=skip to drop "
+                                        "such samples")
         return kept, tuple(skipped)
 
     @property

@@ -9,8 +9,6 @@ RNGs, and continues with losses equal to an uninterrupted run's.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -23,13 +21,12 @@ from stages.config import ConfigError
 from train.config import TrainConfig
 from train.engine import (build_engine, is_main_process, latest_checkpoint, load_checkpoint,
                           read_checkpoint_state, restore_rng, save_checkpoint, seed_everything)
+from train.metrics import Reporter, StepMetrics
 from train.model import LlavaModel
 
-__all__ = ["ResumableSampler", "StepMetrics", "NonFiniteLoss", "train", "total_steps", "check_resume",
-           "default_prepare_features", "METRICS_FILE", "TENSORBOARD_DIR", "FINAL_DIR"]
+__all__ = ["ResumableSampler", "NonFiniteLoss", "TrainingInterrupted", "train", "total_steps",
+           "check_resume", "default_prepare_features", "FINAL_DIR"]
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"  # under output_dir: `tensorboard --logdir runs/`
 FINAL_DIR = "final"
 Batch = Mapping[str, Any]
 
@@ -52,16 +49,12 @@ class ResumableSampler(Protocol):
         ...
 
 
-@dataclasses.dataclass(frozen=True)
-class StepMetrics:
-    step: int  # optimizer steps completed, 1-based
-    epoch: int
-    loss: float  # mean over micro-batches and ranks
-    lr: float  # the rate this step used
-    grad_norm: float  # before clipping
-    samples_per_s: float
-    tokens_per_s: float
-    skipped: int = 0  # micro-batches left out for a non-finite loss (on_nonfinite=skip)
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the steps this call ran, and the checkpoint `resume=true` would continue from."""
+
+    def __init__(self, *, step: int, total: int, history: list[StepMetrics], checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted at step {step} of {total}")
+        self.step, self.total, self.history, self.checkpoint = step, total, history, checkpoint
 
 
 class NonFiniteLoss(RuntimeError):
@@ -152,57 +145,6 @@ def _train_step(engine: Any, batches: Iterator[Batch], *, accumulation: int, mic
             "skipped": int(skipped)}
 
 
-class _Reporter:
-    """Progress bar, metrics.jsonl and (unless switched off) TensorBoard scalars `train/<metric>`, on rank 0 only.
-
-    A resumed run drops metric lines past its start step, and its TensorBoard writer purges the events past
-    it (`purge_step`), so each step is logged exactly once.
-    """
-
-    def __init__(self, output_dir: Path, *, start_step: int, total: int, desc: str, tensorboard: bool) -> None:
-        from tqdm.auto import tqdm
-
-        self.active = is_main_process()
-        self.path = output_dir / METRICS_FILE
-        self.bar = tqdm(total=total, initial=start_step, disable=not self.active, desc=desc, dynamic_ncols=True)
-        self.board = None
-        if not self.active:
-            return
-        output_dir.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if start_step and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= start_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.board = SummaryWriter(str(output_dir / TENSORBOARD_DIR), purge_step=start_step + 1)
-
-    def report(self, metrics: StepMetrics) -> None:
-        if not self.active:
-            return
-        values = dataclasses.asdict(metrics)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(values) + "\n")
-        if self.board is not None:
-            for key, value in values.items():
-                if key != "step":
-                    self.board.add_scalar(f"train/{key}", value, metrics.step)
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{metrics.loss:.4f}", lr=f"{metrics.lr:.2e}",
-                             samples_s=f"{metrics.samples_per_s:.1f}", tokens_s=f"{metrics.tokens_per_s:.0f}")
-
-    def flush(self) -> None:
-        if self.board is not None:
-            self.board.flush()
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.board is not None:
-            self.board.close()
-
-
 def _position(sampler: ResumableSampler, *, epoch: int, consumed: int) -> dict[str, Any]:
     """Put the sampler at `consumed` samples into `epoch`; returns that position's state."""
     sampler.set_epoch(epoch)
@@ -221,9 +163,12 @@ def _schedule(config: TrainConfig, *, per_epoch: int, total: int) -> dict[str, i
 def _resumable(config: TrainConfig, sampler: ResumableSampler, *, per_epoch: int,
                total: int) -> tuple[Path, dict[str, Any]] | None:
     """(latest checkpoint, its trainer state) when `config.resume` finds one this run can continue."""
-    checkpoint = latest_checkpoint(config.output_dir) if config.resume else None
-    if checkpoint is None:
+    if not config.resume:
         return None
+    checkpoint = latest_checkpoint(config.output_dir)
+    if checkpoint is None:
+        raise ConfigError(f"resume=true, but {config.output_dir} holds no checkpoint; drop resume=true to "
+                          "start from scratch (or set output_dir to the run to continue)")
     state = read_checkpoint_state(checkpoint)
     for key, value in _schedule(config, per_epoch=per_epoch, total=total).items():
         if state.get(key) != value:
@@ -261,7 +206,7 @@ def train(
     if found is not None:
         _, rng = load_checkpoint(engine, found[0])
         step = int(found[1]["step"])
-    reporter = _Reporter(Path(config.output_dir), start_step=step, total=total, desc=config.stage,
+    reporter = Reporter(Path(config.output_dir), start_step=step, total=total, desc=config.stage,
                          tensorboard=config.tensorboard)
     history: list[StepMetrics] = []
     engine.train()
@@ -289,6 +234,9 @@ def train(
                 if step == total or (config.save_every and step % config.save_every == 0):
                     reporter.flush()  # the events up to a checkpoint survive a killed run
                     _checkpoint(engine, config, sampler, step=step, per_epoch=per_epoch, total=total)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(step=step, total=total, history=history,
+                                  checkpoint=latest_checkpoint(config.output_dir)) from None
     finally:
         reporter.close()
     if is_main_process():

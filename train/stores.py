@@ -22,7 +22,7 @@ from stages.config import ConfigError, load_config
 from stages.encoders import SDFeatureEncoder
 from stages.preprocess import ImageError, load_image, preprocess, safe_image_path
 from stages.locations import DEFAULT_CACHE_ROOT, SAMPLE_DATA, is_sample_data, resolve_sample_data
-from stages.store import Fingerprint, FingerprintMismatch, StoreNotFound, StoreReader, find_store
+from stages.store import Fingerprint, FingerprintMismatch, KeyNotInStore, StoreNotFound, StoreReader, find_store
 from stages.store.meta import read_header
 from stages.store.registry import describe_missing
 
@@ -137,6 +137,15 @@ class CachedFeatures:
     def __repr__(self) -> str:
         return f"CachedFeatures({[str(r.paths.root) for r in self.readers]})"
 
+    def why_missing(self, key: str) -> str:
+        """Why `key` is not served: never planned, in an incomplete shard, or failed (with the reason)."""
+        for reader in self.readers:
+            try:
+                reader.row_of(key)
+            except KeyNotInStore as exc:
+                return str(exc)
+        return f"key {key!r} is not in {self!r}"
+
     def reader_for(self, array_id: str) -> StoreReader:
         if array_id not in self._owner:
             raise KeyError(f"array {array_id!r} is not served here; serving {list(self.array_ids)}")
@@ -194,6 +203,9 @@ class OnTheFlyFeatures:
 
     def __repr__(self) -> str:
         return f"OnTheFlyFeatures({self.spec.model}, images={self.image_root})"
+
+    def why_missing(self, key: str) -> str:
+        return f"no image file {key!r} under {self.image_root}"
 
     def sample_shape(self, array_id: str) -> tuple[int, ...]:
         if self._shapes is None:  # a forward on the meta device: no weights, no compute

@@ -74,6 +74,10 @@ class EncoderKind(abc.ABC):
     def validate(self, spec: "CacheSpec") -> None:
         """Raise `ValueError` for settings this backbone cannot honour (called by `CacheSpec`)."""
 
+    def check_model(self, spec: "CacheSpec", model_dir: Path) -> None:
+        """Raise a `UserError` for settings the model in `model_dir` cannot honour, from its config files
+        alone (no weights): called before an extraction opens a store or starts a worker."""
+
     @abc.abstractmethod
     def image_spec(self, spec: "CacheSpec", model_dir: Path, **extra: Any) -> ImageSpec:
         """The CPU-side preprocessing of the images this backbone sees."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from stages.config import ConfigError
 from stages.encoders.base import EncoderKind, FeatureEncoder, Prompts
 from stages.extractor import SDExtractor, check_resolution
 from stages.features import LATENTS, ArrayId, FeatureName
@@ -28,6 +29,20 @@ if TYPE_CHECKING:
 __all__ = ["SD", "SDKind", "SDFeatureEncoder"]
 
 SD_COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer")  # hashed into the fingerprint (+ scheduler config)
+
+
+def _check_layout(model_dir: Path) -> None:
+    missing = [p for p in (*SD_COMPONENTS, "scheduler") if not (model_dir / p).is_dir()]
+    if missing:
+        raise ModelLoadError(f"{model_dir} lacks {missing}: expected a diffusers Stable Diffusion layout")
+
+
+def _meta_unet(model_dir: Path) -> Any:
+    """The U-Net of `model_dir` built from its config on the meta device (no weights, no memory)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(model_dir / "unet"))
 
 
 class SDFeatureEncoder(FeatureEncoder):
@@ -119,6 +134,19 @@ class SDKind(EncoderKind):
         for name in spec.features:
             FeatureName.parse(name)
 
+    def check_model(self, spec: "CacheSpec", model_dir: Path) -> None:
+        """Timesteps inside the scheduler's `num_train_timesteps`; feature names that exist in this U-Net."""
+        _check_layout(model_dir)
+        scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+        steps = scheduler.get("num_train_timesteps", 1000)  # DDPMScheduler's default
+        outside = [t for t in spec.timesteps if not 0 <= t < steps]
+        if outside:
+            raise ConfigError(f"timesteps {outside} are outside the range 0..{steps - 1} of the scheduler of "
+                              f"{spec.model} (num_train_timesteps={steps})")
+        unet = _meta_unet(model_dir)
+        for name in spec.features:
+            FeatureName.parse(name).resolve(unet)  # a FeatureNameError listing the valid names
+
     def image_spec(self, spec: "CacheSpec", model_dir: Path, **extra: Any) -> ImageSpec:
         return ImageSpec(resolution=spec.resolution, resize_mode=spec.resize_mode, pad_color=tuple(spec.pad_color),
                          **extra)
@@ -130,14 +158,13 @@ class SDKind(EncoderKind):
 
     def sample_shapes(self, spec: "CacheSpec", model_dir: Path) -> dict[str, tuple[int, ...]]:
         """Tap channels from a U-Net forward on the meta device (no weights, no compute)."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import AutoencoderKL
 
         vae_config = AutoencoderKL.load_config(model_dir / "vae")
         side = spec.resolution // 2 ** (len(vae_config["block_out_channels"]) - 1)
-        with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(model_dir / "unet"))
-            latents = torch.empty(1, unet.config.in_channels, side, side)
-            text = torch.empty(1, 77, unet.config.cross_attention_dim)
+        unet = _meta_unet(model_dir)
+        latents = torch.empty(1, unet.config.in_channels, side, side, device="meta")
+        text = torch.empty(1, 77, unet.config.cross_attention_dim, device="meta")
         names = [FeatureName.parse(n) for n in spec.features]
         channels: dict[str, int] = {}
 
@@ -161,9 +188,7 @@ class SDKind(EncoderKind):
 
     def fingerprint_fields(self, spec: "CacheSpec", model_dir: Path, *, preprocess: Mapping[str, Any],
                            pooling: Mapping[str, Any], memo_path: str | Path | None) -> dict[str, Any]:
-        missing = [p for p in (*SD_COMPONENTS, "scheduler") if not (model_dir / p).is_dir()]
-        if missing:
-            raise ModelLoadError(f"{model_dir} lacks {missing}: expected a diffusers Stable Diffusion layout")
+        _check_layout(model_dir)
         scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
         check_resolution(spec.resolution, vae_config=json.loads((model_dir / "vae" / "config.json").read_text()),
                          unet_config=json.loads((model_dir / "unet" / "config.json").read_text()), source=spec.model)

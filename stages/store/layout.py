@@ -1,5 +1,5 @@
 """Where things live inside one store directory, durable small-file writes, and the raw shard parser
-(the JSON files are parsed by `stages.store.meta`).
+(the JSON files are parsed by `stages.store.meta`), and `file_sha256`.
 
     <cache_root>/<fingerprint.short>/
         fingerprint.json           canonical fingerprint JSON (the exact bytes hashed)
@@ -7,21 +7,35 @@
         index/NNNNNN.json          the keys of shard NNNNNN, one per row (null = padding row)
         done/<array_id>/NNNNNN.json  completion record of (array, shard), written last
         wds/NNNNNN.tar             optional webdataset export of shard NNNNNN
+        wds/NNNNNN.json            its digest record (size and sha256 of the tar), written last
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 
 __all__ = ["ShardPlan", "StorePaths", "write_json_atomic", "read_json", "fsync_path", "shard_chunk_key",
-           "read_shard_index", "read_raw_rows", "MISSING"]
+           "read_shard_index", "read_raw_rows", "file_sha256", "ChunkCorruption", "MISSING"]
 
 MISSING = np.uint64(2**64 - 1)  # zarr's shard-index marker for an inner chunk that was never written
+_IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one preadv call takes
+_BLOCK = 1 << 24
+
+
+class ChunkCorruption(OSError):
+    """Bytes of a shard file that fail their crc32c: `rows`, the positions of the failing inner chunks
+    in the shard, or None when the shard index itself fails. The reader turns it into a user error."""
+
+    def __init__(self, rows: list[int] | None) -> None:
+        super().__init__(f"crc32c mismatch in {'the shard index' if rows is None else f'inner chunks {rows}'}")
+        self.rows = rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +67,9 @@ class StorePaths:
 
     def tar(self, shard: int) -> Path:
         return self.wds / f"{shard:06d}.tar"
+
+    def tar_record(self, shard: int) -> Path:
+        return self.wds / f"{shard:06d}.json"
 
     def shard_file(self, array_id: str, shard: int, sample_ndim: int) -> Path:
         return self.zarr / array_id / shard_chunk_key(shard, sample_ndim)
@@ -89,55 +106,94 @@ def read_json(path: Path) -> Any:
         return json.load(fh)
 
 
+def file_sha256(path: Path) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, read in blocks."""
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while block := fh.read(_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
 def read_shard_index(fd: int, n_chunks: int) -> np.ndarray:
     """The `(offset, nbytes)` table at the end of an uncompressed-index shard file: `(n_chunks, 2)`
-    little-endian uint64 followed by a 4-byte crc32c (not checked here; `verify` hashes the file)."""
+    little-endian uint64 followed by the 4-byte crc32c of the table (checked: `ChunkCorruption`)."""
     size = os.fstat(fd).st_size
     table_bytes = n_chunks * 16
     if size < table_bytes + 4:
         raise OSError(f"shard file too small for {n_chunks} chunks ({size} bytes)")
-    raw = os.pread(fd, table_bytes, size - table_bytes - 4)
-    return np.frombuffer(raw, dtype="<u8").reshape(n_chunks, 2)
+    raw = os.pread(fd, table_bytes + 4, size - table_bytes - 4)
+    if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+        raise ChunkCorruption(None)
+    return np.frombuffer(raw[:-4], dtype="<u8").reshape(n_chunks, 2)
 
 
-def _pread_into(fd: int, view: memoryview, offset: int) -> None:
-    while len(view):
-        n = os.preadv(fd, [view], offset)
+def _preadv_all(fd: int, views: list[memoryview], offset: int) -> None:
+    """Fill `views` (in order) from the bytes at `offset`, retrying short reads."""
+    while views:
+        n = os.preadv(fd, views, offset)
         if n <= 0:
             raise OSError(f"unexpected end of shard file at byte {offset}")
-        view, offset = view[n:], offset + n
+        offset += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views = views[1:]
+        if views and n:
+            views[0] = views[0][n:]
 
 
-def read_raw_rows(path: Path, local_rows: np.ndarray, *, n_chunks: int, chunk_nbytes: int,
+def _run_views(data: memoryview, crcs: memoryview | None, j: int, k: int, chunk_nbytes: int) -> list[memoryview]:
+    """The buffers that receive inner chunks `j..k-1` as they lie back to back in the file: one view of
+    the output, or, for checksummed chunks, each chunk's values then its 4 checksum bytes."""
+    if crcs is None:
+        return [data[j * chunk_nbytes:k * chunk_nbytes]]
+    return [view for i in range(j, k)
+            for view in (data[i * chunk_nbytes:(i + 1) * chunk_nbytes], crcs[4 * i:4 * i + 4])]
+
+
+def read_raw_rows(path: Path, local_rows: np.ndarray, *, n_chunks: int, chunk_nbytes: int, checksummed: bool,
                   out: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
     """Read inner chunks `local_rows` of one uncompressed shard file straight into `out` `(n, *sample)`.
 
     Runs of wanted rows whose chunks lie back to back in the file are read with one `preadv` each
-    (a whole-shard read is a single call, no intermediate copy). Never-written chunks read as zeros,
-    the fill value. Returns the shard index so callers can cache it.
+    (a whole shard is a single call, no intermediate copy). A `checksummed` chunk is its values then
+    their crc32c: the same call scatters the values into `out` and the checksums into a side buffer,
+    and every chunk is then checked (`ChunkCorruption` naming the positions that fail). Never-written
+    chunks read as zeros, the fill value. Returns the shard index so callers can cache it.
     """
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
-    flat = memoryview(out.reshape(-1).view(np.uint8))
+    n = len(local_rows)
+    samples = out.reshape(n, -1).view(np.uint8)  # (n, chunk_nbytes)
+    data = memoryview(samples.reshape(-1))
+    crcs = np.zeros(n, "<u4") if checksummed else None
+    crc_view = None if crcs is None else memoryview(crcs.view(np.uint8))
+    stride = chunk_nbytes + 4 * checksummed
+    max_run = _IOV_MAX // 2 if checksummed else n
     fd = os.open(path, os.O_RDONLY)
     try:
         if index is None:
             index = read_shard_index(fd, n_chunks)
         picked = index[np.asarray(local_rows)]
         present = picked[:, 0] != MISSING
-        if np.any(present & (picked[:, 1] != chunk_nbytes)):
-            raise OSError(f"{path}: inner chunks are not {chunk_nbytes} raw bytes (compressed array?)")
-        j, n = 0, len(local_rows)
+        if np.any(present & (picked[:, 1] != stride)):
+            raise OSError(f"{path}: inner chunks are not {stride} raw bytes (compressed array?)")
+        j = 0
         while j < n:
             if not present[j]:
                 out[j] = 0
                 j += 1
                 continue
             k, start = j + 1, int(picked[j, 0])
-            while k < n and present[k] and int(picked[k, 0]) == start + (k - j) * chunk_nbytes:
+            while k < n and k - j < max_run and present[k] and int(picked[k, 0]) == start + (k - j) * stride:
                 k += 1
-            _pread_into(fd, flat[j * chunk_nbytes:k * chunk_nbytes], start)
+            _preadv_all(fd, _run_views(data, crc_view, j, k, chunk_nbytes), start)
             j = k
     finally:
         os.close(fd)
+    if crcs is not None:
+        bad = [i for i, crc in enumerate(crcs.tolist()) if present[i] and google_crc32c.value(samples[i]) != crc]
+        if bad:
+            raise ChunkCorruption(np.asarray(local_rows)[bad].tolist())
     return index

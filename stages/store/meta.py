@@ -1,10 +1,11 @@
 """`StoreMeta`: what a store says about itself, parsed in one place.
 
 The fingerprint (`fingerprint.json`), the group attributes (`zarr/zarr.json`), the shard plans
-(`index/NNNNNN.json`), the array infos (`zarr/<array>/zarr.json`) and the completion records
-(`done/<array>/NNNNNN.json`). The writer, the reader, the registry and `verify` ask this object; nobody
-else reads those files. Every load names the fingerprint it expects (`None` only for inspection:
-`verify`, `caches`), so a store made from other inputs is refused where it is opened.
+(`index/NNNNNN.json`), the array infos (`zarr/<array>/zarr.json`), the completion records
+(`done/<array>/NNNNNN.json`) and the webdataset tars' digest records (`wds/NNNNNN.json`). The writer,
+the reader, the registry and `verify` ask this object; nobody else reads those files. Every load
+names the fingerprint it expects (`None` only for inspection: `verify`, `caches`), so a store made from
+other inputs is refused where it is opened.
 
 A `StoreMeta` is a snapshot. `refresh` brings in what other processes wrote since: extraction actors
 complete shards while the driver holds its `CacheStore`, and a rewrite removes a shard's record first.
@@ -20,11 +21,15 @@ from stages.store.arrays import ArrayInfo, array_info
 from stages.store.fingerprint import Fingerprint, FingerprintMismatch
 from stages.store.layout import ShardPlan, StorePaths, read_json
 
-__all__ = ["StoreMeta", "CompletionRecord", "StoreNotFound", "is_store", "read_header"]
+__all__ = ["StoreMeta", "CompletionRecord", "TarRecord", "StoreNotFound", "StoreDamaged", "is_store", "read_header"]
 
 
 class StoreNotFound(UserError, FileNotFoundError):
     """No feature store at a path, or none for a fingerprint under a cache root."""
+
+
+class StoreDamaged(UserError):
+    """A store whose metadata is damaged in a way that must be repaired before it can be planned into."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,24 @@ class CompletionRecord:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TarRecord:
+    """`wds/NNNNNN.json`, written after `wds/NNNNNN.tar` is in place: its size and sha256 as written.
+    (Each sample's `.json` member also carries the sha256 of its `.npy` members.)"""
+
+    shard: int
+    nbytes: int
+    sha256: str
+    written: str  # UTC, ISO 8601
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> "TarRecord":
+        return cls(**{f.name: value[f.name] for f in fields(cls)})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def is_store(path: str | Path) -> bool:
     paths = StorePaths(path)
     return paths.fingerprint.is_file() and (paths.zarr / "zarr.json").is_file()
@@ -73,20 +96,39 @@ def read_header(path: str | Path, *, expect: Fingerprint | None) -> tuple[Finger
     return fingerprint, read_json(paths.zarr / "zarr.json").get("attributes", {})
 
 
-def _read_record(path: Path) -> CompletionRecord | None:
+def _read_record(path: Path, kind: type[CompletionRecord] | type[TarRecord] = CompletionRecord
+                 ) -> CompletionRecord | TarRecord | None:
     """None when absent, or removed between listing and reading (a writer restarting the shard)."""
     try:
-        return CompletionRecord.from_json(read_json(path))
+        return kind.from_json(read_json(path))
     except FileNotFoundError:
         return None
+
+
+def _parse_plan(entry: Any, shard: int, size: int) -> ShardPlan:
+    """An index file's content as the plan of shard `shard`; `ValueError` saying how it differs."""
+    if not isinstance(entry, dict):
+        raise ValueError("not a JSON object")
+    keys = entry.get("keys")
+    if entry.get("shard") != shard or entry.get("first_row") != shard * size:
+        raise ValueError(f"it says shard {entry.get('shard')} first_row {entry.get('first_row')}, "
+                         f"expected {shard} and {shard * size}")
+    if not isinstance(keys, list) or len(keys) != size or not all(k is None or isinstance(k, str) for k in keys):
+        raise ValueError(f"its keys are not {size} strings or nulls")
+    return ShardPlan(index=shard, rows=range(shard * size, (shard + 1) * size), keys=tuple(keys))
 
 
 class StoreMeta:
     """One store's metadata. Use `StoreMeta.load(path, expect=fingerprint)`.
 
     `plans[i]` is shard `i`; `infos[array_id]` its zarr array; `records[array_id][shard]` the completion
-    record of a written shard. Queries over several arrays treat a shard as complete when every one of
-    them has a record.
+    record of a written shard; `tars[shard]` the digest record of an exported tar. Queries over several
+    arrays treat a shard as complete when every one of them has a record.
+
+    Damage is reported, never raised: `damaged_index[shard]` says why an index file below the highest
+    one is missing, unreadable or not the plan of its shard (its `plans` entry is all padding until
+    repaired, see `stages.store.repair`); `bad_records[(array_id, shard)]` says why a completion
+    record cannot be trusted (it counts as absent).
     """
 
     def __init__(self, paths: StorePaths, fingerprint: Fingerprint, attrs: dict[str, Any]) -> None:
@@ -95,6 +137,9 @@ class StoreMeta:
         self.plans: list[ShardPlan] = []
         self.infos: dict[str, ArrayInfo] = {}
         self.records: dict[str, dict[int, CompletionRecord]] = {}
+        self.damaged_index: dict[int, str] = {}
+        self.bad_records: dict[tuple[str, int], str] = {}
+        self.tars: dict[int, TarRecord] = {}
 
     @classmethod
     def load(cls, path: str | Path, *, expect: Fingerprint | None) -> "StoreMeta":
@@ -106,17 +151,19 @@ class StoreMeta:
     def refresh(self, *, shards: Iterable[int] | None = None) -> "StoreMeta":
         """Re-read, in place, what may have changed: new shard plans (index files never change once
         written), the array infos (arrays are created and grown) and the completion records of `shards`
-        (of every shard when None; of none for `()`). Returns self."""
-        while (path := self.paths.index_file(len(self.plans))).is_file():
-            entry = read_json(path)
-            start = entry["first_row"]
-            self.plans.append(ShardPlan(index=entry["shard"], rows=range(start, start + len(entry["keys"])),
-                                        keys=tuple(entry["keys"])))
+        (of every shard when None, with the tar records; of none for `()`). Returns self."""
+        numbers = [int(p.stem) for p in self.paths.index.glob("[0-9]*.json") if p.stem.isdigit()]
+        for shard in range(max(numbers, default=-1) + 1):  # damaged ones are re-read until repaired
+            if shard >= len(self.plans):
+                self.plans.append(self._read_plan(shard))
+            elif shard in self.damaged_index:
+                self.plans[shard] = self._read_plan(shard)
         self.infos = {}
         for meta_path in sorted(self.paths.zarr.glob("*/zarr.json")):
             meta = read_json(meta_path)
             if meta.get("node_type") == "array":
                 self.infos[meta_path.parent.name] = array_info(meta_path.parent.name, meta)
+        self.records = {a: r for a, r in self.records.items() if a in self.infos}  # arrays may be dropped
         wanted = None if shards is None else tuple(shards)
         for array_id in self.infos:
             if wanted is None or array_id not in self.records:  # every record (also those of a new array)
@@ -125,12 +172,43 @@ class StoreMeta:
             else:
                 todo = wanted
             for shard in todo:
-                record = _read_record(self.paths.record(array_id, shard))
+                record = self._read_completion(array_id, shard)
                 if record is None:
                     self.records[array_id].pop(shard, None)
                 else:
                     self.records[array_id][shard] = record
+        if shards is None:
+            self.tars = {}
+            for path in sorted(self.paths.wds.glob("[0-9]*.json")):
+                if (tar := _read_record(path, TarRecord)) is not None:
+                    self.tars[int(path.stem)] = tar
         return self
+
+    def _read_plan(self, shard: int) -> ShardPlan:
+        """The plan in `index/<shard>.json`, or all padding with the reason in `damaged_index`."""
+        path, size = self.paths.index_file(shard), self.shard_size
+        try:
+            plan = _parse_plan(read_json(path), shard, size)
+        except FileNotFoundError:
+            self.damaged_index[shard] = f"index/{path.name} is missing"
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            self.damaged_index[shard] = f"index/{path.name} is damaged: {exc}"
+        else:
+            self.damaged_index.pop(shard, None)
+            return plan
+        return ShardPlan(index=shard, rows=range(shard * size, (shard + 1) * size), keys=(None,) * size)
+
+    def _read_completion(self, array_id: str, shard: int) -> CompletionRecord | None:
+        """A completion record, None when absent or untrustworthy (the reason in `bad_records`)."""
+        self.bad_records.pop((array_id, shard), None)
+        try:
+            record = _read_record(self.paths.record(array_id, shard))
+            if record is not None and (record.array_id, record.shard) != (array_id, shard):
+                raise ValueError(f"it names array {record.array_id!r} shard {record.shard}")
+        except (ValueError, KeyError, TypeError) as exc:
+            self.bad_records[(array_id, shard)] = f"unreadable completion record: {exc!r}"
+            return None
+        return record
 
     # ---- queries -----------------------------------------------------------------------------
     @property

@@ -3,6 +3,10 @@
 Only shards with a completion record are visible. Uncompressed arrays (the default) are read by
 parsing the zarr v3 shard index and `preadv`-ing the inner chunks straight into the output, a whole
 shard in one call; compressed arrays go through zarr. Either way the bytes are the zarr array's.
+
+Every sample served is checked: against its own crc32c (layout 2: the inner chunks end with one), or,
+for arrays written before that (layout 1), by hashing the shard file against its completion record
+once per process before any of its samples is served. A mismatch raises `StoreCorruption`.
 """
 from __future__ import annotations
 
@@ -16,11 +20,11 @@ from zarr.storage import LocalStore
 from stages.errors import UserError
 from stages.store.arrays import ArrayInfo
 from stages.store.fingerprint import Fingerprint
-from stages.store.layout import StorePaths, read_raw_rows
+from stages.store.layout import ChunkCorruption, StorePaths, file_sha256, read_raw_rows
 from stages.store.meta import StoreMeta, StoreNotFound, is_store
 from stages.store.registry import describe_missing
 
-__all__ = ["StoreReader", "KeyNotInStore", "StoreNotFound"]
+__all__ = ["StoreReader", "KeyNotInStore", "StoreNotFound", "StoreCorruption"]
 
 
 class KeyNotInStore(UserError, KeyError):
@@ -29,6 +33,11 @@ class KeyNotInStore(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would show the repr of the message
         return str(self.args[0])
+
+
+class StoreCorruption(UserError, OSError):
+    """Stored bytes that differ from what was written: a sample failing its crc32c, or a layout-1 shard
+    file failing its recorded sha256. The message names store, array, shard and keys, and the repair."""
 
 
 class StoreReader:
@@ -48,6 +57,7 @@ class StoreReader:
         self.keys: list[str] = [k for shard in self.meta.complete_shards(self.array_ids)
                                 for k in self.meta.valid_keys(self.meta.plans[shard], self.array_ids)]
         self._index_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._hashed: set[tuple[str, int, int, int]] = set()  # (array, shard, size, mtime_ns) of checked files
         self._zarr: dict[str, zarr.Array] = {}
 
     @classmethod
@@ -88,6 +98,7 @@ class StoreReader:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_zarr"] = {}  # zarr handles are reopened lazily in each worker
+        state["_hashed"] = set()  # each process checks the files it reads itself
         return state
 
     def sample_shape(self, array_id: str) -> tuple[int, ...]:
@@ -116,19 +127,71 @@ class StoreReader:
             self._zarr[array_id] = group[array_id]
         return self._zarr[array_id]
 
+    def _corruption(self, array_id: str, shard: int, local: Sequence[int], what: str) -> StoreCorruption:
+        path = self.paths.shard_file(array_id, shard, len(self.infos[array_id].sample_shape))
+        keys = self.meta.plans[shard].keys
+        named = [keys[r] if keys[r] is not None else f"row {r} (padding)" for r in local]
+        more = f" and {len(named) - 5} more" if len(named) > 5 else ""
+        root = self.paths.root
+        return StoreCorruption(
+            f"store {root} is corrupt: array {array_id!r} shard {shard} ({path}): {what}; keys "
+            f"{', '.join(map(repr, named[:5]))}{more}. Withdraw the damaged shards with "
+            f"`just verify {root} --repair`, then recompute them with `just extract` (same config as before).")
+
+    def _check_file(self, array_id: str, shard: int, local: np.ndarray) -> None:
+        """Layout-1 arrays carry no per-sample checksum: hash the whole shard file against its completion
+        record, once per process (and again if the file changes), before any of its samples is served."""
+        path = self.paths.shard_file(array_id, shard, len(self.infos[array_id].sample_shape))
+        stat = path.stat()
+        checked = (array_id, shard, stat.st_size, stat.st_mtime_ns)
+        if checked in self._hashed:
+            return
+        record = self.meta.record(array_id, shard)
+        nbytes, digest = file_sha256(path)
+        if (nbytes, digest) != (record.nbytes, record.sha256):
+            raise self._corruption(array_id, shard, local.tolist(), (
+                f"the shard file has {nbytes} bytes with sha256 {digest[:12]}…, its completion record says "
+                f"{record.nbytes} bytes with sha256 {record.sha256[:12]}…"))
+        self._hashed.add(checked)
+
+    def _read_zarr_rows(self, array_id: str, shard: int, local: np.ndarray, out: np.ndarray) -> None:
+        """Compressed arrays: one zarr slice over the wanted span (orthogonal selection is far slower).
+        zarr checks each chunk's crc32c; on a mismatch the rows are probed one by one to name the bad ones."""
+        array, first = self._zarr_array(array_id), shard * self.infos[array_id].shard_size
+        try:
+            span = array[first + int(local[0]):first + int(local[-1]) + 1]
+        except ValueError:
+            bad = []
+            for r in local.tolist():
+                try:
+                    array[first + r]
+                except ValueError:
+                    bad.append(r)
+            if not bad:
+                raise
+            raise ChunkCorruption(bad) from None
+        out[...] = span if len(span) == len(local) else span[local - local[0]]
+
     def _read_shard_rows(self, array_id: str, shard: int, local: np.ndarray, out: np.ndarray) -> None:
-        """Rows `local` (sorted ascending, within shard `shard`) of one array into `out`."""
+        """Rows `local` (sorted ascending, within shard `shard`) of one array into `out`, checked."""
         info = self.infos[array_id]
-        if info.raw:
-            path = self.paths.shard_file(array_id, shard, len(info.sample_shape))
-            cache_key = (array_id, shard)
-            self._index_cache[cache_key] = read_raw_rows(
-                path, local, n_chunks=info.shard_size, chunk_nbytes=info.chunk_nbytes, out=out,
-                index=self._index_cache.get(cache_key))
-        else:  # compressed: one zarr slice over the wanted span (orthogonal selection is far slower)
-            lo, hi = shard * info.shard_size + int(local[0]), shard * info.shard_size + int(local[-1]) + 1
-            span = self._zarr_array(array_id)[lo:hi]
-            out[...] = span if len(span) == len(local) else span[local - local[0]]
+        path = self.paths.shard_file(array_id, shard, len(info.sample_shape))
+        if not path.is_file():  # its completion record says it was written (zarr would read fill values)
+            raise self._corruption(array_id, shard, local.tolist(), "the shard file is missing")
+        if not info.checksummed:
+            self._check_file(array_id, shard, local)
+        try:
+            if info.raw:
+                cache_key = (array_id, shard)
+                self._index_cache[cache_key] = read_raw_rows(
+                    path, local, n_chunks=info.shard_size, chunk_nbytes=info.chunk_nbytes,
+                    checksummed=info.checksummed, out=out, index=self._index_cache.get(cache_key))
+            else:
+                self._read_zarr_rows(array_id, shard, local, out)
+        except ChunkCorruption as exc:
+            what = ("its shard index fails its crc32c" if exc.rows is None
+                    else f"{len(exc.rows)} sample(s) fail their crc32c")
+            raise self._corruption(array_id, shard, local.tolist() if exc.rows is None else exc.rows, what) from None
 
     def read(self, keys: Sequence[str], array_ids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """`{array_id: (len(keys), *sample_shape)}` in the order of `keys`, read shard by shard."""

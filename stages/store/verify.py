@@ -1,18 +1,21 @@
 """`verify_store`: check every shard of a store against what was recorded when it was written."""
 from __future__ import annotations
 
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from stages.store.fingerprint import Fingerprint
 from stages.store.keys import decode_key
 from stages.store.meta import StoreMeta
 from stages.store.reader import StoreReader
+from stages.store.repair import Problem, index_disagreements, leftover_problems, structural_problems
 from stages.store.writer import file_sha256
 
-__all__ = ["verify_store"]
+__all__ = ["check_store", "verify_store"]
 
 
 def _check_header(meta: StoreMeta) -> list[str]:
@@ -22,9 +25,6 @@ def _check_header(meta: StoreMeta) -> list[str]:
         problems.append("fingerprint.json does not hash to the fingerprint in the group attributes")
     if Fingerprint.from_json(own.get("fingerprint_json", "{}")).full != meta.fingerprint.full:
         problems.append("fingerprint_json in the group attributes differs from fingerprint.json")
-    index_files = sorted(meta.paths.index.glob("[0-9]*.json"))
-    if len(index_files) != len(meta.plans):
-        problems.append(f"index has {len(index_files)} files but only shards 0..{len(meta.plans) - 1} are contiguous")
     seen: set[str] = set()
     for plan in meta.plans:
         if plan.rows.start != plan.index * meta.shard_size or len(plan.keys) != meta.shard_size:
@@ -66,10 +66,30 @@ def _check_shard(reader: StoreReader, array_id: str, shard: int) -> list[str]:
     return problems
 
 
+def _check_tar_digest(meta: StoreMeta, shard: int) -> list[str]:
+    """The tar against its digest record (`wds/NNNNNN.json`); stores of layout 1 wrote none."""
+    path, record = meta.paths.tar(shard), meta.tars.get(shard)
+    if record is None:
+        if meta.attrs["feature_cache"].get("layout_version", 1) < 2:
+            return []
+        return [f"{path.name}: no digest record {path.with_suffix('.json').name} (export interrupted?); "
+                "export the shard again"]
+    if not path.is_file():
+        return [f"{path.name}: missing, but {path.with_suffix('.json').name} records it"]
+    nbytes, digest = file_sha256(path)
+    if (nbytes, digest) != (record.nbytes, record.sha256):
+        return [f"{path.name}: checksum mismatch ({nbytes} bytes, sha256 {digest[:12]}; "
+                f"recorded {record.nbytes} bytes, {record.sha256[:12]})"]
+    return []
+
+
 def _check_tar(meta: StoreMeta, path: Path) -> list[str]:
     shard = int(path.stem)
     if shard >= len(meta.plans):
         return [f"{path.name}: shard {shard} is not planned"]
+    digest_problems = _check_tar_digest(meta, shard)
+    if digest_problems:
+        return digest_problems
     planned = set(k for k in meta.plans[shard].keys if k is not None)
     fields: dict[str, set[str]] = {}
     try:
@@ -86,28 +106,43 @@ def _check_tar(meta: StoreMeta, path: Path) -> list[str]:
     return problems
 
 
-def verify_store(path: str | Path, *, require_complete: bool = True) -> list[str]:
-    """Problems found in the store at `path` (empty list = healthy). With `require_complete`, a
-    planned shard without a completion record for some array is a problem too."""
+def check_store(path: str | Path, *, require_complete: bool = True, progress: bool = False) -> list[Problem]:
+    """Problems found in the store at `path`, each with its fix (`stages.store.repair`); empty =
+    healthy. With `require_complete`, a planned shard without a completion record for some array is
+    a problem too (fixed by extracting). `progress`: a bar over the shards on stderr."""
     try:
         reader = StoreReader(path, expect=None)  # inspection: the store is checked against itself
     except Exception as exc:  # noqa: BLE001
-        return [f"cannot open store {path}: {exc}"]
+        return [Problem(f"cannot open store {path}: {exc}", "none")]
     meta = reader.meta
-    problems = _check_header(meta)
+    problems = [Problem(m, "none") for m in _check_header(meta)] + structural_problems(meta)
+    problems += index_disagreements(meta) + leftover_problems(meta)
     needed = len(meta.plans) * meta.shard_size
+    intact = [p.index for p in meta.plans if p.index not in meta.damaged_index]  # others: their index first
+    tars = [s for s in sorted({*meta.tars, *(int(t.stem) for t in meta.paths.wds.glob("[0-9]*.tar"))})
+            if s in intact]
+    bar = tqdm(total=len(meta.infos) * len(intact) + len(tars), unit="shard", desc="verify", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
     for array_id, info in meta.infos.items():
         if info.n_rows < needed or info.shard_size != meta.shard_size:
-            problems.append(f"array {array_id!r}: {info.n_rows} rows, shard {info.shard_size}; index needs "
-                            f"{needed} rows, shard {meta.shard_size}")
-        for shard in sorted(set(meta.records[array_id]) - set(range(len(meta.plans)))):
-            problems.append(f"array {array_id!r}: completion record for unplanned shard {shard}")
-        for plan in meta.plans:
-            if meta.is_complete(array_id, plan.index):
-                problems += _check_shard(reader, array_id, plan.index)
+            problems.append(Problem(f"array {array_id!r}: {info.n_rows} rows, shard {info.shard_size}; index "
+                                    f"needs {needed} rows, shard {meta.shard_size}", "none"))
+        for shard in intact:
+            if meta.is_complete(array_id, shard):  # any finding: computing the shard again rewrites it
+                problems += [Problem(m, "record", shard=shard, array_id=array_id)
+                             for m in _check_shard(reader, array_id, shard)]
             elif require_complete:
-                problems.append(f"array {array_id!r} shard {plan.index}: not complete")
-    wds = meta.paths.wds
-    for tar in sorted(wds.glob("[0-9]*.tar")) if wds.is_dir() else []:
-        problems += _check_tar(meta, tar)
+                problems.append(Problem(f"array {array_id!r} shard {shard}: not complete", "extract", shard=shard))
+            bar.update()
+    for shard in tars:
+        tar = meta.paths.tar(shard)
+        found = _check_tar(meta, tar) if tar.is_file() else _check_tar_digest(meta, shard)
+        problems += [Problem(m, "shard", shard=shard) for m in found]
+        bar.update()
+    bar.close()
     return problems
+
+
+def verify_store(path: str | Path, *, require_complete: bool = True) -> list[str]:
+    """The messages of `check_store` (empty list = healthy)."""
+    return [p.message for p in check_store(path, require_complete=require_complete)]

@@ -2,12 +2,14 @@
 
 Members, in row order, per valid key (not padding, not failed):
 `<encode_key(key)>.<array_id>.npy` (one per array, `np.save` format) and `<encode_key(key)>.json`
-(`{"key", "row", "shard", "store"}`). webdataset lower-cases field names when reading, so array
-ids must stay distinct once lower-cased. Written to a hidden temp name, fsynced, then renamed, so a
-`NNNNNN.tar` that exists is complete.
+(`{"key", "row", "shard", "store", "sha256": {"<array_id>.npy": hex digest of that member's bytes}}`,
+so one sample can be checked on its own; the writer records the whole tar's digest). webdataset
+lower-cases field names when reading, so array ids must stay distinct once lower-cased. Written to a
+hidden temp name, fsynced, then renamed, so a `NNNNNN.tar` that exists is complete.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -52,10 +54,12 @@ def write_tar_shard(path: Path, *, keys: Sequence[str | None], rows: range,
             for i, key in enumerate(keys):
                 if key is None or key in failed:
                     continue
-                stem = encode_key(key)
+                stem, digests = encode_key(key), {}
                 for array_id, data in arrays.items():
-                    _add(tar, f"{stem}.{array_id}.npy", _npy_bytes(data[i]))
-                meta = {"key": key, "row": rows[i], "shard": shard, "store": store}
+                    payload = _npy_bytes(data[i])
+                    digests[f"{array_id}.npy"] = hashlib.sha256(payload).hexdigest()
+                    _add(tar, f"{stem}.{array_id}.npy", payload)
+                meta = {"key": key, "row": rows[i], "shard": shard, "store": store, "sha256": digests}
                 _add(tar, f"{stem}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import shutil
 import time
@@ -24,25 +23,14 @@ from stages.config import ConfigError
 from stages.store.arrays import DEFAULT_COMPRESSION, array_info, create_array, package_versions
 from stages.store.fingerprint import Fingerprint
 from stages.store.keys import check_array_id, check_key
-from stages.store.layout import ShardPlan, StorePaths, fsync_path, write_json_atomic
-from stages.store.meta import CompletionRecord, StoreMeta
+from stages.store.layout import ShardPlan, StorePaths, file_sha256, fsync_path, write_json_atomic
+from stages.store.meta import CompletionRecord, StoreDamaged, StoreMeta, TarRecord
 from stages.store.webdataset_shards import write_tar_shard
 
 __all__ = ["CacheStore", "ShardPlan", "DEFAULT_SHARD_SIZE", "LAYOUT_VERSION", "file_sha256"]
 
 DEFAULT_SHARD_SIZE = 256
-LAYOUT_VERSION = 1
-_BLOCK = 1 << 24
-
-
-def file_sha256(path: Path) -> tuple[int, str]:
-    """(size, sha256 hex) of a file, read in blocks."""
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as fh:
-        while block := fh.read(_BLOCK):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
+LAYOUT_VERSION = 2  # 2: every sample ends with its crc32c, tars have digest records (1: neither)
 
 
 class CacheStore:
@@ -152,23 +140,34 @@ class CacheStore:
         return self.meta.refresh(shards=()).array_ids
 
     # ---- planning ------------------------------------------------------------------------
+    def _new_keys(self, keys: Sequence[str]) -> list[str]:
+        """`keys` not planned yet, in order; `StoreDamaged` while an index file is damaged (the keys
+        of that shard are unknown, so planning could give a key a second row)."""
+        meta = self.meta.refresh(shards=())
+        if meta.damaged_index:
+            raise StoreDamaged(f"store {self.path}: " + "; ".join(meta.damaged_index.values())
+                               + f"; repair it first: just verify {self.path} --repair")
+        known = {k for plan in meta.plans for k in plan.keys if k is not None}
+        return list(dict.fromkeys(check_key(k) for k in keys if k not in known))
+
     def add_keys(self, keys: Sequence[str]) -> list[int]:
         """Give rows to new keys, appended from the next shard boundary so that completed shards
-        never change; existing keys keep their rows. Idempotent. Returns the new shard indices."""
+        never change; existing keys keep their rows. Idempotent. Returns the new shard indices.
+        Locks (and so needs write access) only when there is something to plan."""
+        if not self._new_keys(keys) and all(i.n_rows >= self.n_rows for i in self.meta.infos.values()):
+            return []
         with self._locked():
-            plans = self._plans()
-            known = {k for plan in plans for k in plan.keys if k is not None}
-            new = list(dict.fromkeys(check_key(k) for k in keys if k not in known))
-            first_new = len(plans)
-            size = self.shard_size
+            first_new = len(self._plans())
+            new, size = self._new_keys(keys), self.shard_size
             for offset in range(0, len(new), size):
                 chunk = new[offset:offset + size]
-                shard = first_new + offset // size
-                write_json_atomic(self.meta.paths.index_file(shard), {
-                    "shard": shard, "first_row": shard * size,
-                    "keys": chunk + [None] * (size - len(chunk))})
+                self._write_index(first_new + offset // size, chunk + [None] * (size - len(chunk)))
             self._grow_arrays()
         return list(range(first_new, len(self._plans())))
+
+    def _write_index(self, shard: int, keys: Sequence[str | None]) -> None:
+        write_json_atomic(self.meta.paths.index_file(shard),
+                          {"shard": shard, "first_row": shard * self.shard_size, "keys": list(keys)})
 
     def _grow_arrays(self) -> None:
         group, n_rows = self._group("r+"), self.n_rows
@@ -178,14 +177,15 @@ class CacheStore:
 
     def ensure_array(self, array_id: str, *, sample_shape: Sequence[int], dtype: str = "float16",
                      compression: str = DEFAULT_COMPRESSION,
-                     attrs: Mapping[str, Any] | None = None) -> None:
+                     attrs: Mapping[str, Any] | None = None) -> bool:
         """Create array `array_id` `[n_rows, *sample_shape]` unless it exists with that shape and
-        dtype (another shape or dtype is an error; other arrays are never touched)."""
+        dtype (another shape or dtype is an error; other arrays are never touched). True if created."""
         check_array_id(array_id)
         sample_shape = tuple(int(s) for s in sample_shape)
         with self._locked():
             group = self._group("r+")
-            if array_id in group:
+            created = array_id not in group
+            if not created:
                 existing = group[array_id]
                 if tuple(existing.shape[1:]) != sample_shape or existing.dtype != np.dtype(dtype):
                     raise ValueError(
@@ -197,6 +197,48 @@ class CacheStore:
                              attrs={**(attrs or {}), "feature_cache": {"array_id": array_id,
                                                                       "compression": compression}})
             self._grow_arrays()
+        return created
+
+    # ---- repair and removal (stages.store.repair decides what; these do it durably) ------------
+    def withdraw(self, array_id: str, shard: int) -> None:
+        """Remove the completion record of (array, shard): the shard turns missing and the next run
+        computes it again."""
+        record = self.meta.paths.record(array_id, shard)
+        if record.exists():
+            record.unlink()
+            fsync_path(record.parent)
+
+    def remove_tar(self, shard: int) -> None:
+        """Remove shard `shard`'s webdataset export and its digest record (the record first)."""
+        for path in (self.meta.paths.tar_record(shard), self.meta.paths.tar(shard)):
+            if path.exists():
+                path.unlink()
+                fsync_path(path.parent)
+
+    def rewrite_index(self, shard: int, keys: Sequence[str | None] | None) -> None:
+        """Replace the damaged or missing index file of shard `shard` with `keys` (`shard_size` entries),
+        or remove it (None: its keys are unknown; the next extraction plans them again)."""
+        with self._locked():
+            if keys is not None:
+                if len(keys) != self.shard_size:
+                    raise ValueError(f"an index holds {self.shard_size} keys, got {len(keys)}")
+                self._write_index(shard, keys)
+            elif (path := self.meta.paths.index_file(shard)).exists():
+                path.unlink()
+                fsync_path(path.parent)
+
+    def drop_arrays(self, array_ids: Sequence[str]) -> None:
+        """Remove arrays: their completion records first (their shards turn invisible), then their
+        zarr directories. Other arrays, the index and the tars are not touched."""
+        with self._locked():
+            unknown = sorted(set(array_ids) - set(self.array_ids()))
+            if unknown:
+                raise KeyError(f"no array {unknown[0]!r} in {self.path}")
+            for array_id in array_ids:
+                for directory in (self.meta.paths.done / array_id, self.meta.paths.zarr / array_id):
+                    shutil.rmtree(directory, ignore_errors=True)
+                    fsync_path(directory.parent)
+            self.meta.refresh()
 
     # ---- completion ----------------------------------------------------------------------
     def is_complete(self, array_id: str, shard: int) -> bool:
@@ -272,8 +314,15 @@ class CacheStore:
 
     def write_webdataset_shard(self, index: int, arrays: Mapping[str, np.ndarray],
                                failed: Mapping[str, str] | None = None) -> Path:
-        """Export shard `index` as `wds/NNNNNN.tar` (valid keys only); returns the tar path."""
-        plan, infos = self._plan(index), self.meta.infos
+        """Export shard `index` as `wds/NNNNNN.tar` (valid keys only), then record its size and sha256 in
+        `wds/NNNNNN.json` (removed first, so a tar being rewritten has none); returns the tar path."""
+        plan, infos, paths = self._plan(index), self.meta.infos, self.meta.paths
         cast = {a: np.asarray(d, dtype=infos[a].dtype if a in infos else None) for a, d in arrays.items()}
-        return write_tar_shard(self.meta.paths.tar(index), keys=plan.keys, rows=plan.rows, arrays=cast,
-                               failed=dict(failed or {}), store=self.fingerprint.short)
+        paths.tar_record(index).unlink(missing_ok=True)
+        tar = write_tar_shard(paths.tar(index), keys=plan.keys, rows=plan.rows, arrays=cast,
+                              failed=dict(failed or {}), store=self.fingerprint.short)
+        nbytes, digest = file_sha256(tar)
+        write_json_atomic(paths.tar_record(index), TarRecord(
+            shard=index, nbytes=nbytes, sha256=digest,
+            written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).to_json())
+        return tar

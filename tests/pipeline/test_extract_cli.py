@@ -1,6 +1,10 @@
 """`python -m pipeline.cli`: user mistakes are one line on stderr and exit status 2, never a traceback;
 anything else (a bug) keeps its traceback."""
+import hashlib
+import json
+
 import pytest
+import torch
 
 from pipeline.cli import main
 
@@ -42,3 +46,96 @@ def test_a_bug_is_not_reported_as_a_user_mistake_but_keeps_its_traceback(tmp_pat
     with pytest.raises(KeyError, match="a bug in our code"):  # uncaught: Python prints it and exits 1
         main(["extract", "--no-progress", f"cache_root={tmp_path / 'cache'}"])
     assert "error:" not in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if the run gets as far as starting Ray."""
+    def refuse(run):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr("pipeline.job.start_ray", refuse)
+
+
+@pytest.fixture(scope="module")
+def planned_store(tmp_path_factory):
+    """A store as a first run leaves it before its Ray job: fingerprint, keys and arrays on disk."""
+    from pipeline.config import load_extract_config
+    from pipeline.driver import plan_run
+
+    root = tmp_path_factory.mktemp("cache")
+    return root, plan_run(load_extract_config([f"cache_root={root}"])).store.path
+
+
+def _hashes(root):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=abc", "run: batch_size must be an integer, got 'abc'"),
+    ("num_actors=1.5", "run: num_actors must be an integer, got 1.5"),
+    ("cpus_per_actor=lots", "run: cpus_per_actor must be a number, got 'lots'"),
+    ("write_webdataset=maybe", "run: write_webdataset must be true or false, got 'maybe'"),
+    ("seed=abc", "cache: seed must be an integer, got 'abc'"),
+    ("resolution=abc", "cache: resolution must be an integer or null, got 'abc'"),
+    ("num_cpus=two", "run: num_cpus must be an integer or null, got 'two'"),
+    ("timesteps=[fifty]", "cache: timesteps must be a list (an integer each), got ['fifty']"),
+    ("pad_color=[1,2]", "cache: pad_color must be a list of 3 (an integer each), got [1, 2]"),
+    ("features={a: 1}", "cache: features must be a list (a string each), got {'a': 1}"),
+    ("device=gpu", "device 'gpu' is not auto, cpu, cuda or cuda:N"),
+    ("compute_dtype=fp8", "compute_dtype 'fp8' is not one of"),
+    ("timesteps=[5000]", "timesteps [5000] are outside the range 0..999 of the scheduler of embedded:tiny-sd"),
+    ("features=[U-L9-R0-B0-Cross-Q]", "U-L9-R0-B0-Cross-Q does not exist in this U-Net"),
+])
+def test_a_bad_value_is_one_line_naming_the_field_before_ray_and_the_store_stays_byte_identical(
+        override, message, planned_store, no_ray, capsys):
+    root, store = planned_store
+    before = _hashes(root)
+    rc = main(["extract", "--no-progress", f"cache_root={root}", override])
+    assert rc == 2 and _one_error_line(capsys).startswith(f"extract: error: {message}")
+    assert _hashes(root) == before
+
+
+def test_a_single_data_file_is_a_one_element_list_not_its_characters(tmp_path, no_ray, capsys):
+    rc = main(["extract", "--no-progress", f"cache_root={tmp_path / 'cache'}", f"data={tmp_path / 'four.json'}",
+               f"image_root={tmp_path}"])
+    assert rc == 2 and str(tmp_path / "four.json") in _one_error_line(capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_device_cuda_without_cuda_fails_before_any_store_or_ray(tmp_path, no_ray, capsys):
+    rc = main(["extract", "--no-progress", f"cache_root={tmp_path / 'cache'}", "device=cuda"])
+    assert rc == 2 and "device=cuda but torch sees no CUDA GPU" in _one_error_line(capsys)
+    assert not (tmp_path / "cache").exists()
+
+
+def _fake_job(monkeypatch, *, run_shards=None, shutdown=None):
+    """The driver's Ray calls replaced: no Ray starts, `run_shards` and `ray.shutdown` do what is given."""
+    import ray
+
+    monkeypatch.setattr("pipeline.job.start_ray", lambda run: (True, 0.0))
+    monkeypatch.setattr("pipeline.job.run_shards", run_shards or (lambda *a, **k: None))
+    monkeypatch.setattr(ray, "shutdown", shutdown or (lambda: None))
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_the_job_prints_and_writes_the_summary_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
+    _fake_job(monkeypatch, run_shards=_interrupt)
+    summary = tmp_path / "s.json"
+    rc = main(["extract", "--no-progress", f"cache_root={tmp_path / 'cache'}", "--summary-json", str(summary)])
+    out = capsys.readouterr()
+    assert rc == 130 and "extract: 0 images done" in out.out
+    assert out.err.strip().splitlines() == ["extract: interrupted after 0 shards (0 images) of this run; they are "
+                                            "kept: run the same command to resume"]
+    assert json.loads(summary.read_text())["interrupted"] is True
+
+
+def test_ctrl_c_during_ray_shutdown_after_the_work_keeps_success_and_the_summary(tmp_path, monkeypatch, capsys):
+    _fake_job(monkeypatch, shutdown=_interrupt)
+    summary = tmp_path / "s.json"
+    rc = main(["extract", "--no-progress", f"cache_root={tmp_path / 'cache'}", "--summary-json", str(summary)])
+    assert rc == 0 and "extract: 0 images done" in capsys.readouterr().out
+    assert json.loads(summary.read_text())["interrupted"] is False

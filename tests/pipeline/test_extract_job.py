@@ -262,9 +262,39 @@ def test_actor_that_cannot_load_the_model_fails_fast_with_the_message(data, ray_
     shutil.copytree(tiny_sd_dir, model)
     (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage, not safetensors")
     start = time.time()
-    with pytest.raises(ExtractionError, match="unet"):
+    with pytest.raises(ExtractionError) as info:
         run_extract(split_config(fields(data, tmp_path / "cache", model=str(model))), show_progress=False)
     assert time.time() - start < 120
+    message = str(info.value)  # one line: where, the original type and message, and the log
+    assert len(message.splitlines()) == 1
+    assert message.startswith("extraction worker failed at actor start: ModelLoadError: cannot load unet/ of "), message
+    log = Path(message.rsplit("; tracebacks in ", 1)[1])
+    assert log.parent.name == "logs" and "Traceback (most recent call last)" in log.read_text()
+
+
+def test_sigint_mid_extraction_prints_the_summary_and_one_line_exits_130_and_the_rerun_completes(data, tmp_path):
+    args = [*overrides(fields(data, tmp_path)), "--summary-json", str(tmp_path / "s.json")]
+    store = tmp_path / expected_fingerprint().short
+    proc = cli(args)
+    try:
+        wait_for_first_shard(proc, store / "done" / "latents" / "*.json")
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground group
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        kill_session(proc)
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if "interrupted" in line]
+    assert len(lines) == 1 and lines[0].startswith("extract: interrupted after "), output
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["interrupted"] is True  # shards counts those whose stats reached the driver
+    rerun = cli(args)
+    try:
+        output, _ = rerun.communicate(timeout=300)
+    finally:
+        kill_session(rerun)
+    assert rerun.returncode == 0, output
+    assert verify_store(store) == []
 
 
 def test_new_feature_and_timestep_reuse_stored_latents_and_leave_existing_arrays_untouched(

@@ -6,6 +6,7 @@ Stores are tiny (128 px, 4x4 token grid, a few images of the bundled sample) and
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,7 +62,7 @@ def _subsets(sample, folder: Path) -> tuple[Path, Path]:
 
 
 def _make_store(tmp_path_factory, sample, spec: CacheSpec) -> TrainStore:
-    folder = tmp_path_factory.mktemp(f"store-{spec.feature_dtype}")
+    folder = tmp_path_factory.mktemp(f"store-{spec.encoder}-{spec.feature_dtype}")
     pretrain_json, sft_json = _subsets(sample, folder)
     cache_root = folder / "cache"
     extract_yaml = folder / "extract.yaml"
@@ -83,3 +84,9 @@ def train_store(tmp_path_factory, sample) -> TrainStore:
 def train_store_fp32(tmp_path_factory, sample) -> TrainStore:
     """The same with float32 features, for exactness checks."""
     return _make_store(tmp_path_factory, sample, replace(SPEC, feature_dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def make_train_store(tmp_path_factory, sample):
+    """`make_train_store(spec)`: a store of any `CacheSpec` over the same JSON subsets."""
+    return functools.partial(_make_store, tmp_path_factory, sample)

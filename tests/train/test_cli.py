@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from train.cli import DEFAULT_CONFIGS, _loader_factory, _tokenizer, load_stage_config, main
+from train.cli import DEFAULT_CONFIGS, REPO, _loader_factory, _tokenizer, load_stage_config, main
 from train.config import DataConfig
 from stages.llava import load_llava_json
 from train.data import LlavaDataset
-from train.loop import FINAL_DIR, METRICS_FILE
+from train.loop import FINAL_DIR
+from train.metrics import METRICS_FILE
 from train.model import ADAPTER_FILE, LLM_DIR
 from train.sampler import SeededRandomSampler
 from train.stores import CachedFeatures, StoreNotFound, locate_stores
@@ -143,3 +149,45 @@ def test_iterating_the_cli_loader_leaves_the_global_torch_rng_untouched(train_st
     for _ in range(2):  # two epochs
         assert len(list(make_loader(SeededRandomSampler(len(dataset), seed=0)))) > 0
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_resume_true_without_a_checkpoint_exits_2_saying_to_drop_it(train_store, tmp_path, capsys):
+    code = main(["pretrain", *_common(train_store, "pretrain", tmp_path / "out"), "resume=true"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("train pretrain: error: resume=true, but") and "drop resume=true" in err[-1]
+
+
+def _train_cli(args):
+    """A fresh process: without the rendezvous variables this one's in-process runs have set."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
+                                                            "LOCAL_RANK")}
+    return subprocess.Popen([sys.executable, "-m", "train.cli", "pretrain", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**env, "OMP_NUM_THREADS": "1"})
+
+
+def test_sigint_mid_training_is_one_line_exit_130_and_resume_true_continues_from_the_checkpoint(train_store,
+                                                                                               tmp_path):
+    out = tmp_path / "out"
+    args = [*_common(train_store, "pretrain", out), "save_every=3", "epochs=40", "tensorboard=false"]
+    proc = _train_cli(args)
+    try:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:  # past the first checkpoint (step 3)
+            metrics = out / METRICS_FILE
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert len(lines) == 1 and lines[0].startswith("train pretrain: interrupted at step "), stderr
+    assert "with resume=true to resume from step-" in lines[0] and "pretrain: " in stdout
+    resumed = _train_cli([*args, "resume=true"])
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    steps = [json.loads(line)["step"] for line in (out / METRICS_FILE).read_text().splitlines()]
+    assert steps == list(range(1, 121))  # 6 samples, batch 2: 3 steps x 40 epochs, each logged once

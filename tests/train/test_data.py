@@ -31,6 +31,9 @@ class ArraySource:
     def __contains__(self, key: object) -> bool:
         return key in self.rows
 
+    def why_missing(self, key: str) -> str:
+        return f"key {key!r} was never planned"
+
     def read(self, keys: list[str], array_ids: list[str]) -> dict[str, np.ndarray]:
         rows = [self.rows[key] for key in keys]
         return {name: self.arrays[name][rows] for name in array_ids}  # (n, T, C)
@@ -204,3 +207,14 @@ def test_a_non_string_image_fails_at_construction_naming_the_record(tok):
     bad = {**RECORDS[0], "id": "n", "image": 7}
     with pytest.raises(ValueError, match=r"record 0 \(id 'n'\) .*'image' is not a string: 7"):
         dataset(tok, None, [bad], array_ids=())
+
+
+def test_a_failed_image_says_it_failed_with_the_reason_and_that_extracting_again_does_not_help(tok, source,
+                                                                                               monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(ArraySource, "why_missing", lambda self, key: f"key {key!r} failed: cannot decode image")
+        with pytest.raises(MissingImageError, match=r"'x\.jpg' failed: cannot decode image; extracting again does "
+                                                    r"not retry a failed image: pass data\.missing=skip"):
+            dataset(tok, source, [*RECORDS, record(9, "x.jpg")])
+    with pytest.raises(MissingImageError, match=r"never planned; extract it first .* or pass data\.missing=skip"):
+        dataset(tok, ArraySource(["a.jpg"]), [record(9, "y.jpg")])

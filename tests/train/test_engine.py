@@ -23,7 +23,8 @@ from train.collate import collate
 from train.config import DataConfig, TrainConfig, VisionConfig
 from train.data import LlavaDataset
 from train.engine import CHECKPOINTS_DIR, cosine_with_warmup, deepspeed_config, seed_everything
-from train.loop import FINAL_DIR, METRICS_FILE, TENSORBOARD_DIR, train
+from train.loop import FINAL_DIR, train
+from train.metrics import METRICS_FILE, TENSORBOARD_DIR
 from train.model import ADAPTER_FILE, LLM_DIR, build_model
 from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
 

@@ -171,8 +171,8 @@ def test_stock_webdataset_and_tarfile_read_our_tars(store: CacheStore) -> None:
         assert sample["json"]["key"] == reader.keys[i] and sample["json"]["row"] == reader.row_of(reader.keys[i])
     with tarfile.open(tars[2]) as tar:
         names = tar.getnames()
-        assert names == [f"{s}.{ext}" for s in ("coco%2Ftrain2017%2F000000000008%2Ejpg", "vg%2FVG%20100K%2F%C3%BC%2Eb%2Epng")
-                         for ext in (f"{FEATURE}.npy", "json")]
+        stems = ("coco%2Ftrain2017%2F000000000008%2Ejpg", "vg%2FVG%20100K%2F%C3%BC%2Eb%2Epng")
+        assert names == [f"{s}.{ext}" for s in stems for ext in (f"{FEATURE}.npy", "json")]
         meta = json.load(tar.extractfile(names[-1]))
         assert meta["key"] == KEYS[9]
     assert verify_store(store.path) == []

@@ -1,0 +1,179 @@
+"""A store you can trust: every kind of damage is reported by `verify` with the command that fixes it,
+and `verify --repair` plus an extraction (the driver's own plan, shards computed without Ray) restore
+the store byte for byte; `extract` alone repairs what its cheap checks see; a failed run leaves the
+store as it was; `caches --drop` removes arrays (tiny SD, 64 px, 6 images in shards of 4)."""
+import json
+import shutil
+
+import pytest
+
+import pipeline.driver as driver
+from pipeline.config import split_config
+from pipeline.driver import plan_run, run_extract, worker_builder
+from pipeline.store_cli import caches_main, verify_main
+from pipeline.worker import decode_shard
+from stages.config import ConfigError
+from stages.store import CacheStore, list_caches
+from stages.store.verify import verify_store
+
+FEATURE = "U-L2-R2-Res-Out@t50"
+
+
+def config(data, cache_root, **extra):
+    values = {"data": [data["json"]], "image_root": data["root"], "cache_root": str(cache_root),
+              "resolution": 64, "grid": 4, "features": ["U-L2-R2-Res-Out"], "timesteps": [50],
+              "batch_size": 2, "device": "cpu", "compute_dtype": "float32", **extra}
+    return split_config(values)
+
+
+def extract(cfg):
+    """The driver's plan (cheap checks and repairs included), then every task as a Ray actor runs it."""
+    plan = plan_run(cfg)
+    if plan.tasks:
+        processor = worker_builder(cfg, plan).build()
+        for task in plan.tasks:
+            processor.process(decode_shard(task, image_root=str(plan.manifest.image_root), image_spec=plan.image_spec))
+    return plan
+
+
+def snapshot(root):
+    """Every file's bytes; JSON records without their `written` time; the empty lock file left out."""
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".lock"):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(("done/", "wds/")) and path.suffix == ".json":
+            out[rel] = {k: v for k, v in json.loads(path.read_text()).items() if k != "written"}
+        else:
+            out[rel] = path.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(sample, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "six.json"
+    path.write_text(json.dumps(json.loads(sample.pretrain_json.read_text())[:6]))
+    return {"json": str(path), "root": str(sample.image_root)}
+
+
+@pytest.fixture(scope="module")
+def pristine(data, tmp_path_factory):
+    """A complete store (shards 0 and 1, shard 1 half padding, with tars) and its snapshot."""
+    root = tmp_path_factory.mktemp("pristine")
+    plan = extract(config(data, root / "cache", shard_size=4))
+    assert verify_store(plan.store.path) == [] and len(plan.store.shards()) == 2
+    return plan.store.path, snapshot(plan.store.path)
+
+
+@pytest.fixture
+def store(pristine, tmp_path):
+    path = tmp_path / "cache" / pristine[0].name
+    shutil.copytree(pristine[0], path)
+    return path
+
+
+def flip(path, offset):
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def _flip_index_key(store):
+    path = store / "index/000000.json"
+    flip(path, path.read_text().index('"keys": ["') + 12)  # a character of the first key
+
+
+DAMAGE = {
+    "shard_bytes": lambda s: flip(s / "zarr" / FEATURE / "c/1/0/0", 100),
+    "index_bytes": _flip_index_key,
+    "shard_deleted": lambda s: (s / "zarr" / FEATURE / "c/1/0/0").unlink(),
+    "index_truncated": lambda s: (s / "index/000001.json").write_text((s / "index/000001.json").read_text()[:40]),
+    "record_deleted": lambda s: (s / "done" / FEATURE / "000001.json").unlink(),
+    "leftovers": lambda s: [(s / "zarr" / FEATURE / "c/0/0/0.1234.partial").write_bytes(b"x"),
+                            (s / "index/.000001.json.99.tmp").write_text("{")],
+}
+NEEDS_REPAIR = {"shard_bytes", "index_bytes", "shard_deleted", "index_truncated", "leftovers"}
+RECOMPUTED = {"shard_bytes", "shard_deleted", "record_deleted"}  # the index ones are proven from records and tar
+NEEDS_EXTRACT = RECOMPUTED | {"index_bytes", "index_truncated"}  # advice cannot know a repair will prove them
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_verify_names_the_fix_and_repair_then_extract_restores_the_store_byte_identical(
+        damage, store, pristine, data, capsys):
+    DAMAGE[damage](store)
+    assert verify_main([str(store), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    repair_step = f"just verify {store} --repair"
+    extract_step = f"just extract config=<the config that made it> cache_root={store.parent}"
+    expected = " && ".join([s for s, needed in ((repair_step, damage in NEEDS_REPAIR),
+                                                (extract_step, damage in NEEDS_EXTRACT)) if needed])
+    assert f"to fix: {expected}\n" in out
+
+    assert verify_main([str(store), "--repair", "--no-progress"]) == 0
+    plan = extract(config(data, store.parent))
+    assert len(plan.tasks) == (damage in RECOMPUTED)
+    assert verify_store(store) == [] and snapshot(store) == pristine[1]
+
+
+@pytest.mark.parametrize("damage", ["shard_deleted", "index_truncated", "record_deleted"])
+def test_extract_alone_repairs_what_its_cheap_checks_find(damage, store, pristine, data):
+    DAMAGE[damage](store)
+    plan = extract(config(data, store.parent))
+    assert bool(plan.repairs) == (damage != "record_deleted")
+    assert len(plan.tasks) == (damage != "index_truncated")  # the index is rewritten, nothing recomputed
+    assert snapshot(store) == pristine[1]
+
+
+def test_unprovable_index_is_removed_by_verify_and_planned_again_by_extract(store, pristine, data):
+    (store / "wds/000001.tar").unlink()  # no tar: the rows of shard 1's keys are not in the store
+    (store / "wds/000001.json").unlink(missing_ok=True)
+    DAMAGE["index_truncated"](store)
+    assert verify_main([str(store), "--repair", "--no-progress"]) == 0
+    assert not (store / "index/000001.json").exists() and not (store / "done" / FEATURE / "000001.json").exists()
+    plan = extract(config(data, store.parent))
+    assert [t.shard for t in plan.tasks] == [1] and snapshot(store) == pristine[1]
+
+
+def test_a_failed_run_leaves_the_store_byte_identical(store, data, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("worker died")
+
+    run_extract(config(data, store.parent), show_progress=False)  # a cache hit; writes the errors file
+    before = snapshot(store)
+    monkeypatch.setattr(driver, "_run_job", fail)
+    with pytest.raises(RuntimeError):
+        run_extract(config(data, store.parent, timesteps=[50, 200]), show_progress=False)
+    assert snapshot(store) == before
+    (info,) = list_caches(store.parent)
+    assert info.timesteps == (50,) and verify_store(store) == []
+
+
+def test_a_cache_hit_needs_no_lock_and_no_shard_size(store, data, monkeypatch, capsys):
+    def no_lock(self):
+        raise AssertionError("a cache hit took the store's lock")
+
+    monkeypatch.setattr(CacheStore, "_locked", no_lock)
+    summary = run_extract(config(data, store.parent), show_progress=False)  # shard_size: the store's (4)
+    assert summary.shards == 0 and "cache hit" in summary.render()
+
+
+def test_caches_drop_removes_arrays_and_refuses_latents_while_features_need_them(store, capsys):
+    assert caches_main(["--drop", str(store), "latents"]) == 2
+    assert "drop it together with them" in capsys.readouterr().err
+    assert caches_main(["--drop", str(store), "nope"]) == 2
+    assert caches_main(["--drop", str(store), FEATURE]) == 0
+    assert not (store / "zarr" / FEATURE).exists() and not (store / "done" / FEATURE).exists()
+    assert verify_store(store) == [] and list_caches(store.parent)[0].array_ids == ("latents",)
+
+
+def test_caches_of_a_missing_root_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        caches_main([str(tmp_path / "nonexistent")])
+    assert exc.value.code == 2 and "is not a directory" in capsys.readouterr().err
+
+
+def test_an_empty_data_set_is_an_error_before_any_store_exists(data, tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(ConfigError, match="no images to extract"):
+        plan_run(config({**data, "json": str(empty)}, tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
