@@ -21,7 +21,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 
-__all__ = ["ShardPlan", "StorePaths", "write_json_atomic", "read_json", "fsync_path", "shard_chunk_key",
+__all__ = ["ShardPlan", "StorePaths", "clear_stale_temps", "write_json_atomic", "read_json", "fsync_path", "shard_chunk_key",
            "read_shard_index", "read_raw_rows", "file_sha256", "ChunkCorruption", "MISSING"]
 
 MISSING = np.uint64(2**64 - 1)  # zarr's shard-index marker for an inner chunk that was never written
@@ -89,8 +89,17 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def clear_stale_temps(path: Path) -> None:
+    """Remove `.<name>.<pid>.tmp` siblings of `path` left by a writer killed mid-write. Safe because each
+    file has one writer at a time (one per shard; index files under the store lock)."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, value: Any) -> None:
     """tmp file + fsync + rename + fsync(dir): readers see the old file, the new one, or none."""
+    clear_stale_temps(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", encoding="utf-8") as fh:

@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from stages.store.keys import check_array_id, encode_key
-from stages.store.layout import fsync_path
+from stages.store.layout import clear_stale_temps, fsync_path
 
 __all__ = ["write_tar_shard"]
 
@@ -48,6 +48,7 @@ def write_tar_shard(path: Path, *, keys: Sequence[str | None], rows: range,
             raise ValueError(f"array {array_id!r}: {len(data)} rows for a shard of {len(keys)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     shard = int(path.stem)
+    clear_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as fh:
         with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:

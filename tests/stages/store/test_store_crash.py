@@ -95,8 +95,10 @@ def test_sigkill_at_a_random_moment_never_exposes_a_half_written_shard(tmp_path:
         time.sleep(1.5 + rng.uniform(0, 0.8))  # past interpreter start-up, into the rewrite loop
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
-        # Whatever is recorded complete verifies and holds the right values.
-        assert verify_store(store.path, require_complete=False) == []
+        # Whatever is recorded complete verifies and holds the right values; the killed writer may leave a
+        # temp file (reported, removed by `verify --repair` or by the next write of the same file).
+        found = verify_store(store.path, require_complete=False)
+        assert [p for p in found if not p.startswith("leftover temp file")] == []
         done = StoreReader(store.path, expect=FP).complete_shards()
         _assert_holds_expected(store, [s for s in done if s in (0, 1)])
     assert _writer(store.path, list(range(N_SHARDS))).wait(timeout=120) == 0
