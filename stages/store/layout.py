@@ -21,8 +21,9 @@ from typing import Any
 import google_crc32c
 import numpy as np
 
-__all__ = ["ShardPlan", "StorePaths", "clear_stale_temps", "write_json_atomic", "read_json", "fsync_path", "shard_chunk_key",
-           "read_shard_index", "read_raw_rows", "file_sha256", "ChunkCorruption", "MISSING"]
+__all__ = ["ShardPlan", "StorePaths", "remove_durably", "clear_stale_temps", "write_json_atomic", "read_json",
+           "fsync_path", "shard_chunk_key", "read_shard_index", "read_raw_rows", "file_sha256", "ChunkCorruption",
+           "MISSING"]
 
 MISSING = np.uint64(2**64 - 1)  # zarr's shard-index marker for an inner chunk that was never written
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one preadv call takes
@@ -87,6 +88,13 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_durably(path: Path) -> None:
+    """Unlink `path` if it exists and make the removal durable (fsync of its directory)."""
+    if path.exists():
+        path.unlink()
+        fsync_path(path.parent)
 
 
 def clear_stale_temps(path: Path) -> None:

@@ -23,7 +23,7 @@ from stages.config import ConfigError
 from stages.store.arrays import DEFAULT_COMPRESSION, array_info, create_array, package_versions
 from stages.store.fingerprint import Fingerprint
 from stages.store.keys import check_array_id, check_key
-from stages.store.layout import ShardPlan, StorePaths, file_sha256, fsync_path, write_json_atomic
+from stages.store.layout import ShardPlan, StorePaths, file_sha256, fsync_path, remove_durably, write_json_atomic
 from stages.store.meta import CompletionRecord, StoreDamaged, StoreMeta, TarRecord
 from stages.store.webdataset_shards import write_tar_shard
 
@@ -203,17 +203,12 @@ class CacheStore:
     def withdraw(self, array_id: str, shard: int) -> None:
         """Remove the completion record of (array, shard): the shard turns missing and the next run
         computes it again."""
-        record = self.meta.paths.record(array_id, shard)
-        if record.exists():
-            record.unlink()
-            fsync_path(record.parent)
+        remove_durably(self.meta.paths.record(array_id, shard))
 
     def remove_tar(self, shard: int) -> None:
         """Remove shard `shard`'s webdataset export and its digest record (the record first)."""
-        for path in (self.meta.paths.tar_record(shard), self.meta.paths.tar(shard)):
-            if path.exists():
-                path.unlink()
-                fsync_path(path.parent)
+        remove_durably(self.meta.paths.tar_record(shard))
+        remove_durably(self.meta.paths.tar(shard))
 
     def rewrite_index(self, shard: int, keys: Sequence[str | None] | None) -> None:
         """Replace the damaged or missing index file of shard `shard` with `keys` (`shard_size` entries),
@@ -223,9 +218,8 @@ class CacheStore:
                 if len(keys) != self.shard_size:
                     raise ValueError(f"an index holds {self.shard_size} keys, got {len(keys)}")
                 self._write_index(shard, keys)
-            elif (path := self.meta.paths.index_file(shard)).exists():
-                path.unlink()
-                fsync_path(path.parent)
+            else:
+                remove_durably(self.meta.paths.index_file(shard))
 
     def drop_arrays(self, array_ids: Sequence[str]) -> None:
         """Remove arrays: their completion records first (their shards turn invisible), then their
@@ -293,9 +287,7 @@ class CacheStore:
         paths = self.meta.paths
         record = paths.record(array_id, plan.index)
         shard_file = paths.shard_file(array_id, plan.index, values.ndim - 1)
-        record.unlink(missing_ok=True)  # a rewrite makes the shard invisible until it is done again
-        if record.parent.is_dir():
-            fsync_path(record.parent)
+        remove_durably(record)  # a rewrite makes the shard invisible until it is done again
         if shard_file.parent.is_dir():
             for stale in shard_file.parent.glob(f"{shard_file.name}.*.partial"):
                 stale.unlink(missing_ok=True)  # left by a writer killed inside zarr's atomic write
