@@ -65,7 +65,7 @@ def _open_store(config: ExtractConfig, manifest: Manifest) -> tuple[CacheStore, 
     attrs = {"model_ids": {"model": spec.model, "encoder": spec.encoder}, "cache_spec": spec_summary(spec)}
     store = CacheStore.open_or_create(run.cache_root, fingerprint=fingerprint_for(spec),
                                       shard_size=run.shard_size, attrs=attrs)
-    problems = cheap_problems(store.refresh(), spec.array_ids())
+    problems = cheap_problems(store.meta, spec.array_ids())  # just loaded by open_or_create
     repairs = repair(store, problems, keys=manifest.keys) if problems else []
     store.add_keys(manifest.keys)
     return store, repairs
