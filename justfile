@@ -8,8 +8,8 @@ export TOKENIZERS_PARALLELISM := "false"
 default:
     @just --list
 
-# extract -> train-pretrain -> train-sft on the embedded default (bundled sample, tiny models)
-demo: extract train-pretrain train-sft
+# extract -> train-pretrain -> train-sft -> eval on the embedded default (bundled sample, tiny models), ending with the table
+demo: system-packages extract train-pretrain train-sft eval-extract eval (eval-table "runs/sample-sft")
 
 # fill the feature cache (default: embedded sample into ./cache); config=configs/extract/llava558k.yaml for the real run
 extract *args:
@@ -23,6 +23,24 @@ train-pretrain *args:
 train-sft *args:
     @python -m train.cli sft "$@"
 
+# answer and score the paper's benchmarks for a trained run (default: runs/sample-sft on the embedded fixtures)
+eval *args:
+    @python -m evaluate.cli eval "$@"
+
+# cache the benchmark images a run's evaluation needs: `just extract` with each line `evaluate.cli export` prints
+eval-extract *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    python -m evaluate.cli export "$@" | while IFS= read -r line; do eval "python -m pipeline.cli extract $line"; done
+
+# compare runs' evaluations in the paper's Table 2 / Table 5 layouts (markdown + CSV; --out PREFIX)
+eval-table *args:
+    @python -m evaluate.cli table "$@"
+
+# LLaVA-Bench relative scores per category from judge review files (no judge runs here)
+llava-bench-score *args:
+    @python -m evaluate.cli llava-bench-score "$@"
+
 # list cache stores under a cache root (default ./cache)
 caches *args:
     @python -m pipeline.cli caches "$@"
@@ -31,10 +49,22 @@ caches *args:
 verify store *flags:
     @python -m pipeline.cli verify "$@"
 
-test *args:
+test *args: system-packages
     @python -m pytest -q tests "$@"
 
-bench: bench-extract bench-store bench-train
+# Debian packages the tests and metrics need: Java (COCO's METEOR and tokenizer) and Chromium (the report's browser test)
+system-packages:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    command -v java >/dev/null || missing+=(default-jre-headless)
+    command -v chromium >/dev/null || missing+=(chromium)
+    if [ ${#missing[@]} -gt 0 ]; then
+      sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+      $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+
+bench: bench-extract bench-store bench-train bench-eval
 
 bench-extract:
     python -m benchmarks.bench_extract
@@ -45,3 +75,7 @@ bench-store:
 
 bench-train:
     python -m benchmarks.bench_train
+
+# generated tokens/s of `just eval` vs Hugging Face generate, and the diffusion GFLOP per eval question
+bench-eval:
+    python -m benchmarks.bench_eval

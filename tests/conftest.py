@@ -1,12 +1,28 @@
-"""Shared fixtures: offline hub, the embedded tiny models, the bundled sample."""
+"""Shared fixtures: offline hub, the embedded tiny models, the bundled sample, and feature stores.
+
+Feature stores are written by the extraction pipeline's own code without Ray: `build_store` runs an
+extraction YAML through the pipeline's plan and shard work units in this process (what each Ray actor
+runs), so the trainer, evaluation and analysis tests read stores the pipeline wrote. They are tiny
+(128 px, 4x4 token grid, a few images of the bundled sample) and built once per session.
+"""
 from __future__ import annotations
 
+import functools
+import json
 import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from pipeline.config import split_config  # noqa: E402
+from pipeline.driver import plan_run, worker_builder  # noqa: E402
+from pipeline.worker import decode_shard  # noqa: E402
+from stages.cache_spec import CacheSpec, spec_summary  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +44,82 @@ def sample(tmp_path_factory):
     from stages.embedded.sample import ensure_sample
 
     return ensure_sample(tmp_path_factory.mktemp("sample"))
+
+
+SD_ARRAY = "U-L1-R1-B0-Cross-Q@t50"
+SPEC = CacheSpec(model="embedded:tiny-sd", resolution=128, features=("U-L1-R1-B0-Cross-Q",), timesteps=(50,),
+                 grid=4, prompt_sources=("caption",))
+N_PRETRAIN, N_SFT_IMAGES, N_SFT_TEXT = 6, 3, 2
+
+
+@dataclass(frozen=True)
+class TrainStore:
+    """A built store, the extraction YAML that finds it, and LLaVA JSON subsets whose images it holds."""
+
+    spec: CacheSpec
+    path: Path
+    cache_root: Path
+    extract_yaml: Path
+    image_root: Path
+    pretrain_json: Path
+    sft_json: Path
+
+
+def build_store(extract_yaml: Path) -> Path:
+    """Run the extraction of `extract_yaml` in this process: the pipeline's plan and its shard work units
+    (`decode_shard`, `ShardProcessor.process`), as each Ray actor runs them."""
+    config = split_config(yaml.safe_load(extract_yaml.read_text()))
+    plan = plan_run(config)
+    processor = worker_builder(config, plan).build()
+    for task in plan.tasks:
+        processor.process(decode_shard(task, image_root=str(plan.manifest.image_root), image_spec=plan.image_spec))
+    return plan.store.path
+
+
+def _subsets(sample, folder: Path) -> tuple[Path, Path]:
+    """Pretrain and SFT JSON subsets (the SFT one with a few text-only samples)."""
+    pretrain = json.loads(Path(sample.pretrain_json).read_text())[:N_PRETRAIN]
+    sft_all = json.loads(Path(sample.sft_json).read_text())
+    sft_keys = list(dict.fromkeys(r["image"] for r in sft_all if "image" in r))[:N_SFT_IMAGES]
+    sft = [r for r in sft_all if r.get("image") in sft_keys] + [r for r in sft_all if "image" not in r][:N_SFT_TEXT]
+    paths = folder / "pretrain.json", folder / "sft.json"
+    for path, records in zip(paths, (pretrain, sft)):
+        path.write_text(json.dumps(records))
+    return paths
+
+
+def _make_store(tmp_path_factory, sample, spec: CacheSpec) -> TrainStore:
+    folder = tmp_path_factory.mktemp(f"store-{spec.encoder}-{spec.feature_dtype}")
+    pretrain_json, sft_json = _subsets(sample, folder)
+    cache_root = folder / "cache"
+    extract_yaml = folder / "extract.yaml"
+    extract_yaml.write_text(yaml.safe_dump({
+        **spec_summary(spec), "data": [str(pretrain_json), str(sft_json)], "image_root": str(sample.image_root),
+        "cache_root": str(cache_root), "shard_size": 4, "batch_size": 2, "device": "cpu",
+        "compute_dtype": "float32", "write_webdataset": False}))
+    return TrainStore(spec=spec, path=build_store(extract_yaml), cache_root=cache_root, extract_yaml=extract_yaml,
+                      image_root=Path(sample.image_root), pretrain_json=pretrain_json, sft_json=sft_json)
+
+
+@pytest.fixture(scope="session")
+def store_builder():
+    """`store_builder(extract_yaml)`: the store of an extraction YAML, built in this process (`build_store`)."""
+    return build_store
+
+
+@pytest.fixture(scope="session")
+def train_store(tmp_path_factory, sample) -> TrainStore:
+    """float16 features (the default store), with caption-conditioned arrays."""
+    return _make_store(tmp_path_factory, sample, SPEC)
+
+
+@pytest.fixture(scope="session")
+def train_store_fp32(tmp_path_factory, sample) -> TrainStore:
+    """The same with float32 features, for exactness checks."""
+    return _make_store(tmp_path_factory, sample, replace(SPEC, feature_dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def make_train_store(tmp_path_factory, sample):
+    """`make_train_store(spec)`: a store of any `CacheSpec` over the same JSON subsets."""
+    return functools.partial(_make_store, tmp_path_factory, sample)

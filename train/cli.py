@@ -27,25 +27,23 @@ from torch.utils.data import DataLoader
 from stages.config import ConfigError, build_dataclass, load_config
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 from stages.llava import load_llava_json
-from stages.models import ModelLoadError, resolve_model_dir
 from train.collate import collate
 from train.conditioning import GuidedFeatures, encoder_builder, guidance_applies, required_arrays
-from train.config import STAGES, TrainConfig, VisionConfig
+from train.config import STAGES, TrainConfig, VisionConfig, save_run_config
 from train.data import LlavaDataset
 from train.engine import check_engine_config, ensure_distributed, is_main_process, seed_everything
 from train.loop import FINAL_DIR, NonFiniteLoss, TrainingInterrupted, check_resume, train
 from train.metrics import StepMetrics
-from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model
+from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model, load_tokenizer
 from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
 from train.stores import CachedFeatures, locate_stores, resolve_data_path
 
-__all__ = ["DEFAULT_CONFIGS", "TEMPLATES", "SetupError", "Prepared", "RunResult", "load_stage_config",
+__all__ = ["DEFAULT_CONFIGS", "SetupError", "Prepared", "RunResult", "load_stage_config",
            "prepare", "run", "main"]
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = {"pretrain": REPO / "configs/train/sample-pretrain.yaml",
                    "sft": REPO / "configs/train/sample-sft.yaml"}
-TEMPLATES = {"pretrain": "plain", "sft": "v1"}  # DESIGN §6: plain for stage 1, Vicuna v1 for stage 2
 
 
 class SetupError(UserError, RuntimeError):
@@ -109,19 +107,6 @@ def _check_adapter(config: TrainConfig) -> None:
                          "or set pretrained_adapter=PATH (pretrained_adapter= starts from a fresh adapter)")
 
 
-def _tokenizer(model: str) -> Any:
-    from transformers import AutoTokenizer
-
-    source = resolve_model_dir(model)  # a clear error for a missing directory or an uncached hub id
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load the tokenizer of {model!r} from {str(source)!r}: {exc}") from exc
-    if tokenizer.pad_token_id is None:  # Vicuna has none; LLaVA pads with unk (the mask comes from lengths)
-        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
-    return tokenizer
-
-
 def _check_token_counts(vision: VisionConfig, source: Any) -> None:
     """A mode that fuses token by token needs one token count in every array it reads."""
     counts = {a: source.sample_shape(a)[0] for a in vision.array_ids}
@@ -178,8 +163,8 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
         source = CachedFeatures(locate_stores(config.data), array_ids=array_ids)
     _check_token_counts(vision, source)
     data_path, _ = resolve_data_path(config.data.data_path)
-    tokenizer = _tokenizer(config.model)
-    dataset = LlavaDataset(load_llava_json(data_path), template=TEMPLATES[config.stage], tokenizer=tokenizer,
+    tokenizer = load_tokenizer(config.model)
+    dataset = LlavaDataset(load_llava_json(data_path), template=config.template, tokenizer=tokenizer,
                            max_length=config.max_length, num_image_tokens=source.sample_shape(vision.token_array)[0],
                            feature_source=source, array_ids=array_ids, missing=config.data.missing)
     if len(dataset) == 0:
@@ -200,6 +185,8 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
 def run(prepared: Prepared) -> RunResult:
     """Train, then save the tokenizer beside the SFT LLM (so `final/llm/` loads with `from_pretrained`)."""
     config = prepared.config
+    if is_main_process():
+        save_run_config(config)
     history = train(config=config, model=prepared.model, sampler=prepared.sampler,
                     make_loader=prepared.make_loader, prepare_features=prepared.prepare_features)
     final = Path(config.output_dir) / FINAL_DIR

@@ -22,7 +22,7 @@ from stages.extractor import amplify
 from stages.features import ArrayId
 from train.config import GuidanceConfig, VisionConfig
 
-__all__ = ["guidance_applies", "required_arrays", "GuidedFeatures", "encoder_builder"]
+__all__ = ["guidance_applies", "required_arrays", "GuidedFeatures", "encoder_builder", "prompted_features"]
 
 
 def guidance_applies(vision: VisionConfig, guidance: GuidanceConfig) -> bool:
@@ -87,9 +87,16 @@ class GuidedFeatures:
         if keep.any():
             rows = keep.nonzero().flatten().tolist()
             latents = batch["features"][LATENTS][keep]  # (N_keep, 4, h, w)
-            sd = ArrayId.parse(self.vision.sd_array)
-            question_array = str(ArrayId(sd.feature, sd.timestep, "question"))  # NAME@tT:question
-            computed = self.encoder.features(latents, [keys[i] for i in rows], array_ids=[question_array],
-                                             prompts={"question": [questions[i] for i in rows]})
-            cond[keep] = computed[question_array].to(cond.device, cond.dtype)
+            computed = prompted_features(self.encoder, self.vision.sd_array, latents, [keys[i] for i in rows],
+                                         [questions[i] for i in rows])
+            cond[keep] = computed.to(cond.device, cond.dtype)
         return cond
+
+
+def prompted_features(encoder: SDFeatureEncoder, sd_array: str, latents: Tensor, keys: list[str],
+                      prompts: list[str]) -> Tensor:
+    """`X_c` of `sd_array` (NAME@tT) for each key's cached latents conditioned on its prompt: one U-Net pass
+    with the key's noise (DESIGN §3), stopping after the tap. (N, T, C) float32."""
+    sd = ArrayId.parse(sd_array)
+    prompted = str(ArrayId(sd.feature, sd.timestep, "question"))  # NAME@tT:question, the pass's own label
+    return encoder.features(latents, keys, array_ids=[prompted], prompts={"question": prompts})[prompted]

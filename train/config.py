@@ -5,18 +5,23 @@ CLI builds it; validation happens here, once, and nothing mutates it afterwards.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from stages.config import ConfigError
+from stages.config import ConfigError, build_dataclass
+from stages.store.layout import write_json_atomic
 from train.vision_modes import VISION_MODES, VisionMode
 
 __all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGES", "PRECISIONS", "OPTIMIZERS",
-           "GUIDANCE_PROMPTS"]
+           "GUIDANCE_PROMPTS", "STAGE_TEMPLATES", "RUN_CONFIG_FILE", "save_run_config", "load_run_config"]
 
 STAGES = ("pretrain", "sft")
+STAGE_TEMPLATES = {"pretrain": "plain", "sft": "v1"}  # DESIGN §6: plain for stage 1, Vicuna v1 for stage 2
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adamw", "fused_adam")
 GUIDANCE_PROMPTS = ("question", "caption")  # where guidance takes X_c's prompt from
+RUN_CONFIG_FILE = "train_config.json"  # beside a run's checkpoints: what evaluation rebuilds the run from
 
 
 def _check(ok: bool, message: str) -> None:
@@ -139,7 +144,28 @@ class TrainConfig:
                f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
 
     @property
+    def template(self) -> str:
+        """The conversation template of the stage (`train.conversation.TEMPLATES`)."""
+        return STAGE_TEMPLATES[self.stage]
+
+    @property
     def freeze_llm(self) -> bool:
         """Stage 1 trains the projector only."""
         return self.stage == "pretrain"
 
+
+
+def save_run_config(config: TrainConfig) -> Path:
+    """Write the resolved config to `<output_dir>/train_config.json` (the main process calls this)."""
+    path = Path(config.output_dir) / RUN_CONFIG_FILE
+    write_json_atomic(path, asdict(config))
+    return path
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The config a run was trained with, as `save_run_config` wrote it."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} holds no {RUN_CONFIG_FILE}: not a training run directory, or trained "
+                          "before runs recorded their config (train it again)")
+    return build_dataclass(TrainConfig, json.loads(path.read_text()), where=str(path))

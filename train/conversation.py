@@ -23,7 +23,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 __all__ = [
     "IGNORE_INDEX", "IMAGE_TOKEN_INDEX", "IMAGE_PLACEHOLDER", "VICUNA_V1_SYSTEM", "Segment",
-    "TokenizedSample", "TEMPLATES", "get_template", "first_human_text", "tokenize_conversation",
+    "TokenizedSample", "TEMPLATES", "get_template", "first_human_text", "tokenize_conversation", "tokenize_prompt",
 ]
 
 IGNORE_INDEX = -100
@@ -152,3 +152,18 @@ def tokenize_conversation(
         input_ids += ids
         labels += ids if segment.supervised else [IGNORE_INDEX] * len(ids)
     return TokenizedSample(input_ids=input_ids, labels=labels)
+
+
+def tokenize_prompt(question: str, *, template: str, tokenizer: Any, has_image: bool) -> list[int]:
+    """The ids a model sees at inference for a one-turn `question`: those of the training conversation
+    `[human: "<image>\\n" + question, gpt: reply]` before the reply's first supervised token.
+
+    No template's segments before the first supervised one depend on the reply, and each segment is
+    tokenized on its own, so the prefix is the same for any reply (`v1`: bos, system, image, question,
+    " ASSISTANT:"; `plain`: bos and the image).
+    """
+    human = f"{IMAGE_PLACEHOLDER}\n{question}" if has_image else question
+    conversation = [{"from": _HUMAN, "value": human}, {"from": _GPT, "value": "reply"}]
+    sample = tokenize_conversation(conversation, template=template, tokenizer=tokenizer, has_image=has_image)
+    start = next(i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX)
+    return sample.input_ids[:start]

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from stages.config import ConfigError
-from stages.models import ModelLoadError
+from stages.models import ModelLoadError, resolve_model_dir
 from train.config import TrainConfig, VisionConfig
 from train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from train.engine import resolve_precision
@@ -23,7 +23,7 @@ from train.fusion import adapter_config, build_adapter, save_adapter
 from train.projector import load_module, read_config
 
 __all__ = ["LlavaOutput", "LlavaModel", "splice_image_tokens", "load_llm", "build_model", "ADAPTER_FILE",
-           "LLM_DIR"]
+           "LLM_DIR", "load_tokenizer", "position_ids"]
 
 ADAPTER_FILE = "adapter.safetensors"
 LLM_DIR = "llm"
@@ -70,6 +70,11 @@ def splice_image_tokens(
     return out_embeds[:, :max_length], out_labels[:, :max_length], out_mask[:, :max_length]
 
 
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """(B, L) positions counting attended tokens only: 0 at each row's first one, for any padding side."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
 class LlavaModel(nn.Module):
     """`adapter` (features → image tokens) + `llm` (any `AutoModelForCausalLM`)."""
 
@@ -94,20 +99,28 @@ class LlavaModel(nn.Module):
         else:
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
+    def embed_inputs(self, *, input_ids: Tensor, labels: Tensor, attention_mask: Tensor,
+                     features: Mapping[str, Tensor], max_length: int) -> tuple[Tensor, Tensor, Tensor, bool]:
+        """Text embeddings with each image placeholder replaced by the adapter's tokens: (embeds, labels,
+        attention_mask) as `splice_image_tokens` returns them, and whether the batch held any image."""
+        is_image = input_ids == IMAGE_TOKEN_INDEX  # (B, L)
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))  # (B, L, D)
+        image_tokens = self.adapter(features) if bool(is_image.any()) else None  # (N_img, T, D)
+        spliced = splice_image_tokens(embeds=embeds, input_ids=input_ids, labels=labels,
+                                      attention_mask=attention_mask.bool(), image_tokens=image_tokens,
+                                      max_length=max_length)
+        return (*spliced, image_tokens is not None)
+
     def forward(self, *, input_ids: Tensor, labels: Tensor, attention_mask: Tensor,
                 features: Mapping[str, Tensor], has_image: Tensor | None = None) -> LlavaOutput:
         is_image = input_ids == IMAGE_TOKEN_INDEX  # (B, L)
         if has_image is not None and not torch.equal(is_image.any(dim=1), has_image.to(is_image.device)):
             raise ValueError("has_image disagrees with the image placeholders in input_ids")
-        embed = self.llm.get_input_embeddings()
-        embeds = embed(input_ids.masked_fill(is_image, 0))  # (B, L, D)
-        image_tokens = self.adapter(features) if bool(is_image.any()) else None  # (N_img, T, D)
-        embeds, labels, mask = splice_image_tokens(
-            embeds=embeds, input_ids=input_ids, labels=labels, attention_mask=attention_mask.bool(),
-            image_tokens=image_tokens, max_length=self.max_length)
-        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, L')
-        loss = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels).loss
-        if image_tokens is None:  # text-only batch: keep the adapter in the graph (zero grads, not None)
+        embeds, labels, mask, any_image = self.embed_inputs(input_ids=input_ids, labels=labels,
+                                                            attention_mask=attention_mask, features=features,
+                                                            max_length=self.max_length)
+        loss = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids(mask), labels=labels).loss
+        if not any_image:  # text-only batch: keep the adapter in the graph (zero grads, not None)
             loss = loss + sum(p.sum() for p in self.adapter.parameters()) * 0.0
         return LlavaOutput(loss=loss, tokens=mask.sum())
 
@@ -131,6 +144,20 @@ def load_llm(spec: str, *, dtype: torch.dtype = torch.float32) -> nn.Module:
         return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load causal LM {spec!r} (from {source!r}): {exc}") from exc
+
+
+def load_tokenizer(model: str) -> Any:
+    """The LLM's tokenizer (`embedded:<name>`, a directory or a hub id), padding with unk as LLaVA does."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model_dir(model)  # a clear error for a missing directory or an uncached hub id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {model!r} from {str(source)!r}: {exc}") from exc
+    if tokenizer.pad_token_id is None:  # Vicuna has none; LLaVA pads with unk (the mask comes from lengths)
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
 
 
 def _check_compatible(path: Path, expected: Mapping[str, object]) -> None:

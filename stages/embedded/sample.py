@@ -27,7 +27,7 @@ from pathlib import Path
 from stages.embedded import materialize, register_embedded, resolve_model
 from stages.embedded.sample_content import INSTRUCTIONS, PRETRAIN, SFT, SFT_IMAGES, SampleImage
 
-__all__ = ["VERSION", "SamplePaths", "ensure_sample", "bundled_sample_dir", "sample_paths"]
+__all__ = ["VERSION", "SamplePaths", "ensure_sample", "bundled_sample_dir", "sample_paths", "photo"]
 
 VERSION = 2
 # EXIF orientation -> the transpose that stores an upright image so that `ImageOps.exif_transpose` undoes it.
@@ -50,7 +50,7 @@ def sample_paths(root: Path) -> SamplePaths:
                        sft_json=root / "sft.json")
 
 
-def _photo(source: str):
+def photo(source: str):
     """A scikit-image sample photo as a PIL image (only files shipped in the wheel; no pooch download)."""
     import numpy as np
     import skimage.data
@@ -80,7 +80,7 @@ def _clear_outside_circle(im):
 def _write_image(spec: SampleImage, image_root: Path) -> None:
     from PIL import Image
 
-    im = _photo(spec.source)
+    im = photo(spec.source)
     w, h = im.size
     left, top, right, bottom = spec.box
     im = im.crop((round(left * w), round(top * h), round(right * w), round(bottom * h)))

@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from train.cli import DEFAULT_CONFIGS, REPO, _loader_factory, _tokenizer, load_stage_config, main
+from train.cli import DEFAULT_CONFIGS, REPO, _loader_factory, load_stage_config, main
+from train.model import load_tokenizer
 from train.config import DataConfig
 from stages.llava import load_llava_json
 from train.data import LlavaDataset
@@ -139,7 +140,7 @@ def test_iterating_the_cli_loader_leaves_the_global_torch_rng_untouched(train_st
     # prompt dropout draws from the global torch RNG, which checkpoints restore; a loader that drew from
     # it on iter() would shift the masks of a run resumed exactly at an epoch boundary
     config = load_stage_config("pretrain", _common(train_store, "pretrain", "unused"))
-    tokenizer = _tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model)
     dataset = LlavaDataset(load_llava_json(train_store.pretrain_json), template="plain", tokenizer=tokenizer,
                            max_length=64, num_image_tokens=4, feature_source=None, array_ids=())
     make_loader = _loader_factory(config, dataset, tokenizer.pad_token_id)

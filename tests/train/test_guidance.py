@@ -18,10 +18,9 @@ from stages.encoders import SDFeatureEncoder
 from stages.extractor import amplify
 from stages.llava import load_llava_json
 from stages.preprocess import load_image, preprocess
-from train.cli import TEMPLATES
 from train.collate import collate
 from train.conditioning import GuidedFeatures, encoder_builder, required_arrays
-from train.config import DataConfig, GuidanceConfig, VisionConfig
+from train.config import STAGE_TEMPLATES, DataConfig, GuidanceConfig, VisionConfig
 from train.data import LlavaDataset
 from train.stores import CachedFeatures, locate_stores
 
@@ -47,7 +46,7 @@ def _batch(store, *, stage: str, guidance: GuidanceConfig) -> tuple[dict, Cached
     path = store.pretrain_json if stage == "pretrain" else store.sft_json
     records = [r for r in load_llava_json(path) if "image" in r]
     tokenizer = _tokenizer()
-    dataset = LlavaDataset(records, template=TEMPLATES[stage], tokenizer=tokenizer, max_length=256,
+    dataset = LlavaDataset(records, template=STAGE_TEMPLATES[stage], tokenizer=tokenizer, max_length=256,
                            num_image_tokens=source.sample_shape(SD_ARRAY)[0], feature_source=source,
                            array_ids=array_ids)
     batch = collate([dataset[i] for i in range(len(dataset))], pad_token_id=tokenizer.pad_token_id)

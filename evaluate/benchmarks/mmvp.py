@@ -1,0 +1,146 @@
+"""MMVP (Tong et al., "Eyes Wide Shut?", CVPR 2024): 300 two-option questions in 150 pairs of CLIP-blind
+images, the same question asked of both images of a pair with opposite answers.
+
+Layout (tsb0601/MMVP README; the Hub dataset MMVP/MMVP): `Questions.csv` with the columns `Index,
+Question, Options, Correct Answer` (`1,Are the butterfly's wings closer to being open or closed?,(a) Open
+(b) Closed,(a)`) and `MMVP Images/<Index>.jpg`.
+
+Prompt: LLaVA's multiple-choice convention (its `--single-pred-prompt` evaluations), the options
+rewritten as `A. Open\\nB. Closed`, then "Answer with the option's letter from the given choices
+directly." The paper's number is the pair accuracy: a pair (questions 1-2, 3-4, ...) counts when both
+are right, as tsb0601/MMVP scripts/gpt_grader.py counts consecutive answers two by two.
+
+Ground-truth corrections (`corrected=True`, the default): two pairs of the released CSV carry swapped
+answers — 99/100 (elephant tusks; the CSV says (a) Long, (b) Short) and 279/280 (elderly person; the CSV
+says (a) Standing, (b) Sitting). The corrected answers are 99 (b), 100 (a), 279 (b), 280 (a), as reported
+in tsb0601/MMVP issues #14 and #30 and applied by lmms-eval (EvolvingLMMs-Lab/lmms-eval,
+lmms_eval/tasks/mmvp/utils.py, issue #1018). They are set, not toggled, so a CSV already fixed stays right.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from evaluate.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
+from evaluate.benchmarks.choices import extract_choice, format_options, option_letters
+from evaluate.benchmarks.fixtures import photo_jpeg
+
+__all__ = ["MMVP", "CORRECTED_ANSWERS", "INSTRUCTION"]
+
+INSTRUCTION = "Answer with the option's letter from the given choices directly."
+CORRECTED_ANSWERS = {99: "B", 100: "A", 279: "B", 280: "A"}  # CSV Index -> right letter (see module doc)
+QUESTIONS = "Questions.csv"
+IMAGES = "MMVP Images"
+_COLUMNS = ("Index", "Question", "Options", "Correct Answer")
+_OPTION_MARK = re.compile(r"\(([a-zA-Z])\)\s*")
+_ANSWER = re.compile(r"\(?([a-zA-Z])\)?")
+
+# The fixture: 4 pairs, each question asked of two photos with opposite answers, true of the photos.
+_FIXTURE = (
+    ("Is the picture in colour or in black and white?", ("Colour", "Black and white"),
+     (("chelsea", "A"), ("camera", "B"))),
+    ("Is there a cat in the image?", ("Yes", "No"), (("chelsea", "A"), ("coffee", "B"))),
+    ("Does the image show a rocket or a cup of coffee?", ("A rocket", "A cup of coffee"),
+     (("rocket", "A"), ("coffee", "B"))),
+    ("Does the image show coins or the moon?", ("Coins", "The moon"), (("moon", "B"), ("coins", "A"))),
+)
+
+
+def _parse_options(text: str, *, where: str) -> list[str]:
+    """`(a) Open (b) Closed` -> `["Open", "Closed"]`."""
+    parts = _OPTION_MARK.split(text.strip())  # ["", "a", "Open ", "b", "Closed"]
+    marks, options = [p.lower() for p in parts[1::2]], [p.strip() for p in parts[2::2]]
+    if parts[0].strip() or len(options) < 2 or marks != list(option_letters(len(options)).lower()) \
+            or not all(options):
+        raise BenchmarkLayoutError(f"{where}: Options {text!r} is not of the form '(a) ... (b) ...'")
+    return options
+
+
+def _parse_answer(text: str, n_options: int, *, where: str) -> str:
+    """`(a)` -> `A`."""
+    match = _ANSWER.fullmatch(text.strip())
+    if not match or match.group(1).upper() not in option_letters(n_options):
+        raise BenchmarkLayoutError(f"{where}: Correct Answer {text!r} is not one of the options' letters")
+    return match.group(1).upper()
+
+
+def _read_questions(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise BenchmarkLayoutError(f"mmvp: {path} does not exist (MMVP needs {QUESTIONS} and '{IMAGES}/')")
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = [name.strip() for name in reader.fieldnames or ()]
+        missing = [name for name in _COLUMNS if name not in header]
+        if missing:
+            raise BenchmarkLayoutError(f"mmvp: {path} has no column {missing[0]!r} (header: {header})")
+        return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+
+
+class MMVP(Benchmark):
+    name = "mmvp"
+
+    def __init__(self, *, corrected: bool = True) -> None:
+        self.corrected = corrected
+
+    def load(self, root: Path) -> list[EvalItem]:
+        root = Path(root)
+        csv_path = root / QUESTIONS
+        items = [self._item(row, root, where=f"mmvp: {csv_path} row {n}")
+                 for n, row in enumerate(_read_questions(csv_path), start=2)]  # row 1 is the header
+        pairs: dict[int, int] = {}
+        for item in items:
+            pairs[item.meta["pair"]] = pairs.get(item.meta["pair"], 0) + 1
+        broken = sorted(pair for pair, count in pairs.items() if count != 2)
+        if broken:
+            first = 2 * broken[0] + 1
+            raise BenchmarkLayoutError(f"mmvp: {csv_path}: questions {first} and {first + 1} must both be "
+                                       "present, once each (MMVP scores consecutive pairs)")
+        return items
+
+    def _item(self, row: Mapping[str, str], root: Path, *, where: str) -> EvalItem:
+        if not row["Index"].isdigit() or int(row["Index"]) < 1:
+            raise BenchmarkLayoutError(f"{where}: Index {row['Index']!r} is not a positive integer")
+        index = int(row["Index"])
+        options = _parse_options(row["Options"], where=where)
+        given = _parse_answer(row["Correct Answer"], len(options), where=where)
+        answer = CORRECTED_ANSWERS.get(index, given) if self.corrected else given
+        image = root / IMAGES / f"{index}.jpg"
+        if not image.is_file():
+            raise BenchmarkLayoutError(f"mmvp: {image} does not exist (the image of question {index})")
+        prompt = f"{row['Question']}\n{format_options(options)}\n{INSTRUCTION}"
+        return EvalItem(id=str(index), image=f"{self.name}/{IMAGES}/{index}.jpg", prompt=prompt,
+                        answer=answer, meta={"pair": (index - 1) // 2, "options": options, "csv_answer": given})
+
+    def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> dict[str, Any]:
+        """Accuracy over questions and over pairs (both questions right), as fractions."""
+        picked = {item.id: extract_choice(predictions[item.id], item.meta["options"]) for item in items}
+        right = {item.id: picked[item.id] == item.answer for item in items}
+        by_pair: dict[int, list[bool]] = {}
+        for item in items:
+            by_pair.setdefault(item.meta["pair"], []).append(right[item.id])
+        complete = [answers for answers in by_pair.values() if len(answers) == 2]
+        return {
+            "accuracy": sum(right.values()) / len(items),
+            "pair_accuracy": sum(all(answers) for answers in complete) / len(complete) if complete else 0.0,
+            "questions": len(items),
+            "pairs": len(complete),
+            "unanswered": sum(letter is None for letter in picked.values()),
+            "corrected": self.corrected,
+        }
+
+    def write_fixture(self, root: Path) -> None:
+        root = Path(root)
+        (root / IMAGES).mkdir(parents=True, exist_ok=True)
+        rows, index = [], 0
+        for question, options, shots in _FIXTURE:
+            for photo, letter in shots:
+                index += 1
+                (root / IMAGES / f"{index}.jpg").write_bytes(photo_jpeg(photo))
+                marked = " ".join(f"({mark}) {text}" for mark, text in zip("ab", options))
+                rows.append([index, question, marked, f"({letter.lower()})"])
+        with (root / QUESTIONS).open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(_COLUMNS)
+            writer.writerows(rows)

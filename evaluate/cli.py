@@ -1,0 +1,218 @@
+"""`python -m evaluate.cli {eval,export,table,llava-bench-score}` (the `just eval*` recipes).
+
+    eval [key=value ...]               answer and score the benchmarks for a trained run (default
+                                       configs/eval/sample.yaml: runs/sample-sft on the embedded fixtures)
+    export [key=value ...]             write each benchmark's images as LLaVA JSON under <run>/eval/data/ and
+                                       print, one per line, the `extract` arguments that cache them
+    table RUN [RUN ...] [--out PREFIX] the paper's Table 2 and Table 5 layouts over runs' results, printed and
+                                       written as PREFIX.md and PREFIX.csv (default runs/eval-table)
+    llava-bench-score REVIEW [...] [--run RUN]
+                                       relative scores per category from judge review files (LLaVA's
+                                       format); with --run, the one file's scores go into RUN's result
+
+Exit status as every command of the project: 2 for a setup problem (one line naming the fix, e.g. the
+`just extract` command for benchmark images that are not cached yet), 130 when interrupted (run the
+same command to resume from the predictions already written).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from stages.config import ConfigError, build_dataclass, load_config
+from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
+
+if TYPE_CHECKING:
+    from evaluate.benchmarks import Benchmark, EvalItem
+
+__all__ = ["EvalConfig", "load_eval_config", "main"]
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "configs/eval/sample.yaml"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    run: str = "runs/sample-sft"  # a training run's output_dir
+    benchmarks: tuple[str, ...] = ()  # () = every benchmark
+    eval_root: str = ""  # one folder per benchmark in its official layout; "" = the embedded fixtures
+    cache_root: str = ""  # where the run's stores live; "" = where the run found them
+    batch_size: int = 8
+    max_new_tokens: int = 0  # 0 = each benchmark's own
+    sd_settings: tuple[str, ...] = ()  # of a benchmark's SD prompt settings, those listed (all when none is)
+    mmvp_corrected: bool = True  # apply the known MMVP answer fixes (evaluate.benchmarks.mmvp)
+    force: bool = False  # evaluate again even when a result file exists
+    device: str = ""  # "" = cuda when available, else cpu
+
+    def __post_init__(self) -> None:
+        from evaluate.benchmarks import BENCHMARKS
+
+        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
+        if unknown:
+            raise ConfigError(f"unknown benchmarks {unknown}; valid: {sorted(BENCHMARKS)}")
+        known = {s for b in BENCHMARKS.values() for s in b.sd_settings}
+        if not set(self.sd_settings) <= known:
+            raise ConfigError(f"unknown sd_settings {sorted(set(self.sd_settings) - known)}; valid: {sorted(known)}")
+        if self.batch_size <= 0 or self.max_new_tokens < 0:
+            raise ConfigError("batch_size must be > 0 and max_new_tokens >= 0")
+
+
+def load_eval_config(overrides: Sequence[str] = ()) -> EvalConfig:
+    return build_dataclass(EvalConfig, load_config(DEFAULT_CONFIG, overrides), where="eval config")
+
+
+def _eval_root(config: EvalConfig) -> Path:
+    if config.eval_root:
+        root = Path(config.eval_root)
+        if not root.is_dir():
+            raise ConfigError(f"eval_root {root} is not a folder (one sub-folder per benchmark; docs/evaluation.md)")
+        return root
+    from evaluate.embedded import ensure_eval_root
+
+    return ensure_eval_root()
+
+
+def _selected(config: EvalConfig) -> list[Benchmark]:
+    from evaluate.benchmarks import BENCHMARKS, MMVP
+
+    chosen = [BENCHMARKS[name] for name in (config.benchmarks or BENCHMARKS)]
+    return [MMVP(corrected=False) if b.name == MMVP.name and not config.mmvp_corrected else b for b in chosen]
+
+
+def _export(config: EvalConfig, root: Path, run_dir: Path) -> list[tuple[Benchmark, list[EvalItem], Path]]:
+    """Every selected benchmark with its items and the LLaVA JSON of their images (written now)."""
+    from evaluate.export import write_llava_json
+    from evaluate.results import EVAL_DIR
+
+    loaded = []
+    for benchmark in _selected(config):
+        items = benchmark.load(root / benchmark.name)
+        data_json = write_llava_json(items, run_dir / EVAL_DIR / "data" / f"{benchmark.name}.json")
+        loaded.append((benchmark, items, data_json))
+    return loaded
+
+
+def _extract_args(config: EvalConfig, run_dir: Path, root: Path) -> list[str]:
+    """`extract` arguments (shell-quoted) that cache the selected benchmarks' images in the run's stores."""
+    from train.config import load_run_config
+
+    train = load_run_config(run_dir)
+    data = [str(path) for _, _, path in _export(config, root, run_dir)]
+    cache_root = config.cache_root or train.data.cache_root
+    extra = [f"cache_root={cache_root}"] if cache_root else []
+    return [shlex.join([f"config={yaml}", f"data=[{','.join(data)}]", f"image_root={root}", *extra])
+            for yaml in train.data.extract_configs]
+
+
+def run_eval(config: EvalConfig, *, progress: bool = True) -> list[dict]:
+    """Evaluate every selected benchmark and setting; returns the result of each (existing ones as found)."""
+    from evaluate.evaluator import evaluate_benchmark
+    from evaluate.features import EvalFeatures
+    from evaluate.results import ResultFiles, result_name
+    from evaluate.run import TrainedRun, default_device
+    from train.config import load_run_config
+
+    root, run_dir = _eval_root(config), Path(config.run)
+    train = load_run_config(run_dir)  # every refusal comes before any weights load
+    loaded = _export(config, root, run_dir)
+    device = torch.device(config.device) if config.device else default_device()
+    features = EvalFeatures(train, cache_root=config.cache_root, device=device)
+    for _, items, data_json in loaded:
+        features.check_cached([i.image for i in items if i.image is not None], data_json=data_json, image_root=root)
+    run = TrainedRun.load(run_dir, device=device)
+    results = []
+    for benchmark, items, _ in loaded:
+        settings = [s for s in benchmark.sd_settings if s in config.sd_settings] or benchmark.sd_settings
+        for setting in settings if features.guided else settings[:1]:  # unguided: every setting gives X_u
+            files = ResultFiles(run_dir, result_name(benchmark, setting))
+            if config.force:
+                files.clear()
+            if files.result.is_file():
+                print(f"{files.result}: exists (force=true evaluates again)")
+                results.append(files.read())
+                continue
+            result = evaluate_benchmark(run, features, benchmark, items, setting=setting, files=files,
+                                        batch_size=config.batch_size, eval_root=root, progress=progress,
+                                        max_new_tokens=config.max_new_tokens or benchmark.max_new_tokens)
+            print(f"{files.result}: {json.dumps(result['metrics'])}")
+            results.append(result)
+    return results
+
+
+def _option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """(value of `flag VALUE`, the other arguments)."""
+    if flag not in argv:
+        return None, argv
+    at = argv.index(flag)
+    if at + 1 >= len(argv):
+        raise ConfigError(f"{flag} needs a value")
+    return argv[at + 1], argv[:at] + argv[at + 2:]
+
+
+def _table(argv: list[str]) -> int:
+    from evaluate.table import comparison_tables
+
+    out, runs = _option(argv, "--out")
+    out = out or "runs/eval-table"
+    if not runs:
+        raise ConfigError("name at least one run directory: `just eval-table runs/a runs/b`")
+    markdown, csv_text = comparison_tables([Path(a) for a in runs])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.md").write_text(markdown)
+    Path(f"{out}.csv").write_text(csv_text)
+    print(markdown, end="")
+    print(f"(written to {out}.md and {out}.csv)")
+    return 0
+
+
+def _llava_bench_score(argv: list[str]) -> int:
+    from evaluate.benchmarks.llava_bench import LlavaBench, summarize_reviews
+    from evaluate.results import ResultFiles
+
+    run, reviews = _option(argv, "--run")
+    if not reviews or (run and len(reviews) != 1):
+        raise ConfigError("name the judge's review files (LLaVA's review jsonl format); with --run, exactly one")
+    summaries = summarize_reviews([Path(a) for a in reviews])
+    print(json.dumps(summaries, indent=1))
+    if run:
+        summary = next(iter(summaries.values()))
+        files = ResultFiles(Path(run), LlavaBench.name)
+        files.update_metrics({"relative_score": summary["all"]["relative"], "judged": summary})
+        print(f"recorded in {files.result}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = ("eval", "export", "table", "llava-bench-score")
+    if not argv or argv[0] not in commands:
+        print(__doc__, file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else USAGE_ERROR
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "table":
+            return _table(rest)
+        if command == "llava-bench-score":
+            return _llava_bench_score(rest)
+        config = load_eval_config(rest)
+        if command == "export":
+            print("\n".join(_extract_args(config, Path(config.run), _eval_root(config))))
+            return 0
+        run_eval(config)
+        return 0
+    except UserError as exc:
+        return print_user_error(command, exc)
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted; run the same command to resume from the predictions written so far",
+              file=sys.stderr)
+        return INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""One benchmark under one SD prompt setting, for one trained run: prompts -> cached (and guided) features
+-> greedy answers -> the benchmark's scorer -> `<run>/eval/<name>.json` (`evaluate.results`)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from evaluate.benchmarks.base import Benchmark, EvalItem
+from evaluate.features import EvalFeatures
+from evaluate.generate import generate
+from evaluate.results import ResultFiles
+from evaluate.run import TrainedRun
+from train.conversation import tokenize_prompt
+
+__all__ = ["answer", "evaluate_benchmark"]
+
+
+def answer(run: TrainedRun, features: EvalFeatures, items: Sequence[EvalItem], sd_prompts: Sequence[str], *,
+           max_new_tokens: int) -> list[str]:
+    """Greedy answers to one batch of items (decoded, special tokens dropped, stripped)."""
+    tokenizer = run.tokenizer
+    prompts = [tokenize_prompt(item.prompt, template=run.config.template, tokenizer=tokenizer,
+                               has_image=item.image is not None) for item in items]
+    with_image = [i for i, item in enumerate(items) if item.image is not None]
+    batch_features = (features([items[i].image for i in with_image], [sd_prompts[i] for i in with_image])
+                      if with_image else {})
+    new_tokens = generate(run.model, prompts, batch_features, max_new_tokens=max_new_tokens,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_tokens]
+
+
+def evaluate_benchmark(run: TrainedRun, features: EvalFeatures, benchmark: Benchmark, items: Sequence[EvalItem],
+                       *, setting: str, files: ResultFiles, batch_size: int, max_new_tokens: int,
+                       eval_root: Path, progress: bool = True) -> dict[str, Any]:
+    """Answer what the predictions log lacks, score everything, write the result file; returns it."""
+    sd_prompts = dict(zip((item.id for item in items), benchmark.sd_prompts(items, setting)))
+    done = files.answered()
+    todo = [item for item in items if item.id not in done]
+    started = time.perf_counter()
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc=files.result.stem, unit="item",
+              disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            texts = answer(run, features, batch, [sd_prompts[item.id] for item in batch],
+                           max_new_tokens=max_new_tokens)
+            files.append(zip((item.id for item in batch), texts))
+            done.update(zip((item.id for item in batch), texts))
+            bar.update(len(batch))
+    predictions = {item.id: done[item.id] for item in items}
+    result = {
+        "benchmark": benchmark.name, "sd_setting": setting if features.guided else None,
+        "metrics": benchmark.score(items, predictions),
+        "n_items": len(items), "max_new_tokens": max_new_tokens, "eval_root": str(eval_root),
+        "run": {"path": str(run.path), "checkpoint_hash": run.checkpoint_hash,
+                "config": dataclasses.asdict(run.config)},
+        "store_fingerprints": features.fingerprints,
+        "seconds": round(time.perf_counter() - started, 3),
+        "predictions": [{"id": item.id, "image": item.image, "prompt": item.prompt, "sd_prompt": sd_prompts[item.id],
+                         "answer": item.answer, "meta": dict(item.meta), "text": predictions[item.id]}
+                        for item in items],
+    }
+    result["outputs"] = [str(p) for p in benchmark.write_outputs(items, predictions, files.dir, model_id=run.name)]
+    files.write(result)
+    return result
