@@ -38,7 +38,7 @@ class CacheSpec:
     """Every setting that determines the stored values (and nothing about how the run is executed)."""
 
     model: str = "embedded:tiny-sd"
-    encoder: str = "sd"  # a key of stages.encoders.ENCODERS: "sd" (latents + U-Net taps), "clip" (patch tokens)
+    encoder: str = "sd"  # a key of stages.encoders.ENCODERS: "sd", "sdxl" (latents + U-Net taps), "clip" (patch tokens)
     resolution: int | None = 512  # None: the encoder's native size (CLIP only)
     resize_mode: str = "pad"
     pad_color: tuple[int, int, int] = CLIP_MEAN_RGB

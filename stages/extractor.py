@@ -1,8 +1,9 @@
-"""Stable Diffusion U-Net features (DESIGN §2–§3): latents, noise, taps with early exit, pooling.
+"""Stable Diffusion U-Net features (DESIGN §2–§3a): latents, noise, taps with early exit, pooling.
 
 `SDExtractor` is the tap engine under `stages.encoders.SDFeatureEncoder` (which the pipeline, the
 trainer and the tests call): the U-Net runs once per batch for every requested tap, timestep and (for
-guidance) both prompt halves, and stops right after the last tap.
+guidance) both prompt halves, and stops right after the last tap. What the U-Net is conditioned on
+(SD's one text encoder, SDXL's two plus pooled text and size) is the components' `TextConditioning`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from stages.config import ConfigError
 from stages.features import ArrayId, FeatureName, FeatureNameError
 from stages.models import SDComponents
 from stages.noise import batch_noise
+from stages.text_conditioning import TextEmbedding, text_conditioning_for
 
 __all__ = ["ExtractionSpec", "SDExtractor", "amplify", "check_resolution", "pool_to_grid"]
 
@@ -112,7 +114,7 @@ class SDExtractor:
         self.early_exit = early_exit
         self.names = tuple(dict.fromkeys(FeatureName.parse(n) for n in spec.features))
         self.modules = {name: name.resolve(components.unet) for name in self.names}
-        self._empty_embedding: torch.Tensor | None = None
+        self.text = text_conditioning_for(components)
 
     def check_resolution(self, resolution: int) -> None:
         """Refuse image sides the VAE and U-Net cannot down-sample evenly."""
@@ -130,20 +132,13 @@ class SDExtractor:
         posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
         return (posterior.mean * vae.config.scaling_factor).float()
 
-    @torch.inference_mode()
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(B, 77, D) last hidden state of the text encoder; the empty prompt is cached."""
-        if all(p == "" for p in prompts):
-            if self._empty_embedding is None:
-                self._empty_embedding = self._encode([""])
-            return self._empty_embedding.expand(len(prompts), -1, -1)
-        return self._encode(list(prompts))
+    def condition(self, prompts: Sequence[str]) -> TextEmbedding:
+        """What the U-Net is conditioned on for `prompts` ("" = unconditional; cached)."""
+        return self.text(prompts)
 
-    def _encode(self, prompts: list[str]) -> torch.Tensor:
-        tokenizer, encoder = self.components.tokenizer, self.components.text_encoder
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
-        return encoder(ids.to(encoder.device))[0]
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(B, 77, D) `encoder_hidden_states` for `prompts` (SDXL: both encoders, D = D1 + D2)."""
+        return self.condition(prompts).hidden_states
 
     @torch.inference_mode()
     def features(self, latents: torch.Tensor, keys: Sequence[str], *, prompts: Sequence[str] | None = None,
@@ -155,18 +150,18 @@ class SDExtractor:
         """
         if (prompts is None) != (source is None):
             raise ValueError("pass prompts and source together (source names the prompt in array ids)")
-        text = self.encode_text(prompts if prompts is not None else [""] * len(keys))
+        text = self.condition(prompts if prompts is not None else [""] * len(keys))
         return self._run(latents, keys, [(text, source)])
 
     @torch.inference_mode()
     def conditional_pair(self, latents: torch.Tensor, keys: Sequence[str], *, prompts: Sequence[str],
                          source: str) -> dict[str, torch.Tensor]:
         """Unconditional and `source`-conditioned features from one batched pass sharing `x_t`."""
-        halves = [(self.encode_text([""] * len(keys)), None), (self.encode_text(prompts), source)]
+        halves = [(self.condition([""] * len(keys)), None), (self.condition(prompts), source)]
         return self._run(latents, keys, halves)
 
     def _run(self, latents: torch.Tensor, keys: Sequence[str],
-             halves: list[tuple[torch.Tensor, str | None]]) -> dict[str, torch.Tensor]:
+             halves: list[tuple[TextEmbedding, str | None]]) -> dict[str, torch.Tensor]:
         """One U-Net pass per trial over (prompt halves x timesteps x batch); trials averaged."""
         if len(keys) != latents.shape[0]:
             raise ValueError(f"{len(keys)} keys for {latents.shape[0]} latents")
@@ -174,14 +169,14 @@ class SDExtractor:
         device, dtype = unet.device, unet.dtype
         z0 = latents.to(device=device, dtype=torch.float32)
         steps = self.spec.timesteps
-        text = torch.cat([t.to(dtype).repeat(len(steps), 1, 1) for t, _ in halves])  # (H*S*B, 77, D)
+        text = TextEmbedding.cat([t.to(dtype).repeat(len(steps)) for t, _ in halves])  # (H*S*B, 77, D)
         timesteps = torch.tensor(steps, device=device).repeat_interleave(len(keys))  # (S*B,)
         totals: dict[str, torch.Tensor] = {}
         for trial in range(self.spec.trials):
             eps = batch_noise(z0.shape[1:], keys=keys, trial=trial, global_seed=self.spec.seed).to(device)
             x_t = scheduler.add_noise(z0.repeat(len(steps), 1, 1, 1), eps.repeat(len(steps), 1, 1, 1), timesteps)
             sample = x_t.repeat(len(halves), 1, 1, 1).to(dtype)
-            taps = self._forward(sample, timesteps.repeat(len(halves)), text)
+            taps = self._forward(sample, timesteps.repeat(len(halves)), text.hidden_states, text.pooled)
             for name, tap in taps.items():
                 pooled = pool_to_grid(tap, layout=name.layout, grid=self.spec.grid)
                 for (_, src), per_half in zip(halves, pooled.chunk(len(halves))):
@@ -190,11 +185,16 @@ class SDExtractor:
                         totals[array_id] = totals[array_id] + block if array_id in totals else block
         return {k: v / self.spec.trials for k, v in totals.items()}  # exact for one trial
 
-    def _forward(self, sample: torch.Tensor, timesteps: torch.Tensor,
-                 text: torch.Tensor) -> dict[FeatureName, torch.Tensor]:
+    def _forward(self, sample: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
+                 pooled: torch.Tensor | None = None) -> dict[FeatureName, torch.Tensor]:
+        """Raw taps of one U-Net pass on `sample` (N, 4, h, w) with `text` (N, 77, D) and, for SDXL,
+        `pooled` (N, P) text embeddings; SDXL's time ids are the image size of `sample`."""
+        factor = self.components.vae_scale_factor
+        kwargs = TextEmbedding(text, pooled).unet_kwargs(image_size=(sample.shape[-2] * factor,
+                                                                     sample.shape[-1] * factor))
         taps = _Taps(self.modules, early_exit=self.early_exit)
         with taps.attached():
-            self.components.unet(sample, timesteps, encoder_hidden_states=text, return_dict=False)
+            self.components.unet(sample, timesteps, **kwargs, return_dict=False)
         missing = set(self.names) - set(taps.outputs)
         if missing:
             raise FeatureNameError(f"taps {sorted(map(str, missing))} were not reached by the U-Net forward")

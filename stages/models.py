@@ -1,8 +1,10 @@
 """Loading Stable Diffusion components from a local directory, a hub id or an embedded default.
 
-The same `from_pretrained` calls load a real SD 2.1-base checkout and the tiny embedded model. The
-precision follows the device unless given: bfloat16 on CUDA, float32 on CPU (bf16 matmuls on CPUs
-without bf16 units are two orders of magnitude slower).
+The same `from_pretrained` calls load a real SD 1.x / 2.x / SDXL checkout and the tiny embedded models;
+a pipeline with `text_encoder_2/` is SDXL (DESIGN §3a: a second text encoder with projection, its
+`force_zeros_for_empty_prompt` from `model_index.json`, the VAE in float32 when its config says
+`force_upcast`). The precision follows the device unless given: bfloat16 on CUDA, float32 on CPU (bf16
+matmuls on CPUs without bf16 units are two orders of magnitude slower).
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import torch
 
 from stages.config import ConfigError
 from stages.errors import UserError
+from stages.text_conditioning import force_zeros_for_empty_prompt
 
 __all__ = ["SDComponents", "ModelLoadError", "load_sd_components", "resolve_model_dir", "default_device",
-           "default_dtype", "resolve_dtype"]
+           "default_dtype", "resolve_dtype", "is_sdxl_layout", "vae_scale_factor"]
 
 
 class ModelLoadError(UserError, OSError):
@@ -33,6 +36,10 @@ class SDComponents:
     scheduler: Any
     vae: Any = None
     source: str = ""
+    text_encoder_2: Any = None  # SDXL: the second text encoder (CLIPTextModelWithProjection); None for SD
+    tokenizer_2: Any = None
+    force_zeros_for_empty_prompt: bool = False  # SDXL: the unconditional text is zeros (model_index.json)
+    vae_scale_factor: int = 8  # image pixels per latent pixel; SDXL's time ids are the image size
 
     @property
     def device(self) -> torch.device:
@@ -83,13 +90,25 @@ def resolve_model_dir(model: str) -> Path:
     raise ModelLoadError(f"model directory {source!r} does not exist")
 
 
+def is_sdxl_layout(model_dir: str | Path) -> bool:
+    """A diffusers pipeline with a second text encoder: SDXL's conditioning (DESIGN §3a)."""
+    return (Path(model_dir) / "text_encoder_2").is_dir()
+
+
+def vae_scale_factor(vae_config: Any) -> int:
+    """Image pixels per latent pixel: 2 per VAE down-sampling level (8 for SD and SDXL)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
 def load_sd_components(
     spec: str, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
     with_vae: bool = True,
 ) -> SDComponents:
-    """Load an SD 2.x-layout pipeline (`unet/ vae/ text_encoder/ tokenizer/ scheduler/`) for inference."""
+    """Load an SD-layout pipeline (`unet/ vae/ text_encoder/ tokenizer/ scheduler/`, plus `text_encoder_2/
+    tokenizer_2/` for SDXL) for inference. Any scheduler config is read as a `DDPMScheduler` (only
+    `add_noise` is used, DESIGN §3)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     try:
         source = str(resolve_model_dir(spec))
@@ -98,6 +117,7 @@ def load_sd_components(
                              "a diffusers Stable Diffusion checkout)") from exc
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
+    sdxl = is_sdxl_layout(source)
 
     def load(cls: Any, subfolder: str, **kwargs: Any) -> Any:
         try:
@@ -105,15 +125,24 @@ def load_sd_components(
         except (OSError, ValueError, EnvironmentError) as exc:
             raise ModelLoadError(f"cannot load {subfolder}/ of {source!r}: {exc}") from exc
 
-    def ready(cls: Any, subfolder: str) -> Any:
-        module = load(cls, subfolder, torch_dtype=dtype)
+    def ready(cls: Any, subfolder: str, module_dtype: torch.dtype = dtype) -> Any:
+        module = load(cls, subfolder, torch_dtype=module_dtype)
         return module.to(device).eval().requires_grad_(False)
 
+    try:
+        vae_config = AutoencoderKL.load_config(source, subfolder="vae")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read vae/config.json of {source!r}: {exc}") from exc
+    vae_dtype = torch.float32 if sdxl and vae_config.get("force_upcast", True) else dtype  # §3a: fp16 overflows
     return SDComponents(
         unet=ready(UNet2DConditionModel, "unet"),
         text_encoder=ready(CLIPTextModel, "text_encoder"),
         tokenizer=load(CLIPTokenizer, "tokenizer"),
         scheduler=load(DDPMScheduler, "scheduler"),
-        vae=ready(AutoencoderKL, "vae") if with_vae else None,
+        vae=ready(AutoencoderKL, "vae", vae_dtype) if with_vae else None,
         source=source,
+        text_encoder_2=ready(CLIPTextModelWithProjection, "text_encoder_2") if sdxl else None,
+        tokenizer_2=load(CLIPTokenizer, "tokenizer_2") if sdxl else None,
+        force_zeros_for_empty_prompt=sdxl and force_zeros_for_empty_prompt(source),
+        vae_scale_factor=vae_scale_factor(vae_config),
     )

@@ -5,8 +5,9 @@ With guidance scale `s`, the SD array becomes `X_u + s·(X_c − X_u)` (DESIGN �
 - prompt source `caption`: `X_c` is the store's caption-conditioned array — a linear combination of
   cached arrays, no U-Net pass.
 - prompt source `question` (SFT): `X_c` comes from one conditional U-Net pass on the cached latents with
-  the sample's noise, stopping after the tapped layer; a prompt dropped (probability `prompt_dropout`,
-  drawn from the torch RNG the loop checkpoints) keeps `X_u`.
+  the sample's noise, stopping after the tapped layer.
+Either way a prompt dropped (probability `prompt_dropout`, drawn from the torch RNG the loop checkpoints)
+keeps `X_u`.
 """
 from __future__ import annotations
 
@@ -72,11 +73,20 @@ class GuidedFeatures:
             return out
         uncond = features[self.vision.sd_array]  # (N_img, T, C)
         if self.guidance.prompt_source == "caption":
-            cond = features[f"{self.vision.sd_array}:caption"]
+            cond = self._caption_features(features, uncond)
         else:
             cond = self._question_features(batch, uncond)
         out[self.vision.sd_array] = amplify(uncond, cond, self.guidance.scale)
         return out
+
+    def _caption_features(self, features: Mapping[str, Tensor], uncond: Tensor) -> Tensor:
+        """The cached caption-conditioned array; a dropped prompt keeps `X_u` (no draw when p = 0, so runs
+        without dropout keep their RNG stream)."""
+        cond = features[f"{self.vision.sd_array}:caption"]
+        if self.guidance.prompt_dropout > 0:
+            keep = (torch.rand(len(uncond)) >= self.guidance.prompt_dropout).to(uncond.device)  # (N_img,)
+            cond = torch.where(keep[:, None, None], cond, uncond)
+        return cond
 
     def _question_features(self, batch: Mapping[str, Any], uncond: Tensor) -> Tensor:
         keys = [k for k in batch["image_keys"] if k is not None]

@@ -45,6 +45,9 @@ _HOME_ENV = "DFC_EMBEDDED_HOME"
 # Name -> module whose import registers it. Lets `resolve_model` work without importing every provider.
 _PROVIDERS = {
     "tiny-sd": "stages.embedded.sd",
+    "tiny-sd15": "stages.embedded.sd_variants",
+    "tiny-sd21-768": "stages.embedded.sd_variants",
+    "tiny-sdxl": "stages.embedded.sdxl",
     "tiny-clip-vision": "stages.embedded.clip_vision",
     "tiny-llm": "stages.embedded.llm",
     "sample": "stages.embedded.sample",

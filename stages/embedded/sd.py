@@ -9,6 +9,9 @@ scheduler/`), so it is loaded through exactly the `from_pretrained(dir, subfolde
 for a real checkout. The scheduler is saved as a `DDPMScheduler` with SD 2.1-base's values (the real
 checkout names `PNDMScheduler`; `DDPMScheduler.from_pretrained` reads either).
 
+The building blocks (`write_clip_tokenizer`, `save_*`, `model_index`, `build_sd_pipeline`) also make the
+tiny SD 1.5 / SD 2.1-768 variants (`sd_variants.py`) and the tiny SDXL (`sdxl.py`).
+
 The tokenizer is CLIP's byte-level BPE format written by hand (vocab.json + merges.txt learned from a
 small fixed corpus): nothing is downloaded. Padding uses `"!"` (id 0), as SD 2.1's tokenizer does
 (OpenCLIP pads with zeros); SD 1.x pads with `<|endoftext|>` instead.
@@ -32,9 +35,19 @@ __all__ = [
     "LATENT_GAIN",
     "MODEL_MAX_LENGTH",
     "PAD_TOKEN",
+    "EOS_TOKEN",
+    "SD_PIPELINE_COMPONENTS",
+    "NO_SAFETY_CHECKER",
     "bytes_to_unicode",
     "learn_bpe_merges",
     "write_clip_tokenizer",
+    "write_json",
+    "model_index",
+    "save_text_encoder",
+    "save_unet",
+    "save_vae",
+    "save_scheduler",
+    "build_sd_pipeline",
     "build_tiny_sd",
 ]
 
@@ -175,12 +188,13 @@ def learn_bpe_merges(text: str, *, num_merges: int, base_vocab: set[str]) -> lis
     return merges
 
 
-def write_clip_tokenizer(out_dir: Path, *, corpus: str = _CORPUS,
-                         num_merges: int = NUM_MERGES) -> dict[str, int]:
+def write_clip_tokenizer(out_dir: Path, *, corpus: str = _CORPUS, num_merges: int = NUM_MERGES,
+                         pad_token: str = PAD_TOKEN) -> dict[str, int]:
     """Write vocab.json, merges.txt and the configs a `CLIPTokenizer` loads; return the special-token ids.
 
     Vocabulary order is CLIP's: 256 byte characters, their `</w>` forms, one entry per merge, then
-    `<|startoftext|>` and `<|endoftext|>`.
+    `<|startoftext|>` and `<|endoftext|>`. `pad_token`: `"!"` (OpenCLIP: SD 2.x, SDXL's second
+    tokenizer) or `<|endoftext|>` (OpenAI CLIP: SD 1.x, SDXL's first tokenizer).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     chars = list(bytes_to_unicode().values())
@@ -193,58 +207,92 @@ def write_clip_tokenizer(out_dir: Path, *, corpus: str = _CORPUS,
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
     (out_dir / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
+    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN, "pad_token": pad_token}
     config = {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": MODEL_MAX_LENGTH,
               "do_lower_case": True, "errors": "replace", "add_prefix_space": False}
-    _write_json(out_dir / "special_tokens_map.json", special)
-    _write_json(out_dir / "tokenizer_config.json", config)
+    write_json(out_dir / "special_tokens_map.json", special)
+    write_json(out_dir / "tokenizer_config.json", config)
     return {"vocab_size": len(vocab), "bos_token_id": vocab[BOS_TOKEN], "eos_token_id": vocab[EOS_TOKEN],
-            "pad_token_id": vocab[PAD_TOKEN]}
+            "pad_token_id": vocab[pad_token]}
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _model_index() -> dict:
-    """SD 2.1-base's model_index.json, minus the safety checker / feature extractor (absent there too)."""
+def model_index(pipeline_class: str, components: dict[str, str], **extra: object) -> dict:
+    """A diffusers `model_index.json`: `components` maps a subfolder to its class name (the library
+    follows from the name); `extra` holds pipeline config values and absent optional components."""
     import diffusers
 
-    return {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDPMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
+    library = {name: "transformers" if name.startswith("CLIP") else "diffusers" for name in components.values()}
+    return {"_class_name": pipeline_class, "_diffusers_version": diffusers.__version__, **extra,
+            **{folder: [library[name], name] for folder, name in components.items()}}
+
+
+SD_PIPELINE_COMPONENTS = {"scheduler": "DDPMScheduler", "text_encoder": "CLIPTextModel", "tokenizer": "CLIPTokenizer",
+                          "unet": "UNet2DConditionModel", "vae": "AutoencoderKL"}
+# SD 2.1-base's model_index.json has no safety checker / feature extractor either
+NO_SAFETY_CHECKER = {"feature_extractor": [None, None], "requires_safety_checker": False,
+                     "safety_checker": [None, None]}
+
+
+def save_text_encoder(path: Path, config: dict, token_ids: dict[str, int], *, seed: int,
+                      with_projection: bool = False) -> None:
+    """A seeded `CLIPTextModel` (or `CLIPTextModelWithProjection`, SDXL's second encoder)."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    cls(CLIPTextConfig(**config, **token_ids)).save_pretrained(path, safe_serialization=True)
+
+
+def save_unet(path: Path, config: dict, *, seed: int) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    UNet2DConditionModel(**config).save_pretrained(path, safe_serialization=True)
+
+
+def save_vae(path: Path, config: dict, *, seed: int) -> None:
+    """A seeded `AutoencoderKL` whose scaled latents have unit scale (see LATENT_GAIN)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**config)
+    with torch.no_grad():
+        vae.quant_conv.weight[: vae.config.latent_channels] *= LATENT_GAIN
+        vae.quant_conv.bias[: vae.config.latent_channels] *= LATENT_GAIN
+    vae.save_pretrained(path, safe_serialization=True)
+
+
+def save_scheduler(path: Path, class_name: str, config: dict) -> None:
+    """The scheduler config as the real checkout's class writes it (read back as a `DDPMScheduler`)."""
+    import diffusers
+
+    getattr(diffusers, class_name).from_config(config).save_pretrained(path)
+
+
+def build_sd_pipeline(out: Path, *, seed: int, unet: dict, vae: dict, text_encoder: dict, scheduler: tuple[str, dict],
+                      pad_token: str = PAD_TOKEN) -> None:
+    """Write an SD 1.x / 2.x-layout pipeline directory; every component seeded on its own (`seed` + 0..2)."""
+    out = Path(out)
+    ids = write_clip_tokenizer(out / "tokenizer", pad_token=pad_token)
+    save_text_encoder(out / "text_encoder", text_encoder, ids, seed=seed)
+    save_unet(out / "unet", unet, seed=seed + 1)
+    save_vae(out / "vae", vae, seed=seed + 2)
+    save_scheduler(out / "scheduler", *scheduler)
+    components = {**SD_PIPELINE_COMPONENTS, "scheduler": scheduler[0]}
+    write_json(out / "model_index.json", model_index("StableDiffusionPipeline", components, **NO_SAFETY_CHECKER))
 
 
 def build_tiny_sd(out: Path) -> None:
     """Write the whole pipeline directory. Every component is seeded on its own, so bytes never drift."""
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    out = Path(out)
-    ids = write_clip_tokenizer(out / "tokenizer")
-    torch.manual_seed(SEED)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG, **ids))
-    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
-    torch.manual_seed(SEED + 1)
-    UNet2DConditionModel(**UNET_CONFIG).save_pretrained(out / "unet", safe_serialization=True)
-    torch.manual_seed(SEED + 2)
-    vae = AutoencoderKL(**VAE_CONFIG)
-    with torch.no_grad():  # see LATENT_GAIN
-        vae.quant_conv.weight[: vae.config.latent_channels] *= LATENT_GAIN
-        vae.quant_conv.bias[: vae.config.latent_channels] *= LATENT_GAIN
-    vae.save_pretrained(out / "vae", safe_serialization=True)
-    DDPMScheduler.from_config(SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
-    _write_json(out / "model_index.json", _model_index())
+    build_sd_pipeline(out, seed=SEED, unet=UNET_CONFIG, vae=VAE_CONFIG, text_encoder=TEXT_ENCODER_CONFIG,
+                      scheduler=("DDPMScheduler", SCHEDULER_CONFIG))
 
 
 register_embedded("tiny-sd", version=VERSION, build_fn=build_tiny_sd)

@@ -7,11 +7,12 @@ from typing import Mapping
 from stages.encoders.base import EncoderKind, FeatureEncoder, Prompts
 from stages.encoders.clip import CLIP, CLIP_ARRAY_ID, ClipFeatureEncoder
 from stages.encoders.sd import SD, SDFeatureEncoder
+from stages.encoders.sdxl import SDXL
 
 __all__ = ["ENCODERS", "encoder_kind", "EncoderKind", "FeatureEncoder", "Prompts", "SDFeatureEncoder",
            "ClipFeatureEncoder", "CLIP_ARRAY_ID"]
 
-ENCODERS: Mapping[str, EncoderKind] = {kind.name: kind for kind in (SD, CLIP)}
+ENCODERS: Mapping[str, EncoderKind] = {kind.name: kind for kind in (SD, SDXL, CLIP)}
 
 
 def encoder_kind(name: str) -> EncoderKind:

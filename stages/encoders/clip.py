@@ -74,7 +74,8 @@ class ClipKind(EncoderKind):
 
     def validate(self, spec: "CacheSpec") -> None:
         if spec.prompt_sources:
-            raise ValueError("prompt_sources apply to encoder sd only (CLIP vision features take no text)")
+            raise ValueError("prompt_sources apply to the U-Net encoders (sd, sdxl) only: CLIP vision features "
+                             "take no text")
 
     def image_spec(self, spec: "CacheSpec", model_dir: Path, **extra: Any) -> ImageSpec:
         """LLaVA-1.5's expand2square + resize to the processor's crop size (its own resize and centre

@@ -1,5 +1,6 @@
 """Stable Diffusion U-Net features (DESIGN §2–§3) as a `FeatureEncoder`: images -> VAE latents rounded to
-the stored dtype -> U-Net taps on exactly those latents -> pooled arrays.
+the stored dtype -> U-Net taps on exactly those latents -> pooled arrays. Any SD 1.x / 2.x-layout
+pipeline (one CLIP text encoder) is this entry; SDXL (`stages.encoders.sdxl`) extends it.
 
 Pass layout (it decides the float rounding, so it is part of what a store's values are): the
 unconditional half shares one batched pass with the spec's first prompt source; every other prompt
@@ -19,23 +20,15 @@ from stages.config import ConfigError
 from stages.encoders.base import EncoderKind, FeatureEncoder, Prompts
 from stages.extractor import SDExtractor, check_resolution
 from stages.features import LATENTS, ArrayId, FeatureName
-from stages.models import ModelLoadError, SDComponents, load_sd_components
+from stages.models import ModelLoadError, SDComponents, is_sdxl_layout, load_sd_components, resolve_model_dir
 from stages.preprocess import ImageSpec, to_tensor
 from stages.store.fingerprint import contract_fields
+from stages.text_conditioning import N_TIME_IDS, TextEmbedding
 
 if TYPE_CHECKING:
     from stages.cache_spec import CacheSpec
 
 __all__ = ["SD", "SDKind", "SDFeatureEncoder"]
-
-SD_COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer")  # hashed into the fingerprint (+ scheduler config)
-
-
-def _check_layout(model_dir: Path) -> None:
-    missing = [p for p in (*SD_COMPONENTS, "scheduler") if not (model_dir / p).is_dir()]
-    if missing:
-        raise ModelLoadError(f"{model_dir} lacks {missing}: expected a diffusers Stable Diffusion layout")
-
 
 def _meta_unet(model_dir: Path) -> Any:
     """The U-Net of `model_dir` built from its config on the meta device (no weights, no memory)."""
@@ -43,6 +36,16 @@ def _meta_unet(model_dir: Path) -> Any:
 
     with torch.device("meta"):
         return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(model_dir / "unet"))
+
+
+def _meta_text(unet_config: Mapping[str, Any]) -> TextEmbedding:
+    """Placeholder text conditioning of one sample for a meta forward: cross-attention states and, for
+    a U-Net with SDXL's `text_time` added embedding, the pooled text the rest of its input holds."""
+    text = torch.empty(1, 77, unet_config["cross_attention_dim"], device="meta")
+    if unet_config.get("addition_embed_type") != "text_time":
+        return TextEmbedding(text)
+    pooled = unet_config["projection_class_embeddings_input_dim"] - N_TIME_IDS * unet_config["addition_time_embed_dim"]
+    return TextEmbedding(text, torch.empty(1, pooled, device="meta"))
 
 
 class SDFeatureEncoder(FeatureEncoder):
@@ -58,7 +61,9 @@ class SDFeatureEncoder(FeatureEncoder):
     def load(cls, spec: "CacheSpec", *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
              with_vae: bool = True) -> "SDFeatureEncoder":
         """`with_vae=False`: U-Net only, for features of cached latents (SFT question conditioning)."""
-        encoder = cls(spec, load_sd_components(spec.model, device=device, dtype=dtype, with_vae=with_vae))
+        model_dir = resolve_model_dir(spec.model)
+        spec.kind.check_layout(model_dir)  # an SDXL directory under encoder sd (or vice versa) is refused
+        encoder = cls(spec, load_sd_components(str(model_dir), device=device, dtype=dtype, with_vae=with_vae))
         if with_vae:
             encoder._extractor(spec.features, spec.timesteps).check_resolution(spec.resolution)
         return encoder
@@ -121,22 +126,40 @@ class SDFeatureEncoder(FeatureEncoder):
 
 
 class SDKind(EncoderKind):
-    """SD 2.x-layout pipelines (`vae/ unet/ text_encoder/ tokenizer/ scheduler/`): latents + U-Net taps."""
+    """SD 1.x / 2.x-layout pipelines (`vae/ unet/ text_encoder/ tokenizer/ scheduler/`): latents + U-Net taps."""
 
     name = "sd"
     time_stages = ("vae", "unet")
+    components: tuple[str, ...] = ("vae", "unet", "text_encoder", "tokenizer")  # hashed (+ scheduler config)
+    layout = "Stable Diffusion"
 
     def validate(self, spec: "CacheSpec") -> None:
         if spec.resolution is None or spec.grid is None:
-            raise ValueError("encoder sd needs an explicit resolution and grid")
+            raise ValueError(f"encoder {self.name} needs an explicit resolution and grid")
         if not spec.features or not spec.timesteps:
-            raise ValueError("encoder sd needs at least one feature name and one timestep")
+            raise ValueError(f"encoder {self.name} needs at least one feature name and one timestep")
         for name in spec.features:
             FeatureName.parse(name)
 
+    def check_layout(self, model_dir: Path) -> None:
+        """The pipeline directories this backbone reads, and a text conditioning it implements."""
+        missing = [p for p in (*self.components, "scheduler") if not (model_dir / p).is_dir()]
+        if missing:
+            raise ModelLoadError(f"{model_dir} lacks {missing}: expected a diffusers {self.layout} layout")
+        self.check_conditioning(model_dir)
+
+    def check_conditioning(self, model_dir: Path) -> None:
+        """From config files: the U-Net takes the text conditioning this backbone gives it."""
+        if is_sdxl_layout(model_dir):
+            raise ModelLoadError(f"{model_dir} is an SDXL pipeline (it has text_encoder_2/): use encoder: sdxl")
+
+    def conditioning_fields(self, model_dir: Path) -> dict[str, Any]:
+        """Fingerprint fields of the text conditioning beyond the weights (none for SD 1.x / 2.x)."""
+        return {}
+
     def check_model(self, spec: "CacheSpec", model_dir: Path) -> None:
         """Timesteps inside the scheduler's `num_train_timesteps`; feature names that exist in this U-Net."""
-        _check_layout(model_dir)
+        self.check_layout(model_dir)
         scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
         steps = scheduler.get("num_train_timesteps", 1000)  # DDPMScheduler's default
         outside = [t for t in spec.timesteps if not 0 <= t < steps]
@@ -164,7 +187,7 @@ class SDKind(EncoderKind):
         side = spec.resolution // 2 ** (len(vae_config["block_out_channels"]) - 1)
         unet = _meta_unet(model_dir)
         latents = torch.empty(1, unet.config.in_channels, side, side, device="meta")
-        text = torch.empty(1, 77, unet.config.cross_attention_dim, device="meta")
+        text = _meta_text(unet.config).unet_kwargs(image_size=(spec.resolution, spec.resolution))
         names = [FeatureName.parse(n) for n in spec.features]
         channels: dict[str, int] = {}
 
@@ -177,7 +200,7 @@ class SDKind(EncoderKind):
         handles = [name.resolve(unet).register_forward_hook(hook(name)) for name in names]
         try:
             with torch.no_grad():
-                unet(latents, torch.full((1,), 1, device="meta"), encoder_hidden_states=text)
+                unet(latents, torch.full((1,), 1, device="meta"), **text)
         finally:
             for handle in handles:
                 handle.remove()
@@ -188,15 +211,15 @@ class SDKind(EncoderKind):
 
     def fingerprint_fields(self, spec: "CacheSpec", model_dir: Path, *, preprocess: Mapping[str, Any],
                            pooling: Mapping[str, Any], memo_path: str | Path | None) -> dict[str, Any]:
-        _check_layout(model_dir)
+        self.check_layout(model_dir)
         scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
         check_resolution(spec.resolution, vae_config=json.loads((model_dir / "vae" / "config.json").read_text()),
                          unet_config=json.loads((model_dir / "unet" / "config.json").read_text()), source=spec.model)
         fields = contract_fields(
-            components={name: model_dir / name for name in SD_COMPONENTS}, scheduler_config=scheduler,
+            components={name: model_dir / name for name in self.components}, scheduler_config=scheduler,
             preprocess=preprocess, noise={"seed": spec.seed, "trials": spec.trials}, pooling=pooling,
             dtypes={"features": spec.feature_dtype, "latents": spec.latents_dtype}, memo_path=memo_path)
-        return {**fields, "encoder": self.name}
+        return {**fields, "encoder": self.name, **self.conditioning_fields(model_dir)}
 
     def load(self, spec: "CacheSpec", *, device: torch.device | str | None = None,
              dtype: torch.dtype | None = None) -> SDFeatureEncoder:

@@ -15,6 +15,8 @@ from stages.preprocess import load_image, preprocess
 SPECS = {
     "sd": CacheSpec(model="embedded:tiny-sd", resolution=64, grid=4, features=("U-L1-R1-B0-Cross-Q", "U-L2-R2-Res-Out"),
                     timesteps=(50, 200), prompt_sources=("caption",)),
+    "sdxl": CacheSpec(model="embedded:tiny-sdxl", encoder="sdxl", resolution=64, grid=4,
+                      features=("U-L1-R1-B0-Cross-Q", "U-L2-R2-Res-Out"), timesteps=(50, 200), prompt_sources=("caption",)),
     "clip": CacheSpec(model="embedded:tiny-clip-vision", encoder="clip", resolution=None, grid=4, features=(),
                       timesteps=()),
 }

@@ -13,10 +13,11 @@ from train.config import DataConfig, TrainConfig, VisionConfig
 
 SPECS = {
     "sd": CacheSpec(model="embedded:tiny-sd", resolution=64, grid=2, features=("U-L1-R1-B0-Cross-Q",)),
+    "sdxl": CacheSpec(model="embedded:tiny-sdxl", encoder="sdxl", resolution=64, grid=2, features=("U-L1-R1-B0-Cross-Q",)),
     "clip": CacheSpec(model="embedded:tiny-clip-vision", encoder="clip", resolution=None, grid=2, features=(),
                       timesteps=()),
 }
-MODE_OF = {"sd": "sd", "clip": "clip"}  # the single-array vision mode reading each encoder's features
+MODE_OF = {"sd": "sd", "sdxl": "sd", "clip": "clip"}  # the single-array vision mode reading each encoder's features
 
 
 def test_every_registered_encoder_has_a_training_contract():

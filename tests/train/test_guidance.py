@@ -130,3 +130,9 @@ def test_caption_guided_pretraining_combines_cached_arrays_without_a_unet(train_
     uncond, caption = (torch.from_numpy(stored[a]).float() for a in (SD_ARRAY, f"{SD_ARRAY}:caption"))
     assert not torch.equal(uncond, caption)
     torch.testing.assert_close(got, amplify(uncond, caption, 2.5), rtol=0, atol=0)
+
+
+def test_caption_prompt_dropout_one_keeps_the_unconditional_features(train_store, no_unet):
+    guidance = GuidanceConfig(scale=2.5, prompt_dropout=1.0, prompt_source="caption")
+    batch, source = _batch(train_store, stage="pretrain", guidance=guidance)
+    assert torch.equal(_hook(source, guidance)(batch)[SD_ARRAY], batch["features"][SD_ARRAY])
