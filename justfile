@@ -41,6 +41,14 @@ eval-table *args:
 llava-bench-score *args:
     @python -m evaluate.cli llava-bench-score "$@"
 
+# the paper's feature analyses: itm | pca | pairs | attention | cka, files under runs/analysis/ (docs/analysis.md)
+analyze *args:
+    @python -m analysis.cli "$@"
+
+# one static HTML report gathering the analyses: runs/analysis/inspect/index.html
+inspect *args:
+    @python -m analysis.cli inspect "$@"
+
 # list cache stores under a cache root (default ./cache)
 caches *args:
     @python -m pipeline.cli caches "$@"
@@ -64,7 +72,7 @@ system-packages:
       $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
 
-bench: bench-extract bench-store bench-train bench-eval
+bench: bench-extract bench-store bench-train bench-eval bench-analyze
 
 bench-extract:
     python -m benchmarks.bench_extract
@@ -79,3 +87,7 @@ bench-train:
 # generated tokens/s of `just eval` vs Hugging Face generate, and the diffusion GFLOP per eval question
 bench-eval:
     python -m benchmarks.bench_eval
+
+# ITM U-Net GFLOP with early exit vs full, the VAE share cached latents save, CKA throughput from a store
+bench-analyze:
+    python -m benchmarks.bench_analyze

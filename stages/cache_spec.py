@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from stages.config import build_dataclass
+from stages.config import build_dataclass, load_config
 from stages.encoders import EncoderKind, encoder_kind
 from stages.extractor import ExtractionSpec
 from stages.features import LATENTS
@@ -26,7 +26,7 @@ from stages.models import resolve_model_dir
 from stages.preprocess import CLIP_MEAN_RGB, ImageSpec
 from stages.store.fingerprint import Fingerprint
 
-__all__ = ["CacheSpec", "LATENTS", "POOLING", "cache_spec_from", "image_spec_for", "fingerprint_for",
+__all__ = ["CacheSpec", "LATENTS", "POOLING", "cache_spec_from", "cache_spec_from_yaml", "image_spec_for", "fingerprint_for",
            "array_shapes_for", "spec_summary"]
 
 # DESIGN §3 pooling: F.interpolate area when shrinking, bilinear (align_corners=False) when growing
@@ -83,6 +83,14 @@ def cache_spec_from(values: Mapping[str, Any], *, where: str) -> CacheSpec:
     """The `CacheSpec` of an extraction config mapping; its run fields (and nothing else) are ignored."""
     names = {f.name for f in fields(CacheSpec)}
     return build_dataclass(CacheSpec, {k: v for k, v in values.items() if k in names}, where=where)
+
+
+def cache_spec_from_yaml(path: str | Path) -> tuple[CacheSpec, str]:
+    """The `CacheSpec` of an extraction YAML (its run fields ignored) and the YAML's `cache_root`."""
+    from stages.locations import DEFAULT_CACHE_ROOT
+
+    values = load_config(path)
+    return cache_spec_from(values, where=str(path)), str(values.get("cache_root", DEFAULT_CACHE_ROOT))
 
 
 def image_spec_for(spec: CacheSpec, *, model_dir: Path | None = None, max_pixels: int | None = None) -> ImageSpec:

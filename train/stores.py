@@ -16,17 +16,17 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from stages.cache_spec import (LATENTS, CacheSpec, array_shapes_for, cache_spec_from, fingerprint_for,
-                               image_spec_for, spec_summary)
-from stages.config import ConfigError, load_config
+from stages.cache_spec import (LATENTS, CacheSpec, array_shapes_for, cache_spec_from, cache_spec_from_yaml,
+                               fingerprint_for, image_spec_for, spec_summary)
+from stages.config import ConfigError
 from stages.encoders import SDFeatureEncoder
 from stages.preprocess import ImageError, load_image, preprocess, safe_image_path
-from stages.locations import DEFAULT_CACHE_ROOT, SAMPLE_DATA, is_sample_data, resolve_sample_data
+from stages.locations import SAMPLE_DATA, is_sample_data, resolve_sample_data
 from stages.store import Fingerprint, FingerprintMismatch, KeyNotInStore, StoreNotFound, StoreReader, find_store
 from stages.store.meta import read_header
 from stages.store.registry import describe_missing
 
-__all__ = ["StoreNotFound", "resolve_data_path", "cache_spec_from_yaml", "LocatedStore", "locate_stores",
+__all__ = ["StoreNotFound", "resolve_data_path", "LocatedStore", "locate_stores",
            "CachedFeatures", "OnTheFlyFeatures"]
 
 
@@ -43,12 +43,6 @@ def resolve_data_path(data_path: str) -> tuple[Path, Path | None]:
     if not path.is_file():
         raise ConfigError(f"data.data_path {data_path!r} is not a file (a LLaVA JSON)")
     return path, None
-
-
-def cache_spec_from_yaml(path: str | Path) -> tuple[CacheSpec, str]:
-    """The `CacheSpec` of an extraction YAML (its run fields ignored) and the YAML's `cache_root`."""
-    values = load_config(path)
-    return cache_spec_from(values, where=str(path)), str(values.get("cache_root", DEFAULT_CACHE_ROOT))
 
 
 def _extract_hint(yaml_path: str, root: str, yaml_root: str) -> str:

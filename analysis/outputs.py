@@ -1,0 +1,73 @@
+"""A run's output folder, `runs/analysis/<name>/`: numbers as CSV/JSON, figures as PNG, and beside them the
+run's config (arguments, options, where every array came from) and the fingerprint of each store read."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = ["DEFAULT_OUT", "RunDir", "markdown_table"]
+
+DEFAULT_OUT = Path("runs") / "analysis"
+
+
+class RunDir:
+    """Files of one analysis run; `written` lists them in writing order (the report links them)."""
+
+    def __init__(self, root: str | Path, name: str) -> None:
+        self.path = Path(root) / name
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.written: list[Path] = []
+
+    def _target(self, name: str) -> Path:
+        path = self.path / name
+        self.written.append(path)
+        return path
+
+    def json(self, name: str, value: Any) -> Path:
+        path = self._target(name)
+        path.write_text(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+        return path
+
+    def csv(self, name: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+        path = self._target(name)
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows([_cell(v) for v in row] for row in rows)
+        return path
+
+    def text(self, name: str, text: str) -> Path:
+        path = self._target(name)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def figure(self, name: str, figure: Any) -> Path:
+        """Save a matplotlib figure as PNG and close it."""
+        import matplotlib.pyplot as plt
+
+        path = self._target(name)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        return path
+
+    def record(self, *, command: str, arguments: Mapping[str, Any], sources: Mapping[str, Any]) -> None:
+        """`config.json` (command, arguments, each source's provenance) and `fingerprint.json` (the full
+        fingerprint fields of every store a source reads or would read, by source name)."""
+        self.json("config.json", {"command": command, "arguments": dict(arguments),
+                                  "sources": {name: source.describe() for name, source in sources.items()}})
+        self.json("fingerprint.json", {name: {"fingerprint": source.fingerprint.full,
+                                              "fields": source.fingerprint.fields}
+                                       for name, source in sources.items()})
+
+
+def _cell(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) else value
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(f"{c:.1f}" if isinstance(c, float) else str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
