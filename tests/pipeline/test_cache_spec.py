@@ -37,7 +37,7 @@ def test_array_ids_name_latents_and_each_feature_timestep_source():
                                 "U-L1-R1-B0-Cross-Q@t50:caption", "U-L1-R1-B0-Cross-Q@t100:caption"]
     assert CacheSpec(model="embedded:tiny-clip-vision", encoder="clip", resolution=None,
                      grid=None).array_ids() == ["CLIP-L-2"]
-    with pytest.raises(ValueError, match="prompt_sources apply to encoder sd"):
+    with pytest.raises(ValueError, match="prompt_sources apply to the U-Net encoders"):
         CacheSpec(encoder="clip", prompt_sources=("caption",))
 
 
