@@ -23,6 +23,13 @@ train-pretrain *args:
 train-sft *args:
     @python -m train.cli sft "$@"
 
+# train on N ranks of this machine with torchrun (gloo on CPU, NCCL on GPUs): `just train-ranks 2 pretrain max_steps=4`
+train-ranks n stage *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    shift 2
+    exec torchrun --standalone --nproc_per_node "{{n}}" -m train.cli "{{stage}}" "$@"
+
 # answer and score the paper's benchmarks for a trained run (default: runs/sample-sft on the embedded fixtures)
 eval *args:
     @python -m evaluate.cli eval "$@"
@@ -72,7 +79,7 @@ system-packages:
       $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
 
-bench: bench-extract bench-store bench-train bench-eval bench-analyze
+bench: bench-extract bench-store bench-train bench-eval bench-analyze bench-decode
 
 bench-extract:
     python -m benchmarks.bench_extract
@@ -91,3 +98,7 @@ bench-eval:
 # ITM U-Net GFLOP with early exit vs full, the VAE share cached latents save, CKA throughput from a store
 bench-analyze:
     python -m benchmarks.bench_analyze
+
+# images decoded + resized per second per CPU core (sizes the CPU side of `just extract --dry-run`)
+bench-decode:
+    python -m benchmarks.bench_decode

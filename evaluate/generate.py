@@ -34,9 +34,9 @@ def left_padded_inputs(model: LlavaModel, prompts: Sequence[Sequence[int]],
     for row, prompt in enumerate(prompts):
         input_ids[row, :len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
     mask = torch.arange(width, device=device) < lengths[:, None]  # (B, L)
-    embeds, _, mask, _ = model.embed_inputs(input_ids=input_ids, labels=input_ids, attention_mask=mask,
-                                            features={a: x.to(device) for a, x in features.items()},
-                                            max_length=sys.maxsize)  # never cut a prompt (training cuts)
+    embeds, _, mask = model.embed_inputs(input_ids=input_ids, labels=input_ids, attention_mask=mask,
+                                         features={a: x.to(device) for a, x in features.items()},
+                                         max_length=sys.maxsize)  # never cut a prompt (training cuts)
     length = mask.shape[1]
     source = (torch.arange(length, device=device) - (length - mask.sum(dim=1))[:, None]) % length  # (B, L')
     return embeds.gather(1, source[..., None].expand_as(embeds)), mask.gather(1, source)

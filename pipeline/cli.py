@@ -2,6 +2,8 @@
 
     extract [key=value ...] [--ray-address auto|ray://host:10001] [--no-progress]
         fill the cache for configs/extract/sample.yaml, or `config=configs/extract/llava558k.yaml`
+    extract --dry-run [key=value ...] [--plan-json FILE] [--gpu NAME] [--gpu-tflops X] [--utilization U]
+        print (and write as JSON) what the run would compute, write and cost; starts nothing
     caches [ROOT]     list the stores under a cache root
     verify STORE      check every shard of a store
 
@@ -21,8 +23,11 @@ from typing import Sequence
 
 from pipeline import store_cli
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
+from stages.flops import add_budget_arguments, budget_from_arguments
 
-__all__ = ["main", "extract_main"]
+__all__ = ["main", "extract_main", "DEFAULT_PLAN_JSON"]
+
+DEFAULT_PLAN_JSON = "extract-plan.json"
 
 
 def extract_main(argv: Sequence[str]) -> int:
@@ -31,8 +36,13 @@ def extract_main(argv: Sequence[str]) -> int:
     parser.add_argument("--ray-address", default=None, help="auto or ray://host:10001 (default: embedded Ray)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
+    parser.add_argument("--dry-run", action="store_true", help="plan only: images, bytes, GFLOP, GPU-hours")
+    parser.add_argument("--plan-json", default=DEFAULT_PLAN_JSON, help="where --dry-run writes the plan")
+    add_budget_arguments(parser)
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"ray_address={args.ray_address}"] if args.ray_address else [])
+    if args.dry_run:
+        return _dry_run(overrides, args)
 
     from pipeline.config import load_extract_config
     from pipeline.driver import run_extract
@@ -57,6 +67,20 @@ def extract_main(argv: Sequence[str]) -> int:
         print(f"extract: interrupted after {summary.shards} shards ({summary.done} images) of this run; "
               "they are kept: run the same command to resume", file=sys.stderr)
         return INTERRUPTED
+    return 0
+
+
+def _dry_run(overrides: Sequence[str], args: argparse.Namespace) -> int:
+    """Print the plan and write it as JSON (pipeline.plan): no Ray, no weights, no store written."""
+    from pipeline.config import load_extract_config
+    from pipeline.plan import plan_extract, write_plan
+
+    try:
+        plan = plan_extract(load_extract_config(overrides), budget=budget_from_arguments(args))
+    except UserError as exc:
+        return print_user_error("extract", exc)
+    print(plan.render())
+    print(f"wrote {write_plan(plan, args.plan_json)}")
     return 0
 
 

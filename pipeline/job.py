@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -41,6 +42,7 @@ def start_ray(run: RunConfig) -> tuple[bool, float]:
         ray.init(address="local", num_cpus=run.num_cpus, include_dashboard=False, configure_logging=False,
                  log_to_driver=True, runtime_env={"env_vars": env})
     else:  # cluster nodes run their own install of this package (see docs/pipeline.md)
+        _check_reachable(run.ray_address)
         try:
             ray.init(address=run.ray_address, runtime_env={"env_vars": env})
         except ConnectionError as exc:
@@ -48,6 +50,47 @@ def start_ray(run: RunConfig) -> tuple[bool, float]:
                               "(start one with `ray start --head`, or leave ray_address unset for an "
                               "embedded Ray)") from exc
     return True, time.perf_counter() - start
+
+
+def _check_reachable(address: str, *, timeout: float = 10.0) -> None:
+    """A `host:port` or `ray://host:port` where nothing accepts a TCP connection is a `ConfigError` now:
+    `ray.init` itself retries such an address for many minutes (measured: still retrying after 5)."""
+    if address == "auto":  # Ray reads the local cluster's address file and fails at once without one
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"ray_address={address!r} is not auto, HOST:PORT (the head's GCS, `ray start --head "
+                          "--port`) or ray://HOST:PORT (Ray Client)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot connect to the Ray cluster at ray_address={address!r}: nothing accepts "
+                          f"connections at {host}:{port} ({exc}); check the head's address and port (`ray status` "
+                          "on the head), or leave ray_address unset for an embedded Ray") from exc
+
+
+def _actor_slots(node: dict[str, float], *, cpus_per_actor: float, use_gpus: bool, actors: int) -> int:
+    """Extractor actors one node's resources can hold at once."""
+    fits = [int(node.get("GPU", 0))] if use_gpus else []
+    if cpus_per_actor > 0:
+        fits.append(int(node.get("CPU", 0) // cpus_per_actor))
+    return min(fits) if fits else actors
+
+
+def _check_placeable(run: RunConfig, *, actors: int, use_gpus: bool, decode_memory: int) -> None:
+    """Every actor must fit on one node (its CPUs, and a GPU on GPU clusters) and a decode task on some
+    node: Ray waits forever for a request no alive node can satisfy, whatever the cluster's totals."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    listing = "; ".join(f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU, "
+                        f"{n.get('memory', 0) / 2**30:.1f} GiB" for i, n in enumerate(nodes))
+    fit = sum(_actor_slots(n, cpus_per_actor=run.cpus_per_actor, use_gpus=use_gpus, actors=actors) for n in nodes)
+    if fit < actors:
+        need = f"{run.cpus_per_actor:g} CPUs{' and a GPU' if use_gpus else ''}"
+        raise ConfigError(f"{actors} extractor actors need {need} each on one node, but the Ray cluster's nodes "
+                          f"fit {fit} ({listing}); lower num_actors or cpus_per_actor")
+    if not any(n.get("CPU", 0) >= 1 and n.get("memory", 0) >= decode_memory for n in nodes):
+        raise ConfigError(f"a decode task needs 1 CPU and {decode_memory / 2**30:.1f} GiB of memory on one node, "
+                          f"which no node of the Ray cluster has ({listing}); lower shard_size")
 
 
 def _quiet_ray_logs() -> None:
@@ -112,9 +155,11 @@ def run_shards(tasks: Sequence[ShardTask], *, builder: WorkerBuilder, image_root
     # sizing the scheduler, the differing resources keep Ray Data from fusing the decode into the
     # actor, which would serialise decoding with the GPU work.
     shard_bytes = len(tasks[0].keys) * image_spec.resolution**2 * 3  # the store's shard size
+    decode_memory = _DECODE_BASE_MEMORY + 2 * shard_bytes
+    _check_placeable(run, actors=actors, use_gpus=use_gpus, decode_memory=decode_memory)
     dataset = ray.data.from_items([t.to_row() for t in tasks], override_num_blocks=len(tasks))
     dataset = dataset.map(decode_row, fn_kwargs={"image_root": image_root, "image_spec": image_spec},
-                          num_cpus=1, memory=_DECODE_BASE_MEMORY + 2 * shard_bytes)
+                          num_cpus=1, memory=decode_memory)
     dataset = dataset.map_batches(
         ShardWorker, fn_constructor_kwargs={"builder": builder}, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if use_gpus else 0,

@@ -2,6 +2,8 @@
 
     pretrain [key=value ...]   stage 1: LLM frozen, adapter trained (default configs/train/sample-pretrain.yaml)
     sft [key=value ...]        stage 2: LLM + adapter, question-guided SD (default configs/train/sample-sft.yaml)
+    STAGE --dry-run [key=value ...] [--world-size N] [--plan-json FILE] [--gpu NAME] [--utilization U]
+                               the plan only: samples, steps, FLOPs, bytes read (train/plan.py)
 
 `config=PATH` picks another YAML (configs/train/pretrain.yaml, sft.yaml for the real LLaVA-1.5 runs);
 any field is a dotted override: `lr=2e-3 data.num_workers=4 guidance.scale=0 resume=true`.
@@ -38,7 +40,7 @@ from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model, load_tok
 from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
 from train.stores import CachedFeatures, locate_stores, resolve_data_path
 
-__all__ = ["DEFAULT_CONFIGS", "SetupError", "Prepared", "RunResult", "load_stage_config",
+__all__ = ["DEFAULT_CONFIGS", "SetupError", "Prepared", "RunResult", "load_stage_config", "make_sampler",
            "prepare", "run", "main"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,13 +122,14 @@ def _world() -> tuple[int, int]:
     return (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
 
 
-def _sampler(config: TrainConfig, dataset: LlavaDataset) -> Any:
-    world, rank = _world()
+def make_sampler(config: TrainConfig, dataset: LlavaDataset, *, world_size: int, rank: int) -> Any:
+    """Rank `rank`'s sampler of a world of `world_size` (`train.sampler`), sharding whole micro-batches."""
     if config.data.group_by_modality_length:
-        batch = config.per_device_batch_size * config.gradient_accumulation_steps * world  # one optimizer step
+        batch = config.per_device_batch_size * config.gradient_accumulation_steps * world_size  # one optimizer step
         return ModalityLengthGroupedSampler(dataset.modality_lengths, batch_size=batch, seed=config.seed,
-                                            world_size=world, rank=rank)
-    return SeededRandomSampler(len(dataset), seed=config.seed, world_size=world, rank=rank)
+                                            world_size=world_size, rank=rank, micro_batch=config.per_device_batch_size)
+    return SeededRandomSampler(len(dataset), seed=config.seed, world_size=world_size, rank=rank,
+                               micro_batch=config.per_device_batch_size)
 
 
 def _loader_factory(config: TrainConfig, dataset: LlavaDataset, pad_token_id: int) -> Callable[[Any], DataLoader]:
@@ -170,7 +173,8 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
     if len(dataset) == 0:
         raise SetupError(f"no samples of {data_path} have their image in {source!r}")
     ensure_distributed()
-    sampler = _sampler(config, dataset)
+    world, rank = _world()
+    sampler = make_sampler(config, dataset, world_size=world, rank=rank)
     check_resume(config, sampler)
     seed_everything(config.seed)  # the adapter's initial weights
     model = build_model(config, feature_dims={a: source.sample_shape(a)[-1] for a in vision.array_ids})
@@ -222,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else USAGE_ERROR
     stage = argv[0]
+    if "--dry-run" in argv:  # the plan: samples, steps, FLOPs, bytes (train.plan); nothing trains
+        from train.plan import main as plan_main
+
+        return plan_main(stage, argv[1:])
     # the `deepspeed` launcher (without --no_local_rank) and torch.distributed.launch append --local_rank=N;
     # the rank comes from the LOCAL_RANK variable they also set
     overrides = [a for a in argv[1:] if not a.startswith(("--local_rank", "--local-rank"))]

@@ -170,11 +170,14 @@ def _resumable(config: TrainConfig, sampler: ResumableSampler, *, per_epoch: int
         raise ConfigError(f"resume=true, but {config.output_dir} holds no checkpoint; drop resume=true to "
                           "start from scratch (or set output_dir to the run to continue)")
     state = read_checkpoint_state(checkpoint)
+    try:  # first: another world size also changes the steps per epoch, but is the cause to name
+        sampler.load_state_dict(state["sampler"])  # rejects a different seed, dataset, world size, micro-batch
+    except ConfigError as exc:
+        raise ConfigError(f"cannot resume from {checkpoint}: {exc}") from exc
     for key, value in _schedule(config, per_epoch=per_epoch, total=total).items():
         if state.get(key) != value:
             raise ConfigError(f"cannot resume from {checkpoint}: it was written with {key}={state.get(key)!r}, "
                               f"this run has {key}={value!r}; restore that setting or use a new output_dir")
-    sampler.load_state_dict(state["sampler"])  # rejects a different seed, dataset or world size
     return checkpoint, state
 
 

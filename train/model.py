@@ -100,28 +100,31 @@ class LlavaModel(nn.Module):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def embed_inputs(self, *, input_ids: Tensor, labels: Tensor, attention_mask: Tensor,
-                     features: Mapping[str, Tensor], max_length: int) -> tuple[Tensor, Tensor, Tensor, bool]:
+                     features: Mapping[str, Tensor], max_length: int) -> tuple[Tensor, Tensor, Tensor]:
         """Text embeddings with each image placeholder replaced by the adapter's tokens: (embeds, labels,
-        attention_mask) as `splice_image_tokens` returns them, and whether the batch held any image."""
+        attention_mask) as `splice_image_tokens` returns them."""
         is_image = input_ids == IMAGE_TOKEN_INDEX  # (B, L)
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))  # (B, L, D)
         image_tokens = self.adapter(features) if bool(is_image.any()) else None  # (N_img, T, D)
-        spliced = splice_image_tokens(embeds=embeds, input_ids=input_ids, labels=labels,
-                                      attention_mask=attention_mask.bool(), image_tokens=image_tokens,
-                                      max_length=max_length)
-        return (*spliced, image_tokens is not None)
+        if image_tokens is None and torch.is_grad_enabled():
+            # Text only: the adapter still runs (on zeros, its output times 0 joining the embeddings), so its
+            # gradients arrive after the LLM's on every rank, as with images: ZeRO-2 reduces gradients in
+            # arrival order, and ranks mixing image and text-only micro-batches must agree on it.
+            dummy = {a: embeds.new_zeros(1, 1, int(c)) for a, c in self.adapter_config["feature_dims"].items()}
+            embeds = embeds + self.adapter(dummy).sum() * 0.0
+        return splice_image_tokens(embeds=embeds, input_ids=input_ids, labels=labels,
+                                   attention_mask=attention_mask.bool(), image_tokens=image_tokens,
+                                   max_length=max_length)
 
     def forward(self, *, input_ids: Tensor, labels: Tensor, attention_mask: Tensor,
                 features: Mapping[str, Tensor], has_image: Tensor | None = None) -> LlavaOutput:
         is_image = input_ids == IMAGE_TOKEN_INDEX  # (B, L)
         if has_image is not None and not torch.equal(is_image.any(dim=1), has_image.to(is_image.device)):
             raise ValueError("has_image disagrees with the image placeholders in input_ids")
-        embeds, labels, mask, any_image = self.embed_inputs(input_ids=input_ids, labels=labels,
+        embeds, labels, mask = self.embed_inputs(input_ids=input_ids, labels=labels,
                                                             attention_mask=attention_mask, features=features,
                                                             max_length=self.max_length)
         loss = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids(mask), labels=labels).loss
-        if not any_image:  # text-only batch: keep the adapter in the graph (zero grads, not None)
-            loss = loss + sum(p.sum() for p in self.adapter.parameters()) * 0.0
         return LlavaOutput(loss=loss, tokens=mask.sum())
 
     def save_pretrained(self, out_dir: str | Path, *, with_llm: bool) -> None:

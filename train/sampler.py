@@ -1,8 +1,12 @@
 """Deterministic, rank-sharded, resumable samplers.
 
 Both samplers first build one global order for the epoch (from `seed` and `epoch` only, so every
-rank computes the same one), padded to a multiple of `world_size`, and rank `r` takes positions
-`r, r + world_size, ...` of it. A sampler yields the indices of its rank only; `state_dict(consumed=)`
+rank computes the same one), padded to a multiple of `world_size`, cut into micro-batches of
+`micro_batch` consecutive positions, and rank `r` takes micro-batches `r, r + world_size, ...` (whole
+rounds of `world_size` only). So the micro-batches of one optimizer step on `w` ranks with accumulation
+`a` are those one rank reads with accumulation `a·w`: the same samples in the same micro-batches, and
+(up to float summation order) the same losses. With `micro_batch=1` rank `r` takes positions `r, r +
+world_size, ...`. A sampler yields the indices of its rank only; `state_dict(consumed=)`
 records how far into this order the trainer got, and after `load_state_dict` iteration continues
 exactly there (mid-epoch resume).
 
@@ -33,13 +37,25 @@ def _pad_to_multiple(order: np.ndarray, multiple: int) -> np.ndarray:
     return np.concatenate([order, np.resize(order, pad)]) if pad else order
 
 
+def _order_identity(state: dict[str, Any]) -> dict[str, Any]:
+    """The settings that fix a rank's order: seed, dataset size, world size and, on several ranks, the
+    micro-batch (states written before it was recorded sharded single samples: micro-batch 1)."""
+    world = state.get("world_size")
+    return {"seed": state.get("seed"), "num_samples": state.get("num_samples"), "world_size": world,
+            "micro_batch": state.get("micro_batch", 1) if world != 1 else 1}
+
+
 class _ShardedSampler(Sampler[int]):
     """Shared sharding, epoch and resume logic; subclasses build the global order."""
 
-    def __init__(self, num_samples: int, *, seed: int, epoch: int = 0, world_size: int = 1, rank: int = 0) -> None:
+    def __init__(self, num_samples: int, *, seed: int, epoch: int = 0, world_size: int = 1, rank: int = 0,
+                 micro_batch: int = 1) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
         self.num_samples, self.seed, self.world_size, self.rank = num_samples, seed, world_size, rank
+        self.micro_batch = micro_batch
         self.epoch, self.start = epoch, 0
         self._order: list[int] = []
         self._order_epoch: int | None = None  # the epoch `_order` belongs to
@@ -53,7 +69,10 @@ class _ShardedSampler(Sampler[int]):
     def rank_order(self) -> list[int]:
         """This rank's whole order for the current epoch (ignoring `start`); computed once per epoch."""
         if self._order_epoch != self.epoch:
-            self._order = self._global_order()[self.rank::self.world_size].tolist()
+            order, size = self._global_order(), self.micro_batch
+            rounds = len(order) // (size * self.world_size)  # micro-batches per rank
+            chunks = order[:rounds * size * self.world_size].reshape(rounds, self.world_size, size)
+            self._order = chunks[:, self.rank].reshape(-1).tolist()
             self._order_epoch = self.epoch
         return self._order
 
@@ -75,14 +94,16 @@ class _ShardedSampler(Sampler[int]):
         if not 0 <= consumed <= len(self.rank_order()):
             raise ValueError(f"consumed={consumed} is outside this rank's epoch of {len(self.rank_order())}")
         return {"seed": self.seed, "epoch": self.epoch, "start": consumed, "num_samples": self.num_samples,
-                "world_size": self.world_size}
+                "world_size": self.world_size, "micro_batch": self.micro_batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mine = {"seed": self.seed, "num_samples": self.num_samples, "world_size": self.world_size}
-        theirs = {name: state.get(name) for name in mine}
+        mine, theirs = _order_identity(self.state_dict(consumed=0)), _order_identity(state)
         if theirs != mine:
-            raise ConfigError(f"sampler state {theirs} does not match this sampler {mine}; "
-                              "resuming with another seed, dataset or world size would change the order")
+            differ = ", ".join(f"{k} {theirs[k]} (checkpoint) vs {mine[k]} (this run)" for k in mine
+                               if theirs[k] != mine[k])
+            raise ConfigError(f"sampler state does not match this run: {differ}; resuming with another seed, "
+                              "dataset, world size or micro-batch would change the order. A checkpoint resumes on "
+                              "the world size that wrote it (its ZeRO partitions and RNG states are per rank)")
         self.epoch, self.start = int(state["epoch"]), int(state["start"])
 
 
@@ -102,13 +123,14 @@ class ModalityLengthGroupedSampler(_ShardedSampler):
 
     def __init__(
         self, lengths: Sequence[int], *, batch_size: int, seed: int, epoch: int = 0, world_size: int = 1,
-        rank: int = 0,
+        rank: int = 0, micro_batch: int = 1,
     ) -> None:
         if any(length == 0 for length in lengths):
             raise ValueError("lengths must be non-zero: positive for image samples, negative for text-only")
         if batch_size < 1 or batch_size % world_size:
             raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of world_size ({world_size})")
-        super().__init__(len(lengths), seed=seed, epoch=epoch, world_size=world_size, rank=rank)
+        super().__init__(len(lengths), seed=seed, epoch=epoch, world_size=world_size, rank=rank,
+                         micro_batch=micro_batch)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.batch_size = batch_size
 

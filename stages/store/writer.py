@@ -2,12 +2,17 @@
 
 Crash safety: a shard's data is written whole (one zarr write per array), fsynced, and only then is
 its completion record renamed into place. Readers trust records only, so a writer killed at any
-point leaves that shard invisible; writing it again completes it. One writer per shard (zarr
-partial-shard writes from several processes lose data); different shards may be written at once.
+point leaves that shard invisible; writing it again completes it. One writer per shard at a time
+(zarr partial-shard writes from several processes lose data): each shard write holds that shard's
+lock (`locks/NNNNNN.lock`), so two jobs writing the same shard (each adding its own arrays to the
+same keys) take turns; different shards are written at once. Metadata changes (planning keys,
+creating and resizing arrays) hold the store lock. Locks are `flock` locks: across nodes they need a
+file system that honours them (docs/pipeline.md, "Shared cache directories").
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -20,17 +25,42 @@ import zarr
 from zarr.storage import LocalStore
 
 from stages.config import ConfigError
+from stages.errors import UserError
 from stages.store.arrays import DEFAULT_COMPRESSION, array_info, create_array, package_versions
 from stages.store.fingerprint import Fingerprint
 from stages.store.keys import check_array_id, check_key
 from stages.store.layout import ShardPlan, StorePaths, file_sha256, fsync_path, remove_durably, write_json_atomic
 from stages.store.meta import CompletionRecord, StoreDamaged, StoreMeta, TarRecord
+from stages.store.reader import StoreReader
 from stages.store.webdataset_shards import write_tar_shard
 
-__all__ = ["CacheStore", "ShardPlan", "DEFAULT_SHARD_SIZE", "LAYOUT_VERSION", "file_sha256"]
+__all__ = ["CacheStore", "StoreLockError", "ShardPlan", "DEFAULT_SHARD_SIZE", "LAYOUT_VERSION", "file_sha256"]
 
 DEFAULT_SHARD_SIZE = 256
 LAYOUT_VERSION = 2  # 2: every sample ends with its crc32c, tars have digest records (1: neither)
+
+
+class StoreLockError(UserError, OSError):
+    """The store's file system refuses `flock` (Lustre mounted without `-o flock`, NFS with `nolock`)."""
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created if absent) for the block."""
+    path.parent.mkdir(exist_ok=True)
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            raise StoreLockError(f"cannot lock {path} ({exc.strerror}): the cache root's file system does not "
+                                 "support flock; on Lustre mount it with -o flock, on NFS without nolock or "
+                                 "local_lock (docs/pipeline.md, \"Shared cache directories\")") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class CacheStore:
@@ -112,15 +142,13 @@ class CacheStore:
     def _group(self, mode: str = "r") -> zarr.Group:
         return zarr.open_group(store=LocalStore(self.meta.paths.zarr, read_only=mode == "r"), mode=mode)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         """Exclusive lock for metadata changes (planning keys, creating or resizing arrays)."""
-        with self.meta.paths.lock.open("a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return _exclusive(self.meta.paths.lock)
+
+    def _shard_locked(self, shard: int) -> contextlib.AbstractContextManager[None]:
+        """Exclusive lock on one shard's files (its zarr shard files, records and tar)."""
+        return _exclusive(self.path / "locks" / f"{shard:06d}.lock")
 
     def refresh(self) -> StoreMeta:
         """The store's metadata with every plan, array and completion record written so far."""
@@ -280,7 +308,8 @@ class CacheStore:
             # failed) would not be written at all
             array = group[array_id].with_config({"write_empty_chunks": True})
             values = self._prepare(plan, array_id, array, np.asarray(data), failed)
-            self._write_one(plan, array_id, array, values, failed)
+            with self._shard_locked(index):
+                self._write_one(plan, array_id, array, values, failed)
 
     def _write_one(self, plan: ShardPlan, array_id: str, array: zarr.Array, values: np.ndarray,
                    failed: dict[str, str]) -> None:
@@ -306,15 +335,24 @@ class CacheStore:
 
     def write_webdataset_shard(self, index: int, arrays: Mapping[str, np.ndarray],
                                failed: Mapping[str, str] | None = None) -> Path:
-        """Export shard `index` as `wds/NNNNNN.tar` (valid keys only), then record its size and sha256 in
-        `wds/NNNNNN.json` (removed first, so a tar being rewritten has none); returns the tar path."""
-        plan, infos, paths = self._plan(index), self.meta.infos, self.meta.paths
-        cast = {a: np.asarray(d, dtype=infos[a].dtype if a in infos else None) for a, d in arrays.items()}
-        paths.tar_record(index).unlink(missing_ok=True)
-        tar = write_tar_shard(paths.tar(index), keys=plan.keys, rows=plan.rows, arrays=cast,
-                              failed=dict(failed or {}), store=self.fingerprint.short)
-        nbytes, digest = file_sha256(tar)
-        write_json_atomic(paths.tar_record(index), TarRecord(
-            shard=index, nbytes=nbytes, sha256=digest,
-            written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).to_json())
+        """Export shard `index` as `wds/NNNNNN.tar` (valid keys only) with `arrays` and every other array
+        complete for this shard in the store (arrays another job added stay in the export), then record its
+        size and sha256 in `wds/NNNNNN.json` (removed first, so a tar being rewritten has none); returns the
+        tar path."""
+        plan, paths = self._plan(index), self.meta.paths
+        with self._shard_locked(index):
+            meta = self.meta.refresh(shards=[index])
+            others = [a for a in meta.array_ids if a not in arrays and meta.is_complete(a, index)]
+            if others:
+                reader = StoreReader(self.path, expect=self.fingerprint, array_ids=others)
+                arrays = {**{a: reader.read_shard(a, index) for a in others}, **arrays}
+            cast = {a: np.asarray(d, dtype=meta.infos[a].dtype if a in meta.infos else None)
+                    for a, d in arrays.items()}
+            paths.tar_record(index).unlink(missing_ok=True)
+            tar = write_tar_shard(paths.tar(index), keys=plan.keys, rows=plan.rows, arrays=cast,
+                                  failed=dict(failed or {}), store=self.fingerprint.short)
+            nbytes, digest = file_sha256(tar)
+            write_json_atomic(paths.tar_record(index), TarRecord(
+                shard=index, nbytes=nbytes, sha256=digest,
+                written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).to_json())
         return tar

@@ -1,0 +1,275 @@
+"""`just train-pretrain --dry-run` / `train-sft --dry-run`: samples, steps, FLOPs and bytes of a run, and
+what the same run would cost computing its diffusion features on the fly. Nothing trains: the LLM's
+config and tokenizer are read (no weights), the stores are opened read-only, DeepSpeed never starts.
+
+FLOPs per training sample (GFLOP, 1e9 operations, a multiply-add = 2):
+
+- LLM: `k · P · L` with `P` its parameters without the input embedding table (a lookup, no
+  multiply; tied with the head it is counted once, as the head), `L` the sample's tokens after the
+  image placeholder is replaced by the image tokens (capped at `max_length`; no padding), and `k = 6`
+  when its weights train (forward 2, weight and input gradients 2 + 2: SFT), `k = 4` when frozen
+  (forward 2 and the input gradients 2 that reach the adapter: pretraining);
+- adapter: 3 × its forward (counted on the meta device), for image samples;
+- diffusion from the cache: 0, except question guidance (`s > 0`): one U-Net pass on the cached latents
+  up to the tap per trial plus the question through the text encoder, for the `1 − prompt_dropout` of
+  image samples that keep their prompt;
+- the naive on-the-fly recipe for comparison: per image sample and epoch, the VAE encode, a full U-Net
+  forward for `X_u` and (question guidance) another for `X_c` plus the text encoder (docs/training.md).
+
+Token lengths are measured on up to `TOKEN_SAMPLE` records drawn evenly (all of them when fewer).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from stages.cache_spec import LATENTS, CacheSpec, cache_spec_from, cache_spec_from_yaml
+from stages.config import ConfigError
+from stages.errors import UserError, print_user_error
+from stages.features import ArrayId
+from stages.flops import (ComputeBudget, add_budget_arguments, architecture_dir, budget_from_arguments, count_gflop,
+                          image_gflop)
+from stages.llava import load_llava_json
+from stages.models import resolve_model_dir
+from train.cli import load_stage_config, make_sampler
+from train.conditioning import guidance_applies, required_arrays
+from train.config import TrainConfig
+from train.conversation import IMAGE_TOKEN_INDEX
+from train.data import LlavaDataset
+from train.loop import total_steps
+from train.model import load_tokenizer
+from train.stores import CachedFeatures, locate_stores, resolve_data_path
+
+__all__ = ["TOKEN_SAMPLE", "TrainPlan", "plan_training", "llm_parameters", "main"]
+
+TOKEN_SAMPLE = 2000
+
+
+@dataclass(frozen=True)
+class _Arrays:
+    """What the plan knows about the arrays a run reads: their sample shapes, stored bytes per sample and
+    the `CacheSpec` each was extracted with; `source` is the stores (None: none found yet)."""
+
+    shapes: Mapping[str, tuple[int, ...]]
+    bytes: Mapping[str, int]
+    specs: Mapping[str, CacheSpec]
+    source: CachedFeatures | None
+
+
+def _arrays_from_stores(config: TrainConfig, array_ids: Sequence[str]) -> _Arrays:
+    source = CachedFeatures(locate_stores(config.data), array_ids=array_ids)
+    infos = {a: source.reader_for(a).infos[a] for a in array_ids}
+    return _Arrays(shapes={a: i.sample_shape for a, i in infos.items()},
+                   bytes={a: i.chunk_nbytes + 4 * i.checksummed for a, i in infos.items()},
+                   specs={a: cache_spec_from(source.cache_spec(a), where=f"the store of {a}") for a in array_ids},
+                   source=source)
+
+
+def _arrays_from_yamls(config: TrainConfig, array_ids: Sequence[str]) -> _Arrays:
+    """The same from the extraction YAMLs, for a run whose stores are not extracted yet."""
+    shapes, specs = {}, {}
+    for yaml_path in config.data.extract_configs:
+        spec, _ = cache_spec_from_yaml(yaml_path)
+        found = {a for a in array_ids if a in spec.array_ids() and a not in specs}
+        if found:
+            sample_shapes = spec.kind.sample_shapes(spec, architecture_dir(spec.model)[0])
+            shapes.update({a: tuple(sample_shapes[a]) for a in found})
+            specs.update({a: spec for a in found})
+    missing = [a for a in array_ids if a not in specs]
+    if missing:
+        raise ConfigError(f"arrays {missing} are in none of data.extract_configs {list(config.data.extract_configs)}")
+    itemsize = {a: np.dtype(specs[a].stored_dtype(a)).itemsize for a in array_ids}
+    return _Arrays(shapes=shapes, bytes={a: int(np.prod(shapes[a])) * itemsize[a] + 4 for a in array_ids},
+                   specs=specs, source=None)
+
+
+def llm_parameters(model: str) -> tuple[int, int]:
+    """(parameters counted in `k·P·L`, hidden size) of a causal LM, from its config on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    llm_config = AutoConfig.from_pretrained(resolve_model_dir(model))
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(llm_config)
+    total = sum(p.numel() for p in llm.parameters())
+    embedding, head = llm.get_input_embeddings().weight, llm.get_output_embeddings().weight
+    return (total if embedding is head else total - embedding.numel()), int(llm_config.hidden_size)
+
+
+def _adapter(config: TrainConfig, arrays: _Arrays, hidden: int) -> tuple[int, float]:
+    """(parameters, GFLOP of one training pass = 3 x forward) of the vision adapter for one image."""
+    import torch
+
+    from train.fusion import build_adapter
+
+    vision = config.vision
+    with torch.device("meta"):
+        adapter = build_adapter(vision, feature_dims={a: arrays.shapes[a][-1] for a in vision.array_ids},
+                                hidden_size=hidden)
+        features = {a: torch.empty(1, *arrays.shapes[a]) for a in vision.array_ids}
+    return sum(p.numel() for p in adapter.parameters()), 3 * count_gflop(lambda: adapter(features))
+
+
+def _token_lengths(dataset: LlavaDataset, image_tokens: int) -> np.ndarray:
+    """Tokens the LLM sees for up to `TOKEN_SAMPLE` records drawn evenly: text ids with each image
+    placeholder replaced by `image_tokens`, capped at `max_length` (as `splice_image_tokens` cuts)."""
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), TOKEN_SAMPLE)).astype(int))
+    lengths = []
+    for index in picks:
+        ids = dataset[int(index)]["input_ids"]
+        images = int((ids == IMAGE_TOKEN_INDEX).sum())
+        lengths.append(min(len(ids) + images * (image_tokens - 1), dataset.max_length))
+    return np.asarray(lengths, dtype=np.float64)
+
+
+def _diffusion_gflop(config: TrainConfig, arrays: _Arrays) -> tuple[float, float]:
+    """(per image sample from the cache, per image sample naive on the fly) of the SD array's features."""
+    vision, guidance = config.vision, config.guidance
+    if "sd" not in vision.mode_spec.reads:
+        return 0.0, 0.0
+    spec = replace(arrays.specs[vision.sd_array], prompt_sources=())
+    model_dir, _ = architecture_dir(spec.model)
+    question = guidance_applies(vision, guidance) and guidance.prompt_source == "question"
+    prompted = str(replace(ArrayId.parse(vision.sd_array), source="question"))
+    cached = 0.0
+    if question:
+        cached = (1 - guidance.prompt_dropout) * sum(image_gflop(spec, model_dir, array_ids=[prompted],
+                                                                  encode=False).values())
+    naive_ids = [LATENTS, vision.sd_array, *([prompted] if question else [])]
+    naive = sum(image_gflop(spec, model_dir, array_ids=naive_ids, early_exit=False).values())
+    return cached, naive
+
+
+@dataclass
+class TrainPlan:
+    """The dry run's answer (`as_dict` is the JSON written, `render` the text printed)."""
+
+    stage: str
+    world_size: int
+    samples: dict[str, int]
+    steps: dict[str, int]
+    tokens_per_sample: dict[str, float]
+    parameters: dict[str, int]
+    gflop_per_sample: dict[str, float]
+    gflop: dict[str, float]
+    bytes_read_per_epoch: int
+    budget: dict[str, Any]
+    gpu_hours: float
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def render(self) -> str:
+        s, st, g, f = self.samples, self.steps, self.gflop_per_sample, self.gflop
+        lines = [
+            f"plan: {self.stage} on {self.world_size} rank(s)",
+            f"  samples: {s['total']} ({s['image']} with an image, {s['text_only']} text-only), {s['not_cached']} "
+            f"not in the cache, {s['per_epoch_used']} used per epoch",
+            f"  steps: {st['per_epoch']} per epoch x {st['epochs']:g} epochs = {st['total']} steps of "
+            f"{st['global_batch']} samples ({st['micro_batch']} x {st['accumulation']} accumulation x "
+            f"{self.world_size} ranks)",
+            f"  tokens per sample: mean {self.tokens_per_sample['mean']:.1f}, max {self.tokens_per_sample['max']:.0f} "
+            f"(from {self.tokens_per_sample['measured']} samples)",
+            f"  GFLOP per sample: LLM {g['llm']:.3f} ({g['llm_factor']:g} x {self.parameters['llm']:,} params x tokens), "
+            f"adapter {g['adapter']:.4f}, diffusion {g['diffusion']:.3f} from the cache vs {g['diffusion_naive']:.3f} "
+            f"naive on the fly",
+            f"  run: {f['total'] / 1e6:.4g} PFLOP ({f['diffusion'] / 1e6:.4g} of it diffusion); the naive recipe "
+            f"would add {f['naive_extra'] / 1e6:.4g} PFLOP ({f['naive_over_cached']:.2f}x the run)",
+            f"  at {self.budget['utilization']:.0%} of {self.budget['gpu']} ({self.budget['peak_tflops']:g} TFLOP/s "
+            f"dense): {self.gpu_hours:.3g} GPU-hours; reads {self.bytes_read_per_epoch / 1e9:.3f} GB per epoch",
+        ]
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+def plan_training(config: TrainConfig, *, world_size: int, budget: ComputeBudget) -> TrainPlan:
+    """The plan of `config` on `world_size` ranks; raises the `UserError`s the run would raise first
+    (config, data file, model, tokenizer), except a missing store: then the extraction YAMLs are used."""
+    vision, notes = config.vision, []
+    array_ids = required_arrays(vision, config.guidance)
+    try:
+        arrays = _arrays_from_stores(config, array_ids)
+    except UserError as exc:
+        arrays = _arrays_from_yamls(config, array_ids)
+        notes.append(f"no usable store yet ({str(exc).splitlines()[0]}): shapes from the extraction YAMLs, every "
+                     "image counted as cached")
+    data_path, _ = resolve_data_path(config.data.data_path)
+    records = load_llava_json(data_path)
+    tokenizer = load_tokenizer(config.model)
+    image_tokens = arrays.shapes[vision.token_array][0]
+    dataset = LlavaDataset(records, template=config.template, tokenizer=tokenizer, max_length=config.max_length,
+                           num_image_tokens=image_tokens, feature_source=arrays.source, array_ids=array_ids,
+                           missing="skip")
+    if len(dataset) == 0:
+        raise ConfigError(f"no samples of {data_path} have their image in the cache")
+    if dataset.num_skipped and config.data.missing == "error":
+        notes.append(f"{dataset.num_skipped} images are not in the cache: the run stops unless data.missing=skip")
+    text = LlavaDataset(dataset.records, template=config.template, tokenizer=tokenizer, max_length=config.max_length,
+                        num_image_tokens=image_tokens, feature_source=None, array_ids=())
+    lengths = _token_lengths(text, image_tokens)
+    sampler = make_sampler(config, dataset, world_size=world_size, rank=0)
+    sampler.set_epoch(0)
+    per_epoch, total = total_steps(config, batches_per_epoch=len(sampler) // config.per_device_batch_size)
+    batch = config.per_device_batch_size * config.gradient_accumulation_steps * world_size
+
+    image_share = sum(r.get("image") is not None for r in dataset.records) / len(dataset)
+    llm_params, hidden = llm_parameters(config.model)
+    adapter_params, adapter_gflop = _adapter(config, arrays, hidden)
+    factor = 4 if config.freeze_llm else 6
+    cached, naive = _diffusion_gflop(config, arrays)
+    per_sample = {"llm": factor * llm_params * float(lengths.mean()) / 1e9, "llm_factor": factor,
+                  "adapter": image_share * adapter_gflop, "diffusion": image_share * cached,
+                  "diffusion_naive": image_share * naive}
+    processed = total * batch
+    totals = {"llm": per_sample["llm"] * processed, "adapter": per_sample["adapter"] * processed,
+              "diffusion": per_sample["diffusion"] * processed}
+    totals["total"] = sum(totals.values())
+    totals["naive_extra"] = (per_sample["diffusion_naive"] - per_sample["diffusion"]) * processed
+    totals["naive_over_cached"] = (totals["total"] + totals["naive_extra"]) / totals["total"]
+    bytes_per_image = sum(arrays.bytes.values())
+    n_image = sum(r.get("image") is not None for r in dataset.records)
+    return TrainPlan(
+        stage=config.stage, world_size=world_size,
+        samples={"total": len(dataset), "image": n_image, "text_only": len(dataset) - n_image,
+                 "not_cached": dataset.num_skipped, "per_epoch_used": per_epoch * batch},
+        steps={"per_epoch": per_epoch, "total": total, "epochs": total / per_epoch, "global_batch": batch,
+               "micro_batch": config.per_device_batch_size, "accumulation": config.gradient_accumulation_steps},
+        tokens_per_sample={"mean": float(lengths.mean()), "max": float(lengths.max()), "measured": len(lengths),
+                           "image_tokens": image_tokens},
+        parameters={"llm": llm_params, "adapter": adapter_params}, gflop_per_sample=per_sample, gflop=totals,
+        bytes_read_per_epoch=round(per_epoch * batch * image_share * bytes_per_image),
+        budget=budget.as_dict(), gpu_hours=budget.gpu_hours(totals["total"]), notes=notes)
+
+
+def main(stage: str, argv: Sequence[str]) -> int:
+    """`python -m train.cli STAGE --dry-run [key=value ...] [--world-size N] [--plan-json FILE] [--gpu ...]`."""
+    parser = argparse.ArgumentParser(prog=f"train {stage} --dry-run", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--dry-run", action="store_true", help="(this plan)")
+    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")),
+                        help="ranks (GPUs) the run would use (default: $WORLD_SIZE or 1)")
+    parser.add_argument("--plan-json", default=f"train-{stage}-plan.json", help="where the plan is written")
+    add_budget_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        if args.world_size < 1:
+            raise ConfigError(f"--world-size must be >= 1, got {args.world_size}")
+        plan = plan_training(load_stage_config(stage, args.overrides), world_size=args.world_size,
+                             budget=budget_from_arguments(args))
+    except UserError as exc:
+        return print_user_error(f"train {stage}", exc)
+    print(plan.render())
+    path = Path(args.plan_json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **plan.as_dict()}
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
