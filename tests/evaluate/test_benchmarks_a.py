@@ -23,20 +23,6 @@ from stages.llava import load_llava_json
 BENCHMARKS = (MMVP(), NaturalBench(), Blink())
 
 
-@pytest.fixture(scope="module")
-def eval_root(tmp_path_factory):
-    """An eval root holding every fixture of this file, written by the benchmarks themselves."""
-    root = tmp_path_factory.mktemp("eval_root")
-    for benchmark in BENCHMARKS:
-        benchmark.write_fixture(root / benchmark.name)
-    return root
-
-
-@pytest.fixture(scope="module")
-def loaded(eval_root):
-    return {benchmark.name: benchmark.load(eval_root / benchmark.name) for benchmark in BENCHMARKS}
-
-
 # -- letter extraction ---------------------------------------------------------------------------------
 
 OPEN_CLOSED = ["Open", "Closed"]

@@ -22,19 +22,6 @@ from stages.errors import UserError
 BENCHMARKS = (GQA(), CocoCaptions(), LlavaBench())
 
 
-@pytest.fixture(scope="module")
-def eval_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval_root")
-    for benchmark in BENCHMARKS:
-        benchmark.write_fixture(root / benchmark.name)
-    return root
-
-
-@pytest.fixture(scope="module")
-def loaded(eval_root):
-    return {benchmark.name: benchmark.load(eval_root / benchmark.name) for benchmark in BENCHMARKS}
-
-
 # -- every benchmark: fixture round trip, missing files ------------------------------------------------
 
 @pytest.mark.parametrize("benchmark", BENCHMARKS, ids=lambda b: b.name)
