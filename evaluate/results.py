@@ -4,7 +4,7 @@
 interrupted evaluation resumes from it); `<run>/eval/<name>.json` is written once at the end with every
 prediction, the metrics, the run's config, the checkpoint's content hash and the stores' fingerprints.
 Its presence makes a re-run a no-op unless forced. `<name>` is the benchmark, or `<benchmark>-<setting>`
-for a benchmark evaluated under several SD prompt settings (COCO's leakage study).
+for a benchmark with several SD prompt settings (COCO's leakage study: `coco-none`, `coco-gt`, …).
 """
 from __future__ import annotations
 

@@ -169,7 +169,10 @@ def _train_cli(args):
 def test_sigint_mid_training_is_one_line_exit_130_and_resume_true_continues_from_the_checkpoint(train_store,
                                                                                                tmp_path):
     out = tmp_path / "out"
-    args = [*_common(train_store, "pretrain", out), "save_every=3", "epochs=40", "tensorboard=false"]
+    # no loader worker: with one, a Ctrl-C landing while it hands a batch over sometimes makes Python's
+    # multiprocessing resource-sharer thread print an EOFError traceback (an open bug; the exit is still 130)
+    args = [*_common(train_store, "pretrain", out), "save_every=3", "epochs=40", "tensorboard=false",
+            "data.num_workers=0"]
     proc = _train_cli(args)
     try:
         deadline = time.time() + 240
