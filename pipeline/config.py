@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,6 +36,8 @@ class RunConfig:
     shard_size: int | None = None  # rows per store shard = the unit of work (None: the store's; 256 for a new one)
     num_actors: int = 1  # extractor actors (one GPU each on CUDA hosts)
     cpus_per_actor: float = 1.0  # CPU actors: also the torch thread count
+    actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor ({"a100": 1})
+    retries: int = 2  # re-runs of the shards left when the cluster loses an actor or a node
     ray_address: str | None = None  # None: embedded ray.init(); "auto" or "ray://host:10001": a cluster
     num_cpus: int | None = None  # CPUs of the embedded Ray (None: all)
     device: str = "auto"  # auto: cuda if available, else cpu
@@ -50,6 +52,13 @@ class RunConfig:
             raise ConfigError("data must list at least one LLaVA JSON file (or embedded:sample)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device {self.device!r} is not auto, cpu, cuda or cuda:N")
+        if not isinstance(self.actor_resources, dict) or not all(
+                isinstance(k, str) and k not in ("CPU", "GPU", "memory") and isinstance(v, (int, float))
+                and not isinstance(v, bool) and v > 0 for k, v in self.actor_resources.items()):
+            raise ConfigError(f"actor_resources must map custom Ray resource names (not CPU, GPU or memory: "
+                              f"cpus_per_actor and device set those) to amounts > 0, got {self.actor_resources!r}")
+        if self.retries < 0:
+            raise ConfigError(f"retries must be >= 0, got {self.retries}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
 

@@ -9,12 +9,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pipeline.config import ExtractConfig, check_setup, resolve_data
+from pipeline.errors import ExtractionError
 from pipeline.manifest import Manifest, build_manifest
 from pipeline.progress import ErrorLog, Progress, Summary
-from pipeline.rows import ShardTask
+from pipeline.rows import ShardStats, ShardTask
 from pipeline.worker import WorkerBuilder
 from stages.cache_spec import (LATENTS, array_shapes_for, fingerprint_for, image_spec_for,
                                spec_summary)
@@ -169,7 +170,9 @@ def drop_unwritten(plan: Plan) -> None:
 
 
 def _run_job(config: ExtractConfig, plan: Plan, summary: Summary, log: ErrorLog, *, show_progress: bool) -> None:
-    """The Ray job over `plan.tasks`, feeding the progress bar and `summary`."""
+    """The Ray job over `plan.tasks`, feeding the progress bar and `summary`. When the cluster loses an
+    actor or a node, the shards not yet complete run again (up to `retries` times) on the nodes alive:
+    the completed ones stay, and a shard's values do not depend on where it ran."""
     from pipeline import job  # imports Ray: only when there is work
 
     run = config.run
@@ -178,9 +181,31 @@ def _run_job(config: ExtractConfig, plan: Plan, summary: Summary, log: ErrorLog,
     started, summary.ray_start_s = job.start_ray(run)
     total = sum(k is not None for task in plan.tasks for k in task.keys)
     progress = Progress(summary, log, total=total, enabled=show_progress)
+    tasks, reported = plan.tasks, set()
+
+    def on_stats(stats: ShardStats) -> None:
+        reported.add(stats.shard)
+        progress.update(stats)
+
     try:
-        job.run_shards(plan.tasks, builder=worker_builder(config, plan), run=run, on_stats=progress.update,
-                       image_root=str(plan.manifest.image_root), image_spec=plan.image_spec)
+        for attempt in range(run.retries + 1):
+            try:
+                job.run_shards(tasks, builder=worker_builder(config, plan), run=run, on_stats=on_stats,
+                               image_root=str(plan.manifest.image_root), image_spec=plan.image_spec,
+                               shrink=attempt > 0)
+                return
+            except job.WorkersLost as exc:
+                lost = str(exc)
+            tasks = _left_after_loss(plan, tasks, reported, on_stats)
+            if not tasks:
+                return
+            if attempt == run.retries:
+                raise ExtractionError(f"the Ray cluster lost workers {attempt + 1} times, the last time: {lost}; "
+                                      f"{len(tasks)} shards are left: run the same command to finish them "
+                                      "(the completed shards are kept)")
+            summary.notes.append(f"retry {attempt + 1}: {lost}; ran the {len(tasks)} shards left again")
+            if started:  # (a Ray this process did not start is left alone: its lost pool's actors may linger)
+                job.restart_ray(run)
     finally:
         progress.close()
         if started:
@@ -190,3 +215,17 @@ def _run_job(config: ExtractConfig, plan: Plan, summary: Summary, log: ErrorLog,
                 ray.shutdown()
             except KeyboardInterrupt:  # the work is over: a Ctrl-C now changes nothing (atexit retries)
                 pass
+
+
+def _left_after_loss(plan: Plan, tasks: Sequence[ShardTask], reported: set[int],
+                     on_stats: Callable[[ShardStats], None]) -> tuple[ShardTask, ...]:
+    """The tasks whose shards an attempt that lost workers left incomplete. Shards it completed whose
+    stats never reached the driver are counted from their records (no timings)."""
+    meta = plan.store.refresh()
+    missing = set(meta.missing_shards(list(plan.array_ids)))
+    for task in tasks:
+        if task.shard not in missing and task.shard not in reported:
+            on_stats(ShardStats(shard=task.shard, n_images=sum(k is not None for k in task.keys),
+                                failed=meta.failed(task.shard, list(plan.array_ids)), bytes=0, batches=0,
+                                decoded=0, encoded=0, seconds={}))
+    return tuple(t for t in tasks if t.shard in missing)

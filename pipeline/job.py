@@ -6,10 +6,12 @@ embedded (`ray.init()`) unless `ray_address` names a cluster (`auto`, `ray://hea
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,7 +24,7 @@ from pipeline.worker import ShardWorker, WorkerBuilder, decode_row
 from stages.config import ConfigError
 from stages.preprocess import ImageSpec
 
-__all__ = ["start_ray", "check_embedded_budget", "run_shards"]
+__all__ = ["start_ray", "restart_ray", "check_embedded_budget", "run_shards", "WorkersLost", "actor_capacity"]
 
 _PASSED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "DFC_EMBEDDED_HOME", "XDG_CACHE_HOME",
                "TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS")
@@ -69,28 +71,46 @@ def _check_reachable(address: str, *, timeout: float = 10.0) -> None:
                           "on the head), or leave ray_address unset for an embedded Ray") from exc
 
 
-def _actor_slots(node: dict[str, float], *, cpus_per_actor: float, use_gpus: bool, actors: int) -> int:
-    """Extractor actors one node's resources can hold at once."""
-    fits = [int(node.get("GPU", 0))] if use_gpus else []
-    if cpus_per_actor > 0:
-        fits.append(int(node.get("CPU", 0) // cpus_per_actor))
-    return min(fits) if fits else actors
+class WorkersLost(RuntimeError):
+    """The attempt lost an actor, a node or an object to the cluster, not to an error of our code: the
+    shards it left are worth running again on the nodes that are alive (`pipeline.driver`)."""
 
 
-def _check_placeable(run: RunConfig, *, actors: int, use_gpus: bool, decode_memory: int) -> None:
-    """Every actor must fit on one node (its CPUs, and a GPU on GPU clusters) and a decode task on some
-    node: Ray waits forever for a request no alive node can satisfy, whatever the cluster's totals."""
+_LOST = (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError)
+
+
+def _actor_request(run: RunConfig, *, use_gpus: bool) -> dict[str, float]:
+    """What one extractor actor asks of a node: its CPUs, a GPU on GPU clusters, `actor_resources`."""
+    return {"CPU": run.cpus_per_actor, **({"GPU": 1.0} if use_gpus else {}), **run.actor_resources}
+
+
+def actor_capacity(nodes: Sequence[dict[str, float]], request: dict[str, float], *, actors: int) -> int:
+    """Extractor actors the `nodes` (their resource totals) can hold at once, each on one node."""
+    per_node = [min([int(node.get(name, 0) // amount) for name, amount in request.items() if amount > 0],
+                    default=actors) for node in nodes]
+    return sum(per_node)
+
+
+def _placeable_actors(run: RunConfig, *, actors: int, use_gpus: bool, decode_memory: int, shrink: bool) -> int:
+    """How many actors to start: `actors`, or (`shrink`: after a lost node) as many as the alive nodes hold.
+    A request no node can satisfy is refused: Ray waits forever for it, whatever the cluster's totals.
+    Every actor must fit on one node (its CPUs, a GPU on GPU clusters, its `actor_resources`), and a
+    decode task on some node."""
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    request = _actor_request(run, use_gpus=use_gpus)
+    custom = [name for name in request if name not in ("CPU", "GPU")]
     listing = "; ".join(f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU, "
-                        f"{n.get('memory', 0) / 2**30:.1f} GiB" for i, n in enumerate(nodes))
-    fit = sum(_actor_slots(n, cpus_per_actor=run.cpus_per_actor, use_gpus=use_gpus, actors=actors) for n in nodes)
-    if fit < actors:
-        need = f"{run.cpus_per_actor:g} CPUs{' and a GPU' if use_gpus else ''}"
+                        f"{n.get('memory', 0) / 2**30:.1f} GiB" + "".join(f", {n.get(c, 0):g} {c}" for c in custom)
+                        for i, n in enumerate(nodes))
+    fit = actor_capacity(nodes, request, actors=actors)
+    if fit < actors and not (shrink and fit > 0):
+        need = ", ".join(f"{amount:g} {name}" for name, amount in request.items())
         raise ConfigError(f"{actors} extractor actors need {need} each on one node, but the Ray cluster's nodes "
-                          f"fit {fit} ({listing}); lower num_actors or cpus_per_actor")
+                          f"fit {fit} ({listing}); lower num_actors, cpus_per_actor or actor_resources")
     if not any(n.get("CPU", 0) >= 1 and n.get("memory", 0) >= decode_memory for n in nodes):
         raise ConfigError(f"a decode task needs 1 CPU and {decode_memory / 2**30:.1f} GiB of memory on one node, "
                           f"which no node of the Ray cluster has ({listing}); lower shard_size")
+    return min(actors, fit)
 
 
 def _quiet_ray_logs() -> None:
@@ -135,9 +155,11 @@ def check_embedded_budget(run: RunConfig, *, n_tasks: int) -> None:
 
 
 def run_shards(tasks: Sequence[ShardTask], *, builder: WorkerBuilder, image_root: str, image_spec: ImageSpec,
-               run: RunConfig, on_stats: Callable[[ShardStats], None]) -> None:
+               run: RunConfig, on_stats: Callable[[ShardStats], None], shrink: bool = False) -> None:
     """Compute and write every shard of `tasks` (rows: `pipeline.rows`), calling `on_stats` with each
-    shard's stats as it completes (in completion order)."""
+    shard's stats as it completes (in completion order). Raises `WorkersLost` when the cluster loses an
+    actor or node (actors are not restarted: one could wait forever for a node that never comes back;
+    the driver runs the shards left on the nodes alive, `shrink` then starting as many actors as fit)."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver shows one bar over images
     context.print_on_execution_start = False
@@ -146,39 +168,76 @@ def run_shards(tasks: Sequence[ShardTask], *, builder: WorkerBuilder, image_root
     gpus = resources.get("GPU", 0)
     use_gpus = _use_gpus(run, gpus=gpus)
     actors = min(run.num_actors, len(tasks))
-    if use_gpus and gpus < actors:  # Ray would wait forever for the missing GPUs
+    if use_gpus and gpus < actors and not shrink:  # Ray would wait forever for the missing GPUs
         raise ConfigError(f"{actors} extractor actors need a GPU each (device={run.device}), but the Ray "
                           f"cluster has {gpus:g} GPUs; lower num_actors or use device=cpu")
-    if not use_gpus:  # a cluster's (or an already running Ray's) CPUs are known only once connected
-        _check_cpu_budget(run, actors=actors, cpus=resources.get("CPU", 0), where="in this Ray cluster")
     # The decode tasks declare their memory (their output is one shard of uint8 pixels). Besides
     # sizing the scheduler, the differing resources keep Ray Data from fusing the decode into the
     # actor, which would serialise decoding with the GPU work.
     shard_bytes = len(tasks[0].keys) * image_spec.resolution**2 * 3  # the store's shard size
     decode_memory = _DECODE_BASE_MEMORY + 2 * shard_bytes
-    _check_placeable(run, actors=actors, use_gpus=use_gpus, decode_memory=decode_memory)
+    actors = _placeable_actors(run, actors=actors, use_gpus=use_gpus, decode_memory=decode_memory, shrink=shrink)
+    if not use_gpus:  # a cluster's (or an already running Ray's) CPUs are known only once connected
+        _check_cpu_budget(run, actors=actors, cpus=resources.get("CPU", 0), where="in this Ray cluster")
     dataset = ray.data.from_items([t.to_row() for t in tasks], override_num_blocks=len(tasks))
     dataset = dataset.map(decode_row, fn_kwargs={"image_root": image_root, "image_spec": image_spec},
                           num_cpus=1, memory=decode_memory)
-    dataset = dataset.map_batches(
-        ShardWorker, fn_constructor_kwargs={"builder": builder}, batch_size=1, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if use_gpus else 0,
-        num_cpus=run.cpus_per_actor, zero_copy_batch=True)
+    with warnings.catch_warnings():  # max_restarts has no named parameter: Ray 2.60 deprecates passing it
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        dataset = dataset.map_batches(
+            ShardWorker, fn_constructor_kwargs={"builder": builder}, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if use_gpus else 0,
+            num_cpus=run.cpus_per_actor, resources=dict(run.actor_resources) or None, max_restarts=0,
+            zero_copy_batch=True)
+    lost = None
     try:
         for row in dataset.iter_rows():
             on_stats(ShardStats.from_row(row))
     except ray.exceptions.RayError as exc:
-        raise _failure(exc, log_dir=Path(builder.store_path) / "logs") from exc
+        cause = _cause(exc, lambda e: isinstance(e, _LOST) and not getattr(e, "actor_init_failed", False))
+        if cause is None or _worker_error(exc) is not None:
+            raise _failure(exc, log_dir=Path(builder.store_path) / "logs") from exc
+        lost = _lost_reason(cause)
+    if lost is not None:  # raised here, not chained: the Ray error's frames would keep the pool alive
+        raise WorkersLost(lost)
+
+
+def restart_ray(run: RunConfig) -> None:
+    """Reconnect as a new Ray job, so that the cluster ends the previous job's actors: Ray Data leaves a
+    failed pool's actors to reference counting, and a survivor would keep its node's resources (an
+    `actor_resources` slot) from the next attempt's actors."""
+    gc.collect()
+    ray.shutdown()
+    start_ray(run)
+
+
+def _lost_reason(exc: BaseException) -> str:
+    """`ActorDiedError: The actor died unexpectedly ... (The actor is dead because its node has died.)`"""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    why = [line for line in lines[1:] if line.startswith(("The actor", "The node", "The object"))]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}" + (f" ({' '.join(why)})" if why else "")
+
+
+def _is_worker_error(error: BaseException) -> bool:
+    """The original `WorkerError` (Ray's `RayTaskError(WorkerError)` copy lacks its attributes)."""
+    return isinstance(error, WorkerError) and not isinstance(error, ray.exceptions.RayError)
 
 
 def _worker_error(exc: BaseException) -> WorkerError | None:
     """The `WorkerError` a Ray error carries: the cause of a failed task, or of an actor's failed
     creation task (an `ActorDiedError` holding a `RayTaskError`)."""
+    error = _cause(exc, _is_worker_error)
+    return error if isinstance(error, WorkerError) else None
+
+
+def _cause(exc: BaseException, wanted: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception in `exc`'s causes (`cause`, `__cause__`, arguments: how Ray nests a failed
+    task's or an actor creation's error) that is `wanted`."""
     pending, seen = [exc], set()
     while pending:
         error = pending.pop()
-        if isinstance(error, WorkerError) and not isinstance(error, ray.exceptions.RayError):
-            return error  # the original (Ray's `RayTaskError(WorkerError)` copy lacks its attributes)
+        if wanted(error):
+            return error
         if id(error) not in seen:
             seen.add(id(error))
             pending += [c for c in (getattr(error, "cause", None), error.__cause__, *error.args)

@@ -38,6 +38,7 @@ class Summary:
     images_encoded: int = 0  # through the VAE (or CLIP vision) in the actors
     stage_seconds: Counter[str] = field(default_factory=Counter)  # decode, vae/unet/clip, write: summed over shards
     completions: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, images) per shard
+    shards_by_node: Counter[str] = field(default_factory=Counter)  # Ray node id -> shards its actors computed
     notes: list[str] = field(default_factory=list)
     interrupted: bool = False  # stopped by Ctrl-C: the counts are those of the shards completed
 
@@ -66,6 +67,9 @@ class Summary:
             lines.append("time, summed over shards: " + ", ".join(
                 f"{stage} {s:.1f} s" + (" (CPU tasks, in parallel with the actors)" if stage == "decode" else "")
                 for stage, s in self.stage_seconds.items()))
+        if len(self.shards_by_node) > 1:
+            lines.append("shards by Ray node: " + ", ".join(f"{node[:12]} {n}"
+                                                            for node, n in self.shards_by_node.items()))
         if self.skipped or self.failed:
             lines.append(f"errors (key, kind, reason per line): {self.errors_file}")
         return "\n".join(lines + self.notes)
@@ -78,6 +82,7 @@ class Summary:
                 "seconds": self.seconds, "images_per_s": self.images_per_s, "ray_start_s": self.ray_start_s,
                 "extractor_batches": self.extractor_batches, "images_decoded": self.images_decoded,
                 "images_encoded": self.images_encoded, "stage_seconds": dict(self.stage_seconds),
+                "shards_by_node": dict(self.shards_by_node),
                 "interrupted": self.interrupted}
 
 
@@ -125,6 +130,8 @@ class Progress:
         self.summary.images_decoded += stats.decoded
         self.summary.images_encoded += stats.encoded
         self.summary.stage_seconds.update(stats.seconds)
+        if stats.node:
+            self.summary.shards_by_node[stats.node] += 1
         self.summary.completions.append((time.perf_counter() - self.start, stats.n_images))
         self.log.append_failed(stats.failed)
         self.bar.update(stats.n_images)

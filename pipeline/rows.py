@@ -78,7 +78,8 @@ class DecodedShard:
 class ShardStats:
     """One written shard. `decoded` counts images decoded by the CPU task, `encoded` those encoded from
     pixels in the actor (both 0 when stored latents are reused); `seconds` maps each stage (`decode`,
-    the encoder's `vae`/`unet`/`clip`, `write`: tar + zarr) to its wall time for this shard."""
+    the encoder's `vae`/`unet`/`clip`, `write`: tar + zarr) to its wall time for this shard; `node` is
+    the Ray node id of the actor that computed it ("" outside Ray)."""
 
     shard: int
     n_images: int  # keys in the shard (padding rows excluded), failed ones included
@@ -88,14 +89,15 @@ class ShardStats:
     decoded: int
     encoded: int
     seconds: Mapping[str, float]
+    node: str = ""
 
     def to_row(self) -> dict[str, Any]:
         return {"shard": self.shard, "n_images": self.n_images, "bytes": self.bytes, "batches": self.batches,
-                "decoded": self.decoded, "encoded": self.encoded, **_failed_columns(self.failed),
+                "decoded": self.decoded, "encoded": self.encoded, "node": self.node, **_failed_columns(self.failed),
                 **{_SECONDS + stage: s for stage, s in self.seconds.items()}}
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "ShardStats":
         counts = {name: int(row[name]) for name in ("shard", "n_images", "bytes", "batches", "decoded", "encoded")}
-        return cls(**counts, failed=_failed_of(row),
+        return cls(**counts, failed=_failed_of(row), node=str(row["node"]),
                    seconds={stage: float(s) for stage, s in _prefixed(row, _SECONDS).items()})

@@ -16,6 +16,7 @@ mini-batch being encoded) with its traceback text, which the driver logs (see `p
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -140,11 +141,12 @@ class ShardProcessor:
         arrays, reused, failed = self.compute(decoded)
         start, shard = time.perf_counter(), decoded.task.shard
         written = sum(a.nbytes for a in arrays.values())
+        export = None
         if self.builder.write_webdataset:  # the tar holds every array of the shard
             have = {**reused, **arrays}
             export = {**self._stored(shard, [a for a in self.array_ids if a not in have]), **have}
-            written += self.store.write_webdataset_shard(shard, export, failed).stat().st_size
-        self.store.write_shard(shard, arrays, failed)
+        tar = self.store.write_shard(shard, arrays, failed, export=export)  # tar, then zarr: one shard-lock hold
+        written += tar.stat().st_size if tar is not None else 0
         spent = self.encoder.seconds - before  # this shard's vae/unet/clip seconds
         seconds = {"decode": decoded.seconds, **{s: spent[s] for s in self.builder.spec.kind.time_stages},
                    "write": time.perf_counter() - start}
@@ -159,6 +161,9 @@ class ShardWorker:
     columns convert cleanly from Python lists, not from numpy object arrays)."""
 
     def __init__(self, builder: WorkerBuilder) -> None:
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
         with reported():
             self.processor = builder.build()
 
@@ -168,5 +173,6 @@ class ShardWorker:
         stats = []
         for row in ({k: v[i] for k, v in batch.items()} for i in range(len(batch["shard"]))):
             with reported(shard=int(row["shard"])):
-                stats.append(self.processor.process(DecodedShard.from_row(row)).to_row())
+                stats.append(dataclasses.replace(self.processor.process(DecodedShard.from_row(row)),
+                                                 node=self.node).to_row())
         return pa.Table.from_pylist(stats)

@@ -5,9 +5,11 @@ its completion record renamed into place. Readers trust records only, so a write
 point leaves that shard invisible; writing it again completes it. One writer per shard at a time
 (zarr partial-shard writes from several processes lose data): each shard write holds that shard's
 lock (`locks/NNNNNN.lock`), so two jobs writing the same shard (each adding its own arrays to the
-same keys) take turns; different shards are written at once. Metadata changes (planning keys,
-creating and resizing arrays) hold the store lock. Locks are `flock` locks: across nodes they need a
-file system that honours them (docs/pipeline.md, "Shared cache directories").
+same keys) take turns; different shards are written at once. `write_shard(..., export=...)` writes
+the tar (with every array complete in the store), then the zarr shards and records, in one hold of
+that lock: of two jobs adding arrays to a shard at once, the second's tar holds both. Metadata
+changes (planning keys, creating and resizing arrays) hold the store lock. Locks are `flock` locks:
+across nodes they need a file system that honours them (docs/pipeline.md, "Shared cache directories").
 """
 from __future__ import annotations
 
@@ -280,36 +282,45 @@ class CacheStore:
             raise IndexError(f"shard {index} is not planned in {self.path} ({len(plans)} shards)")
         return plans[index]
 
-    def _prepare(self, plan: ShardPlan, array_id: str, array: zarr.Array, data: np.ndarray,
-                 failed: Mapping[str, str]) -> np.ndarray:
-        """Cast to the stored dtype; rows of failed keys and padding rows become zeros."""
+    def _target(self, group: zarr.Group, plan: ShardPlan, array_id: str, data: np.ndarray) -> zarr.Array:
+        """Array `array_id`, checked to exist and to take `data` as shard `plan` whole."""
+        if array_id not in group:
+            raise KeyError(f"array {array_id!r} does not exist in {self.path}; call ensure_array first")
+        # zarr does not persist write_empty_chunks: without it an all-zero shard (every key
+        # failed) would not be written at all
+        array = group[array_id].with_config({"write_empty_chunks": True})
         want = (len(plan.rows), *array.shape[1:])
-        if tuple(data.shape) != want:
-            raise ValueError(f"array {array_id!r} shard {plan.index}: got shape {tuple(data.shape)}, "
+        if tuple(np.shape(data)) != want:
+            raise ValueError(f"array {array_id!r} shard {plan.index}: got shape {tuple(np.shape(data))}, "
                              f"expected {want}")
+        return array
+
+    @staticmethod
+    def _prepare(plan: ShardPlan, array: zarr.Array, data: np.ndarray, failed: Mapping[str, str]) -> np.ndarray:
+        """Cast to the stored dtype; rows of failed keys and padding rows become zeros."""
         zero = [i for i, k in enumerate(plan.keys) if k is None or k in failed]
         out = np.array(data, dtype=array.dtype, copy=bool(zero) or None, order="C")
         out[zero] = 0
         return out
 
-    def write_shard(self, index: int, arrays: Mapping[str, np.ndarray],
-                    failed: Mapping[str, str] | None = None) -> None:
+    def write_shard(self, index: int, arrays: Mapping[str, np.ndarray], failed: Mapping[str, str] | None = None,
+                    *, export: Mapping[str, np.ndarray] | None = None) -> Path | None:
         """Write shard `index` of each array whole, make it durable, then record it complete (with the
-        sha256 of the shard file and the failed keys, whose rows are zeros)."""
+        sha256 of the shard file and the failed keys, whose rows are zeros). With `export`, first write
+        the shard's tar from it as `write_webdataset_shard` does, in the same hold of the shard lock
+        (see the module docstring); returns the tar path, or None without `export`."""
         plan, failed = self._plan(index), dict(failed or {})
         unknown = sorted(set(failed) - set(plan.keys))
         if unknown:
             raise ValueError(f"failed keys {unknown[:3]} are not in shard {index}")
         group = self._group("r+")
-        for array_id, data in arrays.items():
-            if array_id not in group:
-                raise KeyError(f"array {array_id!r} does not exist in {self.path}; call ensure_array first")
-            # zarr does not persist write_empty_chunks: without it an all-zero shard (every key
-            # failed) would not be written at all
-            array = group[array_id].with_config({"write_empty_chunks": True})
-            values = self._prepare(plan, array_id, array, np.asarray(data), failed)
-            with self._shard_locked(index):
+        targets = {array_id: self._target(group, plan, array_id, data) for array_id, data in arrays.items()}
+        with self._shard_locked(index):
+            tar = None if export is None else self._write_tar(plan, export, failed)
+            for array_id, array in targets.items():
+                values = self._prepare(plan, array, arrays[array_id], failed)
                 self._write_one(plan, array_id, array, values, failed)
+        return tar
 
     def _write_one(self, plan: ShardPlan, array_id: str, array: zarr.Array, values: np.ndarray,
                    failed: dict[str, str]) -> None:
@@ -338,21 +349,26 @@ class CacheStore:
         """Export shard `index` as `wds/NNNNNN.tar` (valid keys only) with `arrays` and every other array
         complete for this shard in the store (arrays another job added stay in the export), then record its
         size and sha256 in `wds/NNNNNN.json` (removed first, so a tar being rewritten has none); returns the
-        tar path."""
-        plan, paths = self._plan(index), self.meta.paths
+        tar path. A job that also writes the zarr shard exports through `write_shard(..., export=...)`."""
+        plan = self._plan(index)
         with self._shard_locked(index):
-            meta = self.meta.refresh(shards=[index])
-            others = [a for a in meta.array_ids if a not in arrays and meta.is_complete(a, index)]
-            if others:
-                reader = StoreReader(self.path, expect=self.fingerprint, array_ids=others)
-                arrays = {**{a: reader.read_shard(a, index) for a in others}, **arrays}
-            cast = {a: np.asarray(d, dtype=meta.infos[a].dtype if a in meta.infos else None)
-                    for a, d in arrays.items()}
-            paths.tar_record(index).unlink(missing_ok=True)
-            tar = write_tar_shard(paths.tar(index), keys=plan.keys, rows=plan.rows, arrays=cast,
-                                  failed=dict(failed or {}), store=self.fingerprint.short)
-            nbytes, digest = file_sha256(tar)
-            write_json_atomic(paths.tar_record(index), TarRecord(
-                shard=index, nbytes=nbytes, sha256=digest,
-                written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).to_json())
+            return self._write_tar(plan, arrays, dict(failed or {}))
+
+    def _write_tar(self, plan: ShardPlan, arrays: Mapping[str, np.ndarray], failed: dict[str, str]) -> Path:
+        """`write_webdataset_shard`'s work; the caller holds the shard lock."""
+        paths, index = self.meta.paths, plan.index
+        meta = self.meta.refresh(shards=[index])
+        others = [a for a in meta.array_ids if a not in arrays and meta.is_complete(a, index)]
+        if others:
+            reader = StoreReader(self.path, expect=self.fingerprint, array_ids=others)
+            arrays = {**{a: reader.read_shard(a, index) for a in others}, **arrays}
+        cast = {a: np.asarray(d, dtype=meta.infos[a].dtype if a in meta.infos else None)
+                for a, d in arrays.items()}
+        paths.tar_record(index).unlink(missing_ok=True)
+        tar = write_tar_shard(paths.tar(index), keys=plan.keys, rows=plan.rows, arrays=cast,
+                              failed=failed, store=self.fingerprint.short)
+        nbytes, digest = file_sha256(tar)
+        write_json_atomic(paths.tar_record(index), TarRecord(
+            shard=index, nbytes=nbytes, sha256=digest,
+            written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).to_json())
         return tar

@@ -86,6 +86,9 @@ def _hashes(root):
     ("compute_dtype=fp8", "compute_dtype 'fp8' is not one of"),
     ("timesteps=[5000]", "timesteps [5000] are outside the range 0..999 of the scheduler of embedded:tiny-sd"),
     ("features=[U-L9-R0-B0-Cross-Q]", "U-L9-R0-B0-Cross-Q does not exist in this U-Net"),
+    ('actor_resources={"GPU": 1}', "actor_resources must map custom Ray resource names (not CPU, GPU"),
+    ("actor_resources={h100: 0}", "actor_resources must map custom Ray resource names"),
+    ("retries=-1", "retries must be >= 0, got -1"),
 ])
 def test_a_bad_value_is_one_line_naming_the_field_before_ray_and_the_store_stays_byte_identical(
         override, message, planned_store, no_ray, capsys):
@@ -139,3 +142,16 @@ def test_ctrl_c_during_ray_shutdown_after_the_work_keeps_success_and_the_summary
     rc = main(["extract", "--no-progress", f"cache_root={tmp_path / 'cache'}", "--summary-json", str(summary)])
     assert rc == 0 and "extract: 0 images done" in capsys.readouterr().out
     assert json.loads(summary.read_text())["interrupted"] is False
+
+
+@pytest.mark.parametrize("nodes, request_, fit", [
+    ([{"CPU": 3, "extractor": 1}, {"CPU": 2, "extractor": 1}], {"CPU": 1, "extractor": 1}, 2),
+    ([{"CPU": 3, "extractor": 1}, {"CPU": 2, "extractor": 1}], {"CPU": 1, "extractor": 2}, 0),
+    ([{"CPU": 3, "extractor": 1}, {"CPU": 2}], {"CPU": 1, "extractor": 1}, 1),  # no slot on node 2
+    ([{"CPU": 64, "GPU": 8}, {"CPU": 8, "GPU": 8}], {"CPU": 2, "GPU": 1}, 12),  # CPUs bound node 2
+    ([{"CPU": 3}, {"CPU": 2}], {"CPU": 3.5}, 0),  # 5 CPUs in all, 3.5 on no node
+])
+def test_actor_capacity_counts_whole_actors_per_node(nodes, request_, fit):
+    from pipeline.job import actor_capacity
+
+    assert actor_capacity(nodes, request_, actors=99) == fit

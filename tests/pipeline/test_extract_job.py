@@ -369,11 +369,10 @@ def extractor_actor_pids(ancestor):
     return [pid for pid, title in titles.items() if b"ShardWorker" in title and descends(pid)]
 
 
-def test_sigkilled_extractor_actor_is_restarted_and_the_store_is_bit_identical(reference, data, tmp_path):
-    """Observed behaviour: the job recovers by itself. Ray Data creates pool actors with
-    max_restarts=-1 and max_task_retries=-1, so Ray restarts the killed actor (reloading the model)
-    and retries the shard it held; the writer discards that shard's half-written files, the run exits
-    0 with every image counted once, and the re-run is a cache hit."""
+def test_a_sigkilled_extractor_actor_costs_a_retry_and_the_store_is_bit_identical(reference, data, tmp_path):
+    """The actor's shard fails the attempt (actors are not restarted, see `pipeline.job.run_shards`); the
+    driver starts a new embedded Ray and runs the shards left; the run exits 0 with every image counted
+    once, and the re-run is a cache hit."""
     store = tmp_path / reference.store.name
     proc = cli([*overrides(fields(data, tmp_path)), "--summary-json", str(tmp_path / "s.json")])
     try:
@@ -387,6 +386,7 @@ def test_sigkilled_extractor_actor_is_restarted_and_the_store_is_bit_identical(r
         kill_session(proc)
     assert 1 <= n_done < len(list((reference.store / "done" / "latents").glob("*.json")))
     assert proc.returncode == 0, output
+    assert "retry 1: ActorDiedError" in output, output[-3000:]
     summary = json.loads((tmp_path / "s.json").read_text())
     counts = (summary["done"], summary["failed"], summary["shards"])
     assert counts == (reference.done, reference.failed, reference.shards)  # the retried shard counted once

@@ -1,11 +1,14 @@
 """Extraction on a two-node Ray cluster on this machine: `ray start --head` (3 CPUs) and a second
 `ray start --address=...` (2 CPUs), separate processes with their own raylets and object stores, as on
-two machines sharing a file system. Tiny SD at 64 px, 8 images in 4 shards, 2 actors, which Ray
-Data's SPREAD scheduling places one per node (checked from the process tree).
+two machines sharing a file system. Each node offers one `extractor` resource and each actor asks for
+one (`actor_resources`), so the 2 actors are forced one per node (checked from the process tree).
+Every run is `python -m pipeline.cli extract ... ray_address=...` (what `just extract` runs) in its own
+process. Tiny SD at 64 px, 24 images in 24 shards.
 
-The store is bit-identical to the same extraction run in one process without Ray (`store_builder`: the
-work units every actor runs). Errors: an address nothing listens on fails in
-seconds (Ray itself retries for minutes), a request no node can place fails instead of waiting.
+Both stores are bit-identical to the same extraction run in one process without Ray (`store_builder`:
+the work units every actor runs): the plain two-node run, and a run whose second node is killed while
+shards are left (the driver runs them again on the head). Errors: an address nothing listens on fails
+in seconds (Ray itself retries for minutes), a request no node can place fails instead of waiting.
 """
 import json
 import os
@@ -15,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -23,9 +25,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import split_config
-from pipeline.driver import run_extract
-from stages.config import ConfigError
+from pipeline.config import REPO
 from stages.store import verify_store
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,9 @@ RAY = str(Path(sys.executable).with_name("ray"))
 # loopback only: no token authentication; node death noticed within ~2 s instead of ~15 s
 CLUSTER_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_health_check_period_ms": "500",
                "RAY_health_check_failure_threshold": "3", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
+# Ray Data deals shards once both actors have loaded the model, else the first up may take them all
+DRIVER_ENV = {**CLUSTER_ENV, "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "600"}
+N_IMAGES = 24  # the whole pretrain sample
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -91,18 +93,20 @@ def stop_node(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, monkeypatch_module):
+    """The two nodes; a test that kills the worker node runs last (`worker_killed`)."""
     root = tmp_path_factory.mktemp("ray-cluster")
     session = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
     port = free_port()
     address = f"127.0.0.1:{port}"
     for key, value in CLUSTER_ENV.items():
-        monkeypatch_module.setenv(key, value)  # the driver (this process) connects without a token too
-    head = start_node(["--head", f"--port={port}", "--num-cpus=3", "--include-dashboard=false",
+        monkeypatch_module.setenv(key, value)  # wait_for_nodes connects without a token too
+    slot = '--resources={"extractor": 1}'
+    head = start_node(["--head", f"--port={port}", "--num-cpus=3", slot, "--include-dashboard=false",
                        f"--temp-dir={session}"], root / "head.log")
     nodes = [head]
     try:
         wait_for_nodes(address, 1, started=head, log=root / "head.log")
-        nodes.append(start_node([f"--address={address}", "--num-cpus=2"], root / "worker.log"))
+        nodes.append(start_node([f"--address={address}", "--num-cpus=2", slot], root / "worker.log"))
         wait_for_nodes(address, 2, started=nodes[1], log=root / "worker.log")
         yield {"address": address, "head": head, "worker": nodes[1]}
     finally:
@@ -119,15 +123,41 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def data(sample, tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "eight.json"
-    path.write_text(json.dumps(json.loads(sample.pretrain_json.read_text())[:8]))
+    path = tmp_path_factory.mktemp("data") / "pretrain.json"
+    path.write_text(json.dumps(json.loads(sample.pretrain_json.read_text())[:N_IMAGES]))
     return {"json": str(path), "root": str(sample.image_root)}
 
 
 def fields(data, cache_root, **extra):
     return {"data": [data["json"]], "image_root": data["root"], "cache_root": str(cache_root), "resolution": 64,
-            "grid": 4, "features": ["U-L1-R1-B0-Cross-Q"], "prompt_sources": ["caption"], "shard_size": 2,
-            "batch_size": 2, "device": "cpu", "compute_dtype": "float32", **extra}
+            "grid": 4, "features": ["U-L1-R1-B0-Cross-Q"], "prompt_sources": ["caption"], "shard_size": 1,
+            "batch_size": 1, "device": "cpu", "compute_dtype": "float32", **extra}
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory, store_builder):
+    folder = tmp_path_factory.mktemp("reference")
+    path = folder / "reference.yaml"
+    path.write_text(yaml.safe_dump(fields(data, folder)))
+    return store_builder(path)
+
+
+def start_extract(cluster, data, cache_root: Path, **extra) -> subprocess.Popen:
+    """`python -m pipeline.cli extract` (the `just extract` recipe) against the cluster, 2 actors, one
+    `extractor` resource each; the summary goes to `<cache_root>.json`."""
+    values = fields(data, cache_root, **{"num_actors": 2, "cpus_per_actor": 1, "actor_resources": {"extractor": 1},
+                                         "ray_address": cluster["address"], **extra})
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "extract", "--no-progress",
+                             f"--summary-json={cache_root}.json", *(f"{k}={json.dumps(v)}" for k, v in values.items())],
+                            cwd=REPO, env={**os.environ, **DRIVER_ENV, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(job: subprocess.Popen, cache_root: Path) -> dict:
+    output = job.communicate(timeout=300)[0]
+    assert job.returncode == 0, output[-4000:]
+    print(output)
+    return json.loads(Path(f"{cache_root}.json").read_text()) | {"output": output}
 
 
 def ancestors(pid: int) -> list[int]:
@@ -141,15 +171,27 @@ def ancestors(pid: int) -> list[int]:
     return chain
 
 
-def extractor_actors() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"ShardWorker" in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def actors_on(cluster, node: str) -> set[int]:
+    """The extractor actor processes running under `node`'s `ray start`."""
+    pids = {int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and b"ShardWorker" in cmdline(int(e.name))}
+    return {pid for pid in pids if cluster[node].pid in ancestors(pid)}
+
+
+def watch(job: subprocess.Popen, cluster, *, until=lambda seen: False) -> dict[str, set[int]]:
+    """Actor pids seen on each node while `job` runs, until it exits or `until(seen)` holds."""
+    seen: dict[str, set[int]] = {"head": set(), "worker": set()}
+    while job.poll() is None and not until(seen):
+        for node in seen:
+            seen[node] |= actors_on(cluster, node)
+        time.sleep(0.05)
+    return seen
 
 
 def digests(store: Path) -> dict[str, str]:
@@ -158,46 +200,47 @@ def digests(store: Path) -> dict[str, str]:
     return {str(r.relative_to(store)): json.loads(r.read_text())["sha256"] for r in records}
 
 
-def test_a_request_no_node_can_place_is_refused_instead_of_waiting(cluster, data, tmp_path):
-    """3.5 CPUs per actor: the cluster has 5 CPUs in all, but no node has 3.5."""
+def test_a_request_no_node_can_place_is_refused_instead_of_waiting(cluster, data, tmp_path, capsys):
+    """2 `extractor` per actor: the cluster has 2 in all, but no node has 2."""
     start = time.time()
-    with pytest.raises(ConfigError, match=r"need 3.5 CPUs each on one node, but the Ray cluster's nodes fit 0"):
-        run_extract(split_config(fields(data, tmp_path, num_actors=1, cpus_per_actor=3.5,
-                                        ray_address=cluster["address"])), show_progress=False)
-    assert time.time() - start < 60
+    values = fields(data, tmp_path, num_actors=1, actor_resources={"extractor": 2}, ray_address=cluster["address"])
+    code = main(["extract", "--no-progress", *(f"{k}={json.dumps(v)}" for k, v in values.items())])
+    assert code == 2 and time.time() - start < 60
+    assert ("1 extractor actors need 1 CPU, 2 extractor each on one node, but the Ray cluster's nodes fit 0"
+            in capsys.readouterr().err)
 
 
-@pytest.mark.skip(reason="open bug (issue 12): on a two-node cluster Ray Data 2.60 sometimes cancels an "
-                  "extractor actor before it starts and the job fails with ActorDiedError (seen twice in clean-clone "
-                  "CI runs, passed in three other runs); completed shards are kept and `just extract` resumes")
-def test_a_two_node_run_uses_both_nodes_and_is_bit_identical_to_the_one_process_run(
-        cluster, data, tmp_path, store_builder):
-    reference_yaml = tmp_path / "reference.yaml"
-    reference_yaml.write_text(yaml.safe_dump(fields(data, tmp_path / "reference")))
-    reference = store_builder(reference_yaml)
-    store = tmp_path / "cluster" / reference.name
-    seen: dict[str, set[int]] = {"head": set(), "worker": set()}
-    finished = threading.Event()
+def test_a_two_node_run_whose_second_node_dies_mid_run_finishes_on_the_head_bit_identical_to_one_process(
+        cluster, data, tmp_path, reference):
+    """One actor per node; once both compute, the second node is killed (SIGKILL to its raylet and
+    workers). The shards it had in flight, and any left, run again on the head, where one actor fits
+    now; both nodes' shards are in the store, bit-identical to the one-process run. Kills the worker
+    node: the module's last cluster test."""
+    store = tmp_path / "cache" / reference.name
+    arrays = ("latents", "U-L1-R1-B0-Cross-Q@t50", "U-L1-R1-B0-Cross-Q@t50:caption")
 
-    def watch_actors():
-        while not finished.is_set():
-            for pid in extractor_actors():
-                for node in ("head", "worker"):
-                    if cluster[node].pid in ancestors(pid):
-                        seen[node].add(pid)
-            time.sleep(0.1)
+    def done():  # shards complete for all three arrays
+        return len(set.intersection(*({p.stem for p in (store / "done" / a).glob("*.json")} for a in arrays)))
 
-    watcher = threading.Thread(target=watch_actors, daemon=True)
-    watcher.start()
+    def worker_computing(seen):  # its actor has loaded the model and 3 more shards are done since
+        if seen["worker"] and not any(b"__init__" in cmdline(pid) for pid in seen["worker"]):
+            ready.setdefault("done", done())
+            return done() >= ready["done"] + 3
+        return False
+
+    ready: dict[str, int] = {}
     start = time.time()
-    try:
-        summary = run_extract(split_config(fields(data, tmp_path / "cluster", num_actors=2, cpus_per_actor=1,
-                                                  ray_address=cluster["address"])), show_progress=False)
-    finally:
-        finished.set()
-    print(f"two-node run: {time.time() - start:.1f} s")
-    assert seen["head"] and seen["worker"], seen  # one actor on each node
-    assert summary.done == 8 and summary.failed == 0
+    job = start_extract(cluster, data, tmp_path / "cache")
+    seen = watch(job, cluster, until=worker_computing)
+    os.killpg(cluster["worker"].pid, signal.SIGKILL)
+    done_at_kill = done()
+    summary = finish(job, tmp_path / "cache")
+    print(f"two-node run with a node lost: {time.time() - start:.1f} s; killed at {done_at_kill} shards")
+    assert len(seen["head"]) == 1 and len(seen["worker"]) == 1, seen  # forced one per node
+    assert 0 < done_at_kill < N_IMAGES
+    assert "retry 1: ActorDiedError" in summary["output"], summary["output"][-3000:]
+    assert len(summary["shards_by_node"]) == 2 and min(summary["shards_by_node"].values()) >= 1, summary
+    assert summary["done"] == N_IMAGES and summary["failed"] == 0
     assert verify_store(store) == []
     assert digests(store) == digests(reference)
 
