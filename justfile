@@ -65,7 +65,7 @@ verify store *flags:
     @python -m pipeline.cli verify "$@"
 
 test *args: system-packages
-    @python -m pytest -q tests "$@"
+    @python -m pytest -q --durations=20 tests "$@"
 
 # Debian packages the tests and metrics need: Java (COCO's METEOR and tokenizer) and Chromium (the report's browser test)
 system-packages:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -141,8 +142,15 @@ def _loader_factory(config: TrainConfig, dataset: LlavaDataset, pad_token_id: in
         return DataLoader(dataset, sampler=sampler, batch_size=config.per_device_batch_size, drop_last=True,
                           collate_fn=functools.partial(collate, pad_token_id=pad_token_id), num_workers=workers,
                           pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None,
-                          generator=torch.Generator().manual_seed(config.seed))
+                          generator=torch.Generator().manual_seed(config.seed), worker_init_fn=_ignore_ctrl_c)
     return make_loader
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C (SIGINT to the whole foreground group) to the main process, which
+    stops them: a worker it killed while handing a batch over made multiprocessing's resource-sharer
+    thread print an `EOFError` traceback over the one-line interrupt message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _device() -> torch.device:
