@@ -137,6 +137,9 @@ def _loader_factory(config: TrainConfig, dataset: LlavaDataset, pad_token_id: in
     """Loaders with their own seeded generator: our samplers shuffle, the generator only seeds workers, and
     `iter()` then never draws from the global torch RNG (which prompt dropout uses and checkpoints restore)."""
     workers = config.data.num_workers
+    if workers:  # batches travel as named shared memory, not as file descriptors handed over a socket by
+        # multiprocessing's resource sharer, whose thread prints a traceback when Ctrl-C cuts a hand-over
+        torch.multiprocessing.set_sharing_strategy("file_system")
 
     def make_loader(sampler: Any) -> DataLoader:
         return DataLoader(dataset, sampler=sampler, batch_size=config.per_device_batch_size, drop_last=True,
@@ -148,8 +151,7 @@ def _loader_factory(config: TrainConfig, dataset: LlavaDataset, pad_token_id: in
 
 def _ignore_ctrl_c(worker_id: int) -> None:
     """Loader workers leave Ctrl-C (SIGINT to the whole foreground group) to the main process, which
-    stops them: a worker it killed while handing a batch over made multiprocessing's resource-sharer
-    thread print an `EOFError` traceback over the one-line interrupt message."""
+    stops them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
