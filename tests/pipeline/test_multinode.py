@@ -222,10 +222,10 @@ def test_a_two_node_run_whose_second_node_dies_mid_run_finishes_on_the_head_bit_
     def done():  # shards complete for all three arrays
         return len(set.intersection(*({p.stem for p in (store / "done" / a).glob("*.json")} for a in arrays)))
 
-    def worker_computing(seen):  # its actor has loaded the model and 3 more shards are done since
+    def worker_computing(seen):  # its actor has loaded the model and 5 more shards are done since
         if seen["worker"] and not any(b"__init__" in cmdline(pid) for pid in seen["worker"]):
             ready.setdefault("done", done())
-            return done() >= ready["done"] + 3
+            return done() >= ready["done"] + 5
         return False
 
     ready: dict[str, int] = {}
