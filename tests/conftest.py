@@ -65,6 +65,14 @@ class TrainStore:
     sft_json: Path
 
 
+def pretrain_subset(sample, folder: Path, n: int) -> dict[str, str]:
+    """The first `n` samples of the bundled pretrain JSON as a data file in `folder`, with its image root:
+    `{"json": ..., "root": ...}`."""
+    path = folder / f"pretrain-{n}.json"
+    path.write_text(json.dumps(json.loads(Path(sample.pretrain_json).read_text())[:n]))
+    return {"json": str(path), "root": str(sample.image_root)}
+
+
 def build_store(extract_yaml: Path) -> Path:
     """Run the extraction of `extract_yaml` in this process: the pipeline's plan and its shard work units
     (`decode_shard`, `ShardProcessor.process`), as each Ray actor runs them."""

@@ -27,6 +27,7 @@ import yaml
 from pipeline.cli import main
 from pipeline.config import REPO
 from stages.store import verify_store
+from tests.conftest import pretrain_subset
 
 pytestmark = pytest.mark.slow
 
@@ -123,9 +124,7 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def data(sample, tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "pretrain.json"
-    path.write_text(json.dumps(json.loads(sample.pretrain_json.read_text())[:N_IMAGES]))
-    return {"json": str(path), "root": str(sample.image_root)}
+    return pretrain_subset(sample, tmp_path_factory.mktemp("data"), N_IMAGES)
 
 
 def fields(data, cache_root, **extra):

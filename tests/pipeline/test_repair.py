@@ -15,6 +15,7 @@ from pipeline.worker import decode_shard
 from stages.config import ConfigError
 from stages.store import CacheStore, list_caches
 from stages.store.verify import verify_store
+from tests.conftest import pretrain_subset
 
 FEATURE = "U-L2-R2-Res-Out@t50"
 
@@ -50,9 +51,7 @@ def snapshot(root):
 
 @pytest.fixture(scope="module")
 def data(sample, tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "six.json"
-    path.write_text(json.dumps(json.loads(sample.pretrain_json.read_text())[:6]))
-    return {"json": str(path), "root": str(sample.image_root)}
+    return pretrain_subset(sample, tmp_path_factory.mktemp("data"), 6)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ write under that shard's lock) and each adds its own array. They start computing
 barrier after their imports). Then a third job adds a name alone: its tars keep the arrays the others
 added.
 """
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import yaml
 
 from pipeline.config import REPO
 from stages.store import StoreReader, verify_store
+from tests.conftest import pretrain_subset
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,7 @@ def write_yaml(folder: Path, data: dict, cache_root: Path, names: list[str]) -> 
 
 @pytest.fixture(scope="module")
 def data(sample, tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "eight.json"
-    path.write_text(json.dumps(json.loads(sample.pretrain_json.read_text())[:8]))
-    return {"json": str(path), "root": str(sample.image_root)}
+    return pretrain_subset(sample, tmp_path_factory.mktemp("data"), 8)
 
 
 def tar_members(store: Path) -> set[str]:
