@@ -10,6 +10,8 @@ RNGs, and continues with losses equal to an uninterrupted run's.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
@@ -55,6 +57,33 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, *, step: int, total: int, history: list[StepMetrics], checkpoint: Path | None) -> None:
         super().__init__(f"interrupted at step {step} of {total}")
         self.step, self.total, self.history, self.checkpoint = step, total, history, checkpoint
+
+
+class _CtrlC:
+    """While installed (main thread, default handler only), the first Ctrl-C stops training after the
+    current step, a second one at once. A KeyboardInterrupt raised wherever the signal lands is lost when
+    that is inside a callback whose errors Python prints and drops, such as logging's lock release after
+    the fork that starts a DataLoader worker (seen: a traceback, then the run went on to its last step)."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._installed = (threading.current_thread() is threading.main_thread()
+                           and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def raise_if_pressed(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -213,6 +242,7 @@ def train(
                          tensorboard=config.tensorboard)
     history: list[StepMetrics] = []
     engine.train()
+    ctrl_c = _CtrlC()
     try:
         while step < total:
             epoch, offset = divmod(step, per_epoch)
@@ -237,10 +267,12 @@ def train(
                 if step == total or (config.save_every and step % config.save_every == 0):
                     reporter.flush()  # the events up to a checkpoint survive a killed run
                     _checkpoint(engine, config, sampler, step=step, per_epoch=per_epoch, total=total)
+                ctrl_c.raise_if_pressed()
     except KeyboardInterrupt:
         raise TrainingInterrupted(step=step, total=total, history=history,
                                   checkpoint=latest_checkpoint(config.output_dir)) from None
     finally:
+        ctrl_c.restore()
         reporter.close()
     if is_main_process():
         engine.module.save_pretrained(Path(config.output_dir) / FINAL_DIR, with_llm=not config.freeze_llm)

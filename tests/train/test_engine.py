@@ -11,6 +11,7 @@ import functools
 import json
 import random
 import shutil
+import signal
 import time
 
 import numpy as np
@@ -23,7 +24,7 @@ from train.collate import collate
 from train.config import DataConfig, TrainConfig, VisionConfig
 from train.data import LlavaDataset
 from train.engine import CHECKPOINTS_DIR, cosine_with_warmup, deepspeed_config, seed_everything
-from train.loop import FINAL_DIR, train
+from train.loop import FINAL_DIR, TrainingInterrupted, train
 from train.metrics import METRICS_FILE, TENSORBOARD_DIR
 from train.model import ADAPTER_FILE, LLM_DIR, build_model
 from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
@@ -169,6 +170,41 @@ def test_pretrain_leaves_llm_bit_identical_and_loss_decreases(llm_dir, tokenizer
                                   dataset, tokenizer)
     assert [m.loss for m in resumed] == [m.loss for m in history[8:]]
     assert all(torch.equal(v, original[k]) for k, v in resumed_model.llm.state_dict().items())
+
+
+def test_ctrl_c_stops_training_after_the_step_and_never_raises_where_it_lands(llm_dir, tokenizer, tmp_path):
+    # CI saw a run go on to its last step: the KeyboardInterrupt was raised inside logging's at-fork lock
+    # release as the DataLoader forked its worker, where Python prints it and drops it. Here the signal
+    # lands in a loader start-up that drops it the same way.
+    config = _config(llm_dir, tmp_path, stage="pretrain", epochs=4, per_device_batch_size=4, save_every=0)
+    dataset = _dataset(config, tokenizer, _records())
+    model = build_model(config, feature_dims=DIMS)
+    dropped = []
+
+    def make_loader(sampler):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt as exc:
+            dropped.append(exc)  # as the at-fork callback does
+        return DataLoader(dataset, sampler=sampler, batch_size=config.per_device_batch_size,
+                          collate_fn=functools.partial(collate, pad_token_id=tokenizer.pad_token_id))
+
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(config=config, model=model, sampler=SeededRandomSampler(len(dataset), seed=0), make_loader=make_loader)
+    assert (stopped.value.step, stopped.value.total, dropped) == (1, 8, [])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    from train.loop import _CtrlC
+
+    ctrl_c = _CtrlC()
+    try:
+        signal.raise_signal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        ctrl_c.restore()
 
 
 class _Crash(RuntimeError):
