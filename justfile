@@ -64,8 +64,31 @@ caches *args:
 verify store *flags:
     @python -m pipeline.cli verify "$@"
 
+# the test suite
 test *args: system-packages
     @python -m pytest -q --durations=20 tests "$@"
+
+# re-resolve requirements.lock keeping other pins (--upgrade: newest allowed; --upgrade-package NAME: one); then test-latest
+lock *args:
+    CUSTOM_COMPILE_COMMAND="just lock" pip-compile -q --generate-hashes --allow-unsafe --extra dev --strip-extras \
+        --no-emit-index-url --no-emit-find-links -c lock-constraints.txt -o requirements.lock "$@" pyproject.toml
+
+# drift check: the suite in a throwaway venv with the newest releases pyproject.toml allows, embedded models rebuilt
+test-latest *args: system-packages
+    #!/usr/bin/env bash
+    set -euo pipefail
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    python3 -m venv "$tmp/venv"
+    "$tmp/venv/bin/pip" install -q --upgrade pip
+    "$tmp/venv/bin/pip" install -q --upgrade-strategy eager -c lock-constraints.txt -e '.[dev]'
+    normal() { sed -nE 's/^([A-Za-z0-9_.-]+)==([^ ]+).*/\1==\2/p' | tr 'A-Z_' 'a-z-' | sort; }
+    normal < requirements.lock > "$tmp/locked"
+    "$tmp/venv/bin/pip" freeze --exclude-editable | normal > "$tmp/latest"
+    echo "newest allowed releases that differ from requirements.lock (< locked, > newest):"
+    diff "$tmp/locked" "$tmp/latest" | grep '^[<>]' || echo "  none"
+    export PATH="$tmp/venv/bin:$PATH" TORCH_EXTENSIONS_DIR="$tmp/venv/torch-extensions" DFC_EMBEDDED_HOME="$tmp/embedded"
+    python -m pytest -q --durations=20 tests "$@"
 
 # Debian packages the tests and metrics need: Java (COCO's METEOR and tokenizer) and Chromium (the report's browser test)
 system-packages:

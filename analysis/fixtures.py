@@ -3,7 +3,7 @@ tiny MMVP-VLM and Winoground in their official layouts from the bundled photos, 
 (vision + text towers) for the baseline row. Bump a VERSION whenever its bytes change."""
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 from analysis.matching import MatchBenchmark
@@ -15,7 +15,7 @@ __all__ = ["BENCHMARKS", "EMBEDDED", "benchmark_root", "tiny_clip_dir"]
 
 BENCHMARKS: dict[str, MatchBenchmark] = {b.name: b for b in (MMVP_VLM, WINOGROUND)}
 EMBEDDED = "embedded"  # the value of --<benchmark> / --clip naming these defaults
-_VERSIONS = {"mmvp-vlm": 1, "winoground": 1, "tiny-clip": 1}
+_VERSIONS = {"mmvp-vlm": 1, "winoground": 1, "tiny-clip": 2}  # tiny-clip 2: stages.embedded.weights
 TINY_CLIP_PROJECTION = 32  # != hidden size (64), so a missing projection shows up as a shape error
 
 
@@ -37,13 +37,16 @@ def _build_tiny_clip(out: Path) -> None:
 
     from stages.embedded.clip_vision import PROCESSOR_CONFIG, VISION_CONFIG
     from stages.embedded.sd import TEXT_ENCODER_CONFIG, write_clip_tokenizer
+    from stages.embedded.weights import save_model, seeded_model, write_json
 
     ids = write_clip_tokenizer(out)
-    torch.manual_seed(0)
     config = CLIPConfig(text_config={**TEXT_ENCODER_CONFIG, **ids}, vision_config=VISION_CONFIG,
                         projection_dim=TINY_CLIP_PROJECTION)
-    CLIPModel(config).save_pretrained(out, safe_serialization=True)
-    (out / "preprocessor_config.json").write_text(json.dumps(PROCESSOR_CONFIG, indent=2, sort_keys=True) + "\n")
+    model = seeded_model(lambda: CLIPModel(config), namespace="analysis-tiny-clip")
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1 / 0.07))  # CLIP's initial temperature, not a random number
+    save_model(model, out, weights_name="model.safetensors")
+    write_json(out / "preprocessor_config.json", PROCESSOR_CONFIG)
 
 
 def tiny_clip_dir(model: str = EMBEDDED) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LEGACY = REPO / "tests" / "fixtures" / "legacy-store-v1"
-STORE = "53e33fb53794a04b"
+STORE = "a17b7bd375df2aea"
 
 
 def _just(*args: str) -> subprocess.CompletedProcess:

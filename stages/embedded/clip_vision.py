@@ -2,22 +2,22 @@
 
 Stands in for LLaVA-1.5's CLIP ViT-L/14-336 vision tower: same classes and preprocessing (resize the
 short side, centre crop, CLIP mean/std), patch size 14, but 224 px input (16×16 = 256 patch tokens, the
-default token grid) and a 64-wide, 3-layer encoder with seeded random weights. Load with
+default token grid) and a 64-wide, 3-layer encoder with seeded random weights (`stages.embedded.weights`). Load with
 `CLIPVisionModel.from_pretrained(dir)` and `CLIPImageProcessor.from_pretrained(dir)`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from stages.embedded import register_embedded
+from stages.embedded.weights import save_model, seeded_model, write_json
 
 __all__ = [
-    "VERSION", "SEED", "VISION_CONFIG", "PROCESSOR_CONFIG", "CLIP_MEAN", "CLIP_STD", "build_tiny_clip_vision",
+    "NAME", "VERSION", "VISION_CONFIG", "PROCESSOR_CONFIG", "CLIP_MEAN", "CLIP_STD", "build_tiny_clip_vision",
 ]
 
-VERSION = 1
-SEED = 0
+NAME = "tiny-clip-vision"
+VERSION = 2  # 2: weights from stages.embedded.weights, configs without version stamps
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -49,14 +49,12 @@ PROCESSOR_CONFIG = {  # the fields of openai/clip-vit-large-patch14-336's prepro
 
 def build_tiny_clip_vision(out: Path) -> None:
     """Write `config.json`, `model.safetensors` and `preprocessor_config.json` into `out`."""
-    import torch
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     out = Path(out)
-    torch.manual_seed(SEED)
-    CLIPVisionModel(CLIPVisionConfig(**VISION_CONFIG)).save_pretrained(out, safe_serialization=True)
-    text = json.dumps(PROCESSOR_CONFIG, indent=2, sort_keys=True) + "\n"
-    (out / "preprocessor_config.json").write_text(text, encoding="utf-8")
+    model = seeded_model(lambda: CLIPVisionModel(CLIPVisionConfig(**VISION_CONFIG)), namespace=NAME)
+    save_model(model, out, weights_name="model.safetensors")
+    write_json(out / "preprocessor_config.json", PROCESSOR_CONFIG)
 
 
-register_embedded("tiny-clip-vision", version=VERSION, build_fn=build_tiny_clip_vision)
+register_embedded(NAME, version=VERSION, build_fn=build_tiny_clip_vision)

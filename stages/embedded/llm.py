@@ -5,23 +5,22 @@ below (English with the words LLaVA prompts use), wrapped as a `PreTrainedTokeni
 like Vicuna's: `<unk>` = 0, `<s>` = 1 (bos, prepended to every encoded text), `</s>` = 2 (eos), and
 pad = `<unk>` as in Vicuna/LLaVA (no extra token, so the vocabulary is exactly what BPE learned; the
 collate derives the attention mask from lengths, never from the pad id). Byte-level BPE encodes any
-text without `<unk>`. The weights come from a fixed seed. `build_tiny_llm(out_dir)` writes one
+text without `<unk>`. The weights come from `stages.embedded.weights`. `build_tiny_llm(out_dir)` writes one
 directory (model + tokenizer) loadable with `AutoModelForCausalLM` / `AutoTokenizer`; two builds are
 byte-identical. Registered as `embedded:tiny-llm` (`resolve_model` returns the built directory).
-Changing the corpus, the sizes or the seed changes the model: bump `TINY_LLM_VERSION`.
+Changing the corpus or the sizes changes the model: bump `TINY_LLM_VERSION`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from stages.embedded import register_embedded
+from stages.embedded.weights import save_model, seeded_model
 
-__all__ = ["TINY_LLM_VERSION", "TINY_LLM_SEED", "build_tiny_tokenizer", "build_tiny_llm"]
+__all__ = ["TINY_LLM", "TINY_LLM_VERSION", "build_tiny_tokenizer", "build_tiny_llm"]
 
-TINY_LLM_VERSION = 1
-TINY_LLM_SEED = 0
+TINY_LLM = "tiny-llm"
+TINY_LLM_VERSION = 2  # 2: weights from stages.embedded.weights, configs without version stamps
 _SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 as in Llama
 _BPE_VOCAB_SIZE = 1024  # an upper bound: the corpus supports fewer merges at min_frequency 2
 
@@ -120,14 +119,9 @@ def build_tiny_llm(out_dir: Path) -> None:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):  # seeded weights without disturbing the caller's RNG
-        torch.manual_seed(TINY_LLM_SEED)
-        model = LlamaForCausalLM(config).eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    save_model(seeded_model(lambda: LlamaForCausalLM(config), namespace=TINY_LLM), out_dir,
+               weights_name="model.safetensors")
     tokenizer.save_pretrained(out_dir)
-    for path in out_dir.iterdir():  # safetensors writes 0600; the embedded home is shared
-        path.chmod(0o644)
 
 
-register_embedded("tiny-llm", version=TINY_LLM_VERSION, build_fn=build_tiny_llm)
+register_embedded(TINY_LLM, version=TINY_LLM_VERSION, build_fn=build_tiny_llm)

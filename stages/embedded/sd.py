@@ -24,10 +24,11 @@ from collections import Counter
 from pathlib import Path
 
 from stages.embedded import register_embedded
+from stages.embedded.weights import save_model, seeded_model, write_json
 
 __all__ = [
+    "NAME",
     "VERSION",
-    "SEED",
     "UNET_CONFIG",
     "VAE_CONFIG",
     "TEXT_ENCODER_CONFIG",
@@ -41,7 +42,6 @@ __all__ = [
     "bytes_to_unicode",
     "learn_bpe_merges",
     "write_clip_tokenizer",
-    "write_json",
     "model_index",
     "save_text_encoder",
     "save_unet",
@@ -51,8 +51,8 @@ __all__ = [
     "build_tiny_sd",
 ]
 
-VERSION = 1
-SEED = 0
+NAME = "tiny-sd"
+VERSION = 2  # 2: weights from stages.embedded.weights, configs without version stamps
 MODEL_MAX_LENGTH = 77
 PAD_TOKEN = "!"
 BOS_TOKEN = "<|startoftext|>"
@@ -93,11 +93,11 @@ TEXT_ENCODER_CONFIG = {  # vocab_size and special-token ids are filled in from t
     "hidden_act": "gelu",
     "projection_dim": 64,
 }
-# A randomly initialised VAE encodes photos to posterior means of std ~0.23, i.e. ~0.04 after the 0.18215
+# The seeded VAE encodes the sample photos to posterior means of std ~0.28, i.e. ~0.05 after the 0.18215
 # scaling, so at any timestep the noise would drown the image. A trained SD VAE gives scaled latents of
-# std ~1; multiplying the mean half of `quant_conv` by this constant restores that (the log-variance half
+# std ~1; multiplying the mean half of `quant_conv` by this constant gives ~0.8 (the log-variance half
 # is left alone). A power of two keeps the product exact, hence the bytes stable.
-LATENT_GAIN = 32.0
+LATENT_GAIN = 16.0
 SCHEDULER_CONFIG = {  # SD 2.1-base's scheduler_config.json values
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -216,17 +216,11 @@ def write_clip_tokenizer(out_dir: Path, *, corpus: str = _CORPUS, num_merges: in
             "pad_token_id": vocab[pad_token]}
 
 
-def write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def model_index(pipeline_class: str, components: dict[str, str], **extra: object) -> dict:
     """A diffusers `model_index.json`: `components` maps a subfolder to its class name (the library
     follows from the name); `extra` holds pipeline config values and absent optional components."""
-    import diffusers
-
     library = {name: "transformers" if name.startswith("CLIP") else "diffusers" for name in components.values()}
-    return {"_class_name": pipeline_class, "_diffusers_version": diffusers.__version__, **extra,
+    return {"_class_name": pipeline_class, **extra,
             **{folder: [library[name], name] for folder, name in components.items()}}
 
 
@@ -237,62 +231,61 @@ NO_SAFETY_CHECKER = {"feature_extractor": [None, None], "requires_safety_checker
                      "safety_checker": [None, None]}
 
 
-def save_text_encoder(path: Path, config: dict, token_ids: dict[str, int], *, seed: int,
+def save_text_encoder(path: Path, config: dict, token_ids: dict[str, int], *, namespace: str,
                       with_projection: bool = False) -> None:
     """A seeded `CLIPTextModel` (or `CLIPTextModelWithProjection`, SDXL's second encoder)."""
-    import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(seed)
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    cls(CLIPTextConfig(**config, **token_ids)).save_pretrained(path, safe_serialization=True)
+    model = seeded_model(lambda: cls(CLIPTextConfig(**config, **token_ids)), namespace=namespace)
+    save_model(model, path, weights_name="model.safetensors")
 
 
-def save_unet(path: Path, config: dict, *, seed: int) -> None:
-    import torch
+def save_unet(path: Path, config: dict, *, namespace: str) -> None:
     from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(seed)
-    UNet2DConditionModel(**config).save_pretrained(path, safe_serialization=True)
+    model = seeded_model(lambda: UNet2DConditionModel(**config), namespace=namespace)
+    save_model(model, path, weights_name="diffusion_pytorch_model.safetensors")
 
 
-def save_vae(path: Path, config: dict, *, seed: int) -> None:
+def save_vae(path: Path, config: dict, *, namespace: str) -> None:
     """A seeded `AutoencoderKL` whose scaled latents have unit scale (see LATENT_GAIN)."""
     import torch
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(**config)
+    vae = seeded_model(lambda: AutoencoderKL(**config), namespace=namespace)
     with torch.no_grad():
         vae.quant_conv.weight[: vae.config.latent_channels] *= LATENT_GAIN
         vae.quant_conv.bias[: vae.config.latent_channels] *= LATENT_GAIN
-    vae.save_pretrained(path, safe_serialization=True)
+    save_model(vae, path, weights_name="diffusion_pytorch_model.safetensors")
 
 
 def save_scheduler(path: Path, class_name: str, config: dict) -> None:
-    """The scheduler config as the real checkout's class writes it (read back as a `DDPMScheduler`)."""
+    """The scheduler config as the real checkout's class reads it (read back as a `DDPMScheduler`)."""
     import diffusers
 
-    getattr(diffusers, class_name).from_config(config).save_pretrained(path)
+    scheduler = getattr(diffusers, class_name).from_config(config)
+    values = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}  # every value, no stamps
+    write_json(path / "scheduler_config.json", {"_class_name": class_name, **values})
 
 
-def build_sd_pipeline(out: Path, *, seed: int, unet: dict, vae: dict, text_encoder: dict, scheduler: tuple[str, dict],
+def build_sd_pipeline(out: Path, *, name: str, unet: dict, vae: dict, text_encoder: dict, scheduler: tuple[str, dict],
                       pad_token: str = PAD_TOKEN) -> None:
-    """Write an SD 1.x / 2.x-layout pipeline directory; every component seeded on its own (`seed` + 0..2)."""
+    """Write an SD 1.x / 2.x-layout pipeline directory; every parameter seeded by `<name>/<component>/<param>`."""
     out = Path(out)
     ids = write_clip_tokenizer(out / "tokenizer", pad_token=pad_token)
-    save_text_encoder(out / "text_encoder", text_encoder, ids, seed=seed)
-    save_unet(out / "unet", unet, seed=seed + 1)
-    save_vae(out / "vae", vae, seed=seed + 2)
+    save_text_encoder(out / "text_encoder", text_encoder, ids, namespace=f"{name}/text_encoder")
+    save_unet(out / "unet", unet, namespace=f"{name}/unet")
+    save_vae(out / "vae", vae, namespace=f"{name}/vae")
     save_scheduler(out / "scheduler", *scheduler)
     components = {**SD_PIPELINE_COMPONENTS, "scheduler": scheduler[0]}
     write_json(out / "model_index.json", model_index("StableDiffusionPipeline", components, **NO_SAFETY_CHECKER))
 
 
 def build_tiny_sd(out: Path) -> None:
-    """Write the whole pipeline directory. Every component is seeded on its own, so bytes never drift."""
-    build_sd_pipeline(out, seed=SEED, unet=UNET_CONFIG, vae=VAE_CONFIG, text_encoder=TEXT_ENCODER_CONFIG,
+    """Write the whole pipeline directory (bytes: `stages.embedded.weights`)."""
+    build_sd_pipeline(out, name=NAME, unet=UNET_CONFIG, vae=VAE_CONFIG, text_encoder=TEXT_ENCODER_CONFIG,
                       scheduler=("DDPMScheduler", SCHEDULER_CONFIG))
 
 
-register_embedded("tiny-sd", version=VERSION, build_fn=build_tiny_sd)
+register_embedded(NAME, version=VERSION, build_fn=build_tiny_sd)

@@ -19,8 +19,8 @@ from stages.embedded.sd import (EOS_TOKEN, SCHEDULER_CONFIG, TEXT_ENCODER_CONFIG
 __all__ = ["VERSION", "SD15_UNET_CONFIG", "SD15_TEXT_ENCODER_CONFIG", "SD15_SCHEDULER_CONFIG",
            "SD21_768_UNET_CONFIG", "SD21_768_SCHEDULER_CONFIG", "build_tiny_sd15", "build_tiny_sd21_768"]
 
-VERSION = 1
-SD15_SEED, SD21_768_SEED = 10, 20
+VERSION = 2  # 2: weights from stages.embedded.weights, configs without version stamps
+SD15, SD21_768 = "tiny-sd15", "tiny-sd21-768"
 
 SD15_UNET_CONFIG = {**UNET_CONFIG, "attention_head_dim": 8, "cross_attention_dim": 48, "use_linear_projection": False}
 SD15_TEXT_ENCODER_CONFIG = {**TEXT_ENCODER_CONFIG, "hidden_size": 48, "intermediate_size": 192,
@@ -34,14 +34,14 @@ SD21_768_SCHEDULER_CONFIG = {**SCHEDULER_CONFIG, "prediction_type": "v_predictio
 
 
 def build_tiny_sd15(out: Path) -> None:
-    build_sd_pipeline(out, seed=SD15_SEED, unet=SD15_UNET_CONFIG, vae=VAE_CONFIG, text_encoder=SD15_TEXT_ENCODER_CONFIG,
+    build_sd_pipeline(out, name=SD15, unet=SD15_UNET_CONFIG, vae=VAE_CONFIG, text_encoder=SD15_TEXT_ENCODER_CONFIG,
                       scheduler=("PNDMScheduler", SD15_SCHEDULER_CONFIG), pad_token=EOS_TOKEN)
 
 
 def build_tiny_sd21_768(out: Path) -> None:
-    build_sd_pipeline(out, seed=SD21_768_SEED, unet=SD21_768_UNET_CONFIG, vae={**VAE_CONFIG, "sample_size": 768},
+    build_sd_pipeline(out, name=SD21_768, unet=SD21_768_UNET_CONFIG, vae={**VAE_CONFIG, "sample_size": 768},
                       text_encoder=TEXT_ENCODER_CONFIG, scheduler=("DDIMScheduler", SD21_768_SCHEDULER_CONFIG))
 
 
-register_embedded("tiny-sd15", version=VERSION, build_fn=build_tiny_sd15)
-register_embedded("tiny-sd21-768", version=VERSION, build_fn=build_tiny_sd21_768)
+register_embedded(SD15, version=VERSION, build_fn=build_tiny_sd15)
+register_embedded(SD21_768, version=VERSION, build_fn=build_tiny_sd21_768)

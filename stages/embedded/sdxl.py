@@ -18,13 +18,14 @@ from pathlib import Path
 from stages.embedded import register_embedded
 from stages.embedded.sd import (EOS_TOKEN, PAD_TOKEN, SD_PIPELINE_COMPONENTS, TEXT_ENCODER_CONFIG, VAE_CONFIG,
                                 model_index, save_scheduler, save_text_encoder, save_unet, save_vae,
-                                write_clip_tokenizer, write_json)
+                                write_clip_tokenizer)
+from stages.embedded.weights import write_json
 
-__all__ = ["VERSION", "SEED", "UNET_CONFIG", "VAE_CONFIG", "TEXT_ENCODER_CONFIG", "TEXT_ENCODER_2_CONFIG",
+__all__ = ["NAME", "VERSION", "UNET_CONFIG", "VAE_CONFIG", "TEXT_ENCODER_CONFIG", "TEXT_ENCODER_2_CONFIG",
            "SCHEDULER_CONFIG", "build_tiny_sdxl"]
 
-VERSION = 1
-SEED = 30
+NAME = "tiny-sdxl"
+VERSION = 2  # 2: weights from stages.embedded.weights, configs without version stamps
 TIME_EMBED_DIM = 16  # per size id (SDXL: 256); the U-Net's added input is 6 size ids + the pooled text
 
 TEXT_ENCODER_CONFIG = {**TEXT_ENCODER_CONFIG, "hidden_size": 32, "intermediate_size": 128, "num_attention_heads": 2,
@@ -57,14 +58,15 @@ SCHEDULER_CONFIG = {  # SDXL-base's scheduler_config.json values
 
 
 def build_tiny_sdxl(out: Path) -> None:
-    """Write the whole pipeline directory; every component seeded on its own (`SEED` + 0..3)."""
+    """Write the whole pipeline directory; every parameter seeded by `<NAME>/<component>/<param>`."""
     out = Path(out)
     ids = write_clip_tokenizer(out / "tokenizer", pad_token=EOS_TOKEN)
     ids_2 = write_clip_tokenizer(out / "tokenizer_2", pad_token=PAD_TOKEN)
-    save_text_encoder(out / "text_encoder", TEXT_ENCODER_CONFIG, ids, seed=SEED)
-    save_unet(out / "unet", UNET_CONFIG, seed=SEED + 1)
-    save_vae(out / "vae", VAE_CONFIG, seed=SEED + 2)
-    save_text_encoder(out / "text_encoder_2", TEXT_ENCODER_2_CONFIG, ids_2, seed=SEED + 3, with_projection=True)
+    save_text_encoder(out / "text_encoder", TEXT_ENCODER_CONFIG, ids, namespace=f"{NAME}/text_encoder")
+    save_unet(out / "unet", UNET_CONFIG, namespace=f"{NAME}/unet")
+    save_vae(out / "vae", VAE_CONFIG, namespace=f"{NAME}/vae")
+    save_text_encoder(out / "text_encoder_2", TEXT_ENCODER_2_CONFIG, ids_2, namespace=f"{NAME}/text_encoder_2",
+                      with_projection=True)
     save_scheduler(out / "scheduler", "EulerDiscreteScheduler", SCHEDULER_CONFIG)
     components = {**SD_PIPELINE_COMPONENTS, "scheduler": "EulerDiscreteScheduler", "tokenizer_2": "CLIPTokenizer",
                   "text_encoder_2": "CLIPTextModelWithProjection"}
@@ -73,4 +75,4 @@ def build_tiny_sdxl(out: Path) -> None:
                                                       feature_extractor=[None, None], image_encoder=[None, None]))
 
 
-register_embedded("tiny-sdxl", version=VERSION, build_fn=build_tiny_sdxl)
+register_embedded(NAME, version=VERSION, build_fn=build_tiny_sdxl)

@@ -4,6 +4,9 @@
 layout 1): the first 3 images of the bundled sample's pretrain JSON (`pretrain.json` there, keys relative
 to the sample's image root), embedded tiny SD at 64 px, a 2x2 grid, `U-L1-R1-B0-Cross-Q` at t=50,
 unconditional and caption-conditioned, shard size 2 (one shard with a padding row), webdataset tars.
+The weights are tiny SD v2's (seeded by `stages.embedded.weights`): that commit's own `extract` ran with
+the v2 directory in place of its `tiny-sd-v1`, so the store is the old writer's and its fingerprint is
+today's.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from stages.preprocess import load_image, preprocess
 from stages.store import StoreReader, verify_store
 
 LEGACY = Path(__file__).resolve().parents[2] / "fixtures" / "legacy-store-v1"
-PINNED = "53e33fb53794a04b2edfcab08916a1f9369270e3cae1cea712c0b978384cc774"
+PINNED = "a17b7bd375df2aea4bdff741ac97db629875da917b96a770c6863c5ec2f5948f"
 SPEC = CacheSpec(model="embedded:tiny-sd", resolution=64, features=("U-L1-R1-B0-Cross-Q",), timesteps=(50,),
                  grid=2, prompt_sources=("caption",))
 
