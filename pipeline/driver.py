@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from pipeline.config import ExtractConfig, check_setup, resolve_data
 from pipeline.errors import ExtractionError
@@ -19,6 +19,7 @@ from pipeline.rows import ShardStats, ShardTask
 from pipeline.worker import WorkerBuilder
 from stages.cache_spec import (LATENTS, array_shapes_for, fingerprint_for, image_spec_for,
                                spec_summary)
+from stages.image_files import changed_keys
 from stages.preprocess import ImageSpec
 from stages.config import ConfigError
 from stages.store import CacheStore, StoreMeta
@@ -45,6 +46,7 @@ class Plan:
     errors_file: Path  # this data set's errors file in the store
     created: tuple[str, ...] = ()  # arrays this run created (dropped again if it fails before writing them)
     repairs: tuple[str, ...] = ()  # what the cheap checks of the existing store found and repaired
+    changed_images: Mapping[str, int] = field(default_factory=dict)  # key -> shard withdrawn: its file changed
 
 
 def errors_file_name(json_paths: Sequence[Path], image_root: Path) -> str:
@@ -82,6 +84,19 @@ def _task(plan: ShardPlan, *, meta: StoreMeta, manifest: Manifest, array_ids: li
     return ShardTask(shard=plan.index, keys=tuple(plan.keys), prompts=prompts, reuse_latents=reuse)
 
 
+def _withdraw_changed_images(store: CacheStore, meta: StoreMeta, plans: Sequence[ShardPlan],
+                             manifest: Manifest) -> dict[str, int]:
+    """Withdraw every shard of `plans` holding a key whose image file no longer has the bytes its values
+    were computed from (DESIGN §8: a changed image is a miss); returns key -> shard of those keys."""
+    usable, changed = set(manifest.keys), {}
+    for plan in plans:
+        keys = changed_keys(manifest.image_root, [k for k in plan.keys if k in usable], meta.image_stamps(plan.index))
+        if keys:
+            store.withdraw_shard(plan.index)
+            changed.update((k, plan.index) for k in keys)
+    return changed
+
+
 def plan_run(config: ExtractConfig) -> Plan:
     """Build the manifest, open (or create) the store, plan rows, ensure arrays, list missing shards.
 
@@ -99,11 +114,14 @@ def plan_run(config: ExtractConfig) -> Plan:
             if store.ensure_array(array_id, sample_shape=shape, dtype=dtype):
                 created.append(array_id)
     meta = store.refresh()
+    ours = {*manifest.keys, *manifest.missing, *manifest.refused}
+    mine = [p for p in meta.plans if all(k is None or k in ours for k in p.keys)]
+    changed = _withdraw_changed_images(store, meta, mine, manifest)
+    if changed:
+        meta = store.refresh()
     shapes = {a: (meta.infos[a].sample_shape, meta.infos[a].dtype.name) for a in array_ids}
     missing = set(meta.missing_shards(array_ids))
-    ours = {*manifest.keys, *manifest.missing, *manifest.refused}
     shards = meta.plans
-    mine = [p for p in shards if all(k is None or k in ours for k in p.keys)]
     usable = set(manifest.keys)
     tasks = [_task(p, meta=meta, manifest=manifest, array_ids=array_ids, usable=usable)
              for p in mine if p.index in missing]
@@ -119,7 +137,7 @@ def plan_run(config: ExtractConfig) -> Plan:
                 planned=sum(k is not None for p in mine for k in p.keys), reused_images=reused,
                 recorded_failures=tuple(failures), errors_file=store.path / errors_file_name(json_paths, image_root),
                 foreign_shards=sum(p.index in missing for p in shards) - len(tasks), created=tuple(created),
-                repairs=tuple(repairs))
+                repairs=tuple(repairs), changed_images=changed)
 
 
 def worker_builder(config: ExtractConfig, plan: Plan) -> WorkerBuilder:
@@ -143,6 +161,10 @@ def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary
                       planned=plan.planned, refused=len(plan.manifest.refused), missing=len(plan.manifest.missing),
                       failed_before=len(plan.recorded_failures))
     summary.notes += [f"repaired: {line}" for line in plan.repairs]
+    if plan.changed_images:
+        first = next(iter(plan.changed_images))
+        summary.notes.append(f"{len(plan.changed_images)} images changed since they were extracted (e.g. {first}): "
+                             f"their {len(set(plan.changed_images.values()))} shards are computed again")
     if plan.foreign_shards:
         summary.notes.append(f"{plan.foreign_shards} incomplete shards hold images of other data files; "
                              "run with those files (and their image_root) to complete them")

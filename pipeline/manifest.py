@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from stages.config import ConfigError
 from stages.llava import DataError, first_reply, load_llava_json
-from stages.preprocess import ImageError, safe_image_path
+from stages.image_files import ImageError, safe_image_path
 
 __all__ = ["Manifest", "ManifestError", "PROMPT_TEXT", "build_manifest"]
 

@@ -11,10 +11,12 @@ one column each (`prompt:<source>`, `seconds:<stage>`), failures two parallel co
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+
+from stages.image_files import ImageStamp
 
 __all__ = ["ShardTask", "DecodedShard", "ShardStats"]
 
@@ -31,6 +33,17 @@ def _failed_columns(failed: Mapping[str, str]) -> dict[str, list[str]]:
 
 def _failed_of(row: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(r) for k, r in zip(row["failed_keys"], row["failed_reasons"])}
+
+
+def _stamp_columns(stamps: Mapping[str, ImageStamp]) -> dict[str, Any]:
+    return {"stamp_keys": list(stamps), "stamp_sha256": [s.sha256 for s in stamps.values()],
+            "stamp_size": np.asarray([s.size for s in stamps.values()], np.int64),
+            "stamp_mtime_ns": np.asarray([s.mtime_ns for s in stamps.values()], np.int64)}
+
+
+def _stamps_of(row: Mapping[str, Any]) -> dict[str, ImageStamp]:
+    columns = zip(row["stamp_keys"], row["stamp_sha256"], row["stamp_size"], row["stamp_mtime_ns"])
+    return {str(k): ImageStamp(sha256=str(h), size=int(n), mtime_ns=int(t)) for k, h, n, t in columns}
 
 
 @dataclass(frozen=True)
@@ -55,23 +68,25 @@ class ShardTask:
 
 @dataclass(frozen=True, eq=False)
 class DecodedShard:
-    """A task with the images of its decodable rows (none when latents are reused)."""
+    """A task with the images of its decodable rows (none when latents are reused) and the stamp of
+    every image file whose bytes could be read (`stages.image_files`; failed ones included)."""
 
     task: ShardTask
     images: np.ndarray  # (n_ok, R, R, 3) uint8
     ok_rows: np.ndarray  # (n_ok,) int64: the rows of `task.keys` the images belong to
     failed: Mapping[str, str]  # key -> reason it could not be decoded
     seconds: float  # wall time of the decode task
+    stamps: Mapping[str, ImageStamp] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:
         return {**self.task.to_row(), "images": self.images, "ok_rows": self.ok_rows,
-                **_failed_columns(self.failed), "decode_s": self.seconds}
+                **_failed_columns(self.failed), **_stamp_columns(self.stamps), "decode_s": self.seconds}
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "DecodedShard":
         return cls(task=ShardTask.from_row(row), images=np.asarray(row["images"], np.uint8),
                    ok_rows=np.asarray(row["ok_rows"], np.int64), failed=_failed_of(row),
-                   seconds=float(row["decode_s"]))
+                   seconds=float(row["decode_s"]), stamps=_stamps_of(row))
 
 
 @dataclass(frozen=True)

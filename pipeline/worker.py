@@ -29,31 +29,34 @@ from pipeline.errors import reported
 from pipeline.rows import DecodedShard, ShardStats, ShardTask
 from stages.cache_spec import LATENTS, CacheSpec
 from stages.models import default_device, resolve_dtype
-from stages.preprocess import ImageError, ImageSpec, load_image, preprocess
+from stages.image_files import ImageError
+from stages.preprocess import ImageSpec, preprocess, read_image
 from stages.store import CacheStore, Fingerprint, StoreReader
 
 __all__ = ["decode_shard", "decode_row", "WorkerBuilder", "ShardProcessor", "ShardWorker"]
 
 
 def decode_shard(task: ShardTask, *, image_root: str, image_spec: ImageSpec) -> DecodedShard:
-    """The images of `task`'s keys (nothing is decoded when latents are reused)."""
+    """The images of `task`'s keys and their files' stamps (nothing is read when latents are reused)."""
     start = time.perf_counter()
     side = image_spec.resolution
-    images, ok_rows, failed = [], [], {}
+    images, ok_rows, failed, stamps = [], [], {}, {}
     if not task.reuse_latents:
         for row, key in enumerate(task.keys):
             if key is None:
                 continue
             try:
-                image = preprocess(load_image(image_root, key, max_pixels=image_spec.max_pixels), image_spec)
+                image, stamps[key] = read_image(image_root, key, max_pixels=image_spec.max_pixels)
             except ImageError as exc:
                 failed[key] = str(exc)
+                if exc.stamp is not None:  # a file that does not decode: replacing it is a change
+                    stamps[key] = exc.stamp
                 continue
-            images.append(np.asarray(image, dtype=np.uint8))  # (R, R, 3)
+            images.append(np.asarray(preprocess(image, image_spec), dtype=np.uint8))  # (R, R, 3)
             ok_rows.append(row)
     stacked = np.stack(images) if images else np.zeros((0, side, side, 3), np.uint8)
     return DecodedShard(task=task, images=stacked, ok_rows=np.asarray(ok_rows, np.int64), failed=failed,
-                        seconds=time.perf_counter() - start)
+                        seconds=time.perf_counter() - start, stamps=stamps)
 
 
 def decode_row(row: Mapping[str, Any], *, image_root: str, image_spec: ImageSpec) -> dict[str, Any]:
@@ -140,12 +143,14 @@ class ShardProcessor:
         batches, encoded, before = self.batches, self.encoded, Counter(self.encoder.seconds)
         arrays, reused, failed = self.compute(decoded)
         start, shard = time.perf_counter(), decoded.task.shard
+        # the image files the values come from: read now, or those the reused latents were computed from
+        images = self.store.image_stamps(shard, [LATENTS]) if decoded.task.reuse_latents else decoded.stamps
         written = sum(a.nbytes for a in arrays.values())
         export = None
         if self.builder.write_webdataset:  # the tar holds every array of the shard
             have = {**reused, **arrays}
             export = {**self._stored(shard, [a for a in self.array_ids if a not in have]), **have}
-        tar = self.store.write_shard(shard, arrays, failed, export=export)  # tar, then zarr: one shard-lock hold
+        tar = self.store.write_shard(shard, arrays, failed, export=export, images=images)  # tar, then zarr
         written += tar.stat().st_size if tar is not None else 0
         spent = self.encoder.seconds - before  # this shard's vae/unet/clip seconds
         seconds = {"decode": decoded.seconds, **{s: spent[s] for s in self.builder.spec.kind.time_stages},

@@ -1,11 +1,12 @@
 """Image loading and preprocessing (DESIGN §3): decode, EXIF-transpose, RGB, pad/crop/stretch, resize.
 
-`load_image` is the only place that opens user images: it refuses keys that escape the image root and
-caps the decoded size (decompression bombs), raising `ImageError` with a reason the caller records.
+`read_image` is the only place that opens user images: it refuses keys that escape the image root
+(`stages.image_files.safe_image_path`) and caps the decoded size (decompression bombs), raising `ImageError` with a reason the caller records, and
+stamps the bytes it decoded (`stages.image_files`), so a store can tell later whether the file changed.
 """
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,16 +15,12 @@ import torch
 from PIL import Image, ImageOps
 
 from stages.config import ConfigError
-from stages.errors import UserError
+from stages.image_files import ImageError, ImageStamp, safe_image_path
 
-__all__ = ["ImageSpec", "ImageError", "safe_image_path", "load_image", "preprocess", "to_tensor"]
+__all__ = ["ImageSpec", "read_image", "load_image", "preprocess", "to_tensor"]
 
 CLIP_MEAN_RGB = (122, 116, 104)  # round(CLIP mean * 255): LLaVA-1.5's expand2square background
 RESIZE_MODES = ("pad", "crop", "stretch")
-
-
-class ImageError(UserError, ValueError):
-    """An image that cannot be used: escaping path, missing, unreadable, truncated or too large."""
 
 
 @dataclass(frozen=True)
@@ -42,35 +39,39 @@ class ImageSpec:
             raise ConfigError(f"resolution must be positive, got {self.resolution}")
 
 
-def safe_image_path(root: str | Path, key: str) -> Path:
-    """`root/key`, refusing absolute keys, `..` and symlinks that resolve outside `root`."""
-    if not key or os.path.isabs(key) or key.startswith("~") or ".." in Path(key).parts:
-        raise ImageError(f"image path {key!r} escapes the image root")
-    root_real = Path(root).resolve()
-    path = root_real / key
-    real = path.resolve()
-    if real != root_real and root_real not in real.parents:
-        raise ImageError(f"image path {key!r} resolves outside the image root ({real})")
-    return path
+def read_image(root: str | Path, key: str, *, max_pixels: int = ImageSpec.max_pixels
+               ) -> tuple[Image.Image, ImageStamp]:
+    """Decode `root/key` fully into an RGB PIL image with EXIF orientation applied, and stamp its bytes.
 
-
-def load_image(root: str | Path, key: str, *, max_pixels: int = ImageSpec.max_pixels) -> Image.Image:
-    """Decode `root/key` fully into an RGB PIL image with EXIF orientation applied."""
+    `ImageError` when the file cannot be used; its `stamp` is set when the bytes could be read (a file
+    that does not decode), so that a file replaced later is seen to have changed."""
     path = safe_image_path(root, key)
-    if not path.is_file():
-        raise ImageError(f"missing image file {path}")
-    if path.stat().st_size == 0:
-        raise ImageError(f"zero-byte image file {path}")
     try:
-        with Image.open(path) as image:
+        stat = path.stat()
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"missing image file {path}") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read image ({exc.strerror})") from exc
+    stamp = ImageStamp.of(data, stat)
+    if not data:
+        raise ImageError(f"zero-byte image file {path}", stamp=stamp)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > max_pixels:
-                raise ImageError(f"{path}: {image.width}x{image.height} exceeds max_pixels={max_pixels}")
+                raise ImageError(f"{path}: {image.width}x{image.height} exceeds max_pixels={max_pixels}",
+                                 stamp=stamp)
             image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
+            return ImageOps.exif_transpose(image).convert("RGB"), stamp
     except ImageError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise ImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        raise ImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})", stamp=stamp) from exc
+
+
+def load_image(root: str | Path, key: str, *, max_pixels: int = ImageSpec.max_pixels) -> Image.Image:
+    """`read_image` without the stamp."""
+    return read_image(root, key, max_pixels=max_pixels)[0]
 
 
 def preprocess(image: Image.Image, spec: ImageSpec) -> Image.Image:

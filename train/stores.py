@@ -20,7 +20,8 @@ from stages.cache_spec import (LATENTS, CacheSpec, array_shapes_for, cache_spec_
                                fingerprint_for, image_spec_for, spec_summary)
 from stages.config import ConfigError
 from stages.encoders import SDFeatureEncoder
-from stages.preprocess import ImageError, load_image, preprocess, safe_image_path
+from stages.image_files import ImageError, safe_image_path
+from stages.preprocess import load_image, preprocess
 from stages.locations import SAMPLE_DATA, is_sample_data, resolve_sample_data
 from stages.store import Fingerprint, FingerprintMismatch, KeyNotInStore, StoreNotFound, StoreReader, find_store
 from stages.store.meta import read_header

@@ -12,11 +12,12 @@ complete shards while the driver holds its `CacheStore`, and a rewrite removes a
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from stages.errors import UserError
+from stages.image_files import ImageStamp
 from stages.store.arrays import ArrayInfo, array_info
 from stages.store.fingerprint import Fingerprint, FingerprintMismatch
 from stages.store.layout import ShardPlan, StorePaths, read_json
@@ -35,7 +36,9 @@ class StoreDamaged(UserError):
 @dataclass(frozen=True)
 class CompletionRecord:
     """`done/<array_id>/NNNNNN.json`, written last: the proof that the shard file is whole (its size and
-    sha256 as written), with the keys that failed (their rows are zeros) and the count of valid rows."""
+    sha256 as written), with the keys that failed (their rows are zeros), the count of valid rows and
+    the stamp of each image file the values were computed from (`images`; empty in stores written before
+    stamps were recorded, whose rows cannot be checked against their files)."""
 
     array_id: str
     shard: int
@@ -48,12 +51,14 @@ class CompletionRecord:
     failed: Mapping[str, str]  # key -> reason
     n_valid: int
     written: str  # UTC, ISO 8601
+    images: Mapping[str, ImageStamp] = field(default_factory=dict)  # key -> the file's bytes when read
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> "CompletionRecord":
-        values = {f.name: value[f.name] for f in fields(cls)}
+        values = {f.name: value[f.name] for f in fields(cls) if f.name != "images"}
         return cls(**{**values, "rows": tuple(values["rows"]), "sample_shape": tuple(values["sample_shape"]),
-                      "failed": dict(values["failed"])})
+                      "failed": dict(values["failed"]),
+                      "images": {k: ImageStamp.from_json(v) for k, v in value.get("images", {}).items()}})
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -246,6 +251,17 @@ class StoreMeta:
             if record is not None:
                 for key, reason in record.failed.items():
                     out.setdefault(key, reason)
+        return out
+
+    def image_stamps(self, shard: int, array_ids: Sequence[str] | None = None) -> dict[str, ImageStamp]:
+        """key -> the stamp of the image file the recorded arrays (all when None) of `shard` were
+        computed from; keys of records written before stamps existed are absent."""
+        out: dict[str, ImageStamp] = {}
+        for array_id in self.array_ids if array_ids is None else array_ids:
+            record = self.records.get(array_id, {}).get(shard)
+            if record is not None:
+                for key, stamp in record.images.items():
+                    out.setdefault(key, stamp)
         return out
 
     def valid_keys(self, plan: ShardPlan, array_ids: Sequence[str]) -> list[str]:

@@ -18,6 +18,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from stages.errors import UserError
+from stages.image_files import ImageStamp
 from stages.store.arrays import ArrayInfo
 from stages.store.fingerprint import Fingerprint
 from stages.store.layout import ChunkCorruption, StorePaths, file_sha256, read_raw_rows
@@ -119,6 +120,15 @@ class StoreReader:
         if reason is not None:
             raise KeyNotInStore(f"key {key!r} failed: {reason}")
         return row
+
+    def image_stamps(self, keys: Sequence[str]) -> dict[str, ImageStamp]:
+        """key -> the stamp of the image file the selected arrays' rows of `key` were computed from
+        (`stages.image_files`); keys without one (unplanned, or written before stamps) are absent."""
+        shards = {self._row[k] // self.meta.shard_size for k in keys if k in self._row}
+        recorded: dict[str, ImageStamp] = {}
+        for shard in sorted(shards):
+            recorded.update(self.meta.image_stamps(shard, self.array_ids))
+        return {k: recorded[k] for k in keys if k in recorded}
 
     # ---- data ------------------------------------------------------------------------------
     def _zarr_array(self, array_id: str) -> zarr.Array:

@@ -154,12 +154,6 @@ def prove_index(meta: StoreMeta, shard: int) -> list[str | None] | None:
     return keys if _agrees(meta, shard, keys, rows) else None
 
 
-def _withdraw_shard(store: CacheStore, shard: int) -> None:
-    for array_id in store.array_ids():
-        store.withdraw(array_id, shard)
-    store.remove_tar(shard)
-
-
 def _repair_indexes(store: CacheStore, shards: list[int], keys: Sequence[str] | None) -> list[str]:
     meta, size, done = store.refresh(), store.shard_size, []
     proven = {s: k for s in shards if (k := prove_index(meta, s)) is not None}
@@ -172,7 +166,7 @@ def _repair_indexes(store: CacheStore, shards: list[int], keys: Sequence[str] | 
             done.append(f"index of shard {shard} rewritten from its records and tar")
             continue
         if keys is None:
-            _withdraw_shard(store, shard)
+            store.withdraw_shard(shard)
             store.rewrite_index(shard, None)
             done.append(f"index of shard {shard} cannot be proven from the store: removed with its records and "
                         "tar; the next extract with its data plans its keys again")
@@ -183,7 +177,7 @@ def _repair_indexes(store: CacheStore, shards: list[int], keys: Sequence[str] | 
         if _agrees(meta, shard, index, _tar_rows(meta, shard)):
             done.append(f"index of shard {shard} rewritten from this run's keys")
         else:
-            _withdraw_shard(store, shard)
+            store.withdraw_shard(shard)
             done.append(f"index of shard {shard} rewritten from this run's keys; its records disagreed "
                         "and were withdrawn")
     return done
@@ -199,7 +193,7 @@ def repair(store: CacheStore, problems: Sequence[Problem], *, keys: Sequence[str
             store.withdraw(problem.array_id, problem.shard)
             done.append(f"withdrew array {problem.array_id!r} shard {problem.shard} ({problem.message})")
         elif problem.fix == "shard" and problem.shard not in index_shards:
-            _withdraw_shard(store, problem.shard)
+            store.withdraw_shard(problem.shard)
             done.append(f"withdrew shard {problem.shard} and its tar ({problem.message})")
         elif problem.fix == "file":
             problem.path.unlink(missing_ok=True)

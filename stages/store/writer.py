@@ -28,6 +28,7 @@ from zarr.storage import LocalStore
 
 from stages.config import ConfigError
 from stages.errors import UserError
+from stages.image_files import ImageStamp
 from stages.store.arrays import DEFAULT_COMPRESSION, array_info, create_array, package_versions
 from stages.store.fingerprint import Fingerprint
 from stages.store.keys import check_array_id, check_key
@@ -235,6 +236,12 @@ class CacheStore:
         computes it again."""
         remove_durably(self.meta.paths.record(array_id, shard))
 
+    def withdraw_shard(self, shard: int) -> None:
+        """Withdraw shard `shard` of every array and its export: the next run computes it from the images."""
+        for array_id in self.array_ids():
+            self.withdraw(array_id, shard)
+        self.remove_tar(shard)
+
     def remove_tar(self, shard: int) -> None:
         """Remove shard `shard`'s webdataset export and its digest record (the record first)."""
         remove_durably(self.meta.paths.tar_record(shard))
@@ -272,6 +279,10 @@ class CacheStore:
         """key -> reason for the keys of `shard` recorded as failed by `array_ids` (see `StoreMeta.failed`)."""
         return self.meta.refresh(shards=[shard]).failed(shard, array_ids)
 
+    def image_stamps(self, shard: int, array_ids: Sequence[str]) -> dict[str, ImageStamp]:
+        """key -> stamp of the image file `array_ids` of `shard` were computed from (`StoreMeta.image_stamps`)."""
+        return self.meta.refresh(shards=[shard]).image_stamps(shard, array_ids)
+
     def missing_shards(self, array_ids: Sequence[str]) -> list[int]:
         """Shards where any of `array_ids` has no completion record (work left to do)."""
         return self.refresh().missing_shards(array_ids)
@@ -304,26 +315,28 @@ class CacheStore:
         return out
 
     def write_shard(self, index: int, arrays: Mapping[str, np.ndarray], failed: Mapping[str, str] | None = None,
-                    *, export: Mapping[str, np.ndarray] | None = None) -> Path | None:
+                    *, export: Mapping[str, np.ndarray] | None = None,
+                    images: Mapping[str, ImageStamp] | None = None) -> Path | None:
         """Write shard `index` of each array whole, make it durable, then record it complete (with the
-        sha256 of the shard file and the failed keys, whose rows are zeros). With `export`, first write
-        the shard's tar from it as `write_webdataset_shard` does, in the same hold of the shard lock
-        (see the module docstring); returns the tar path, or None without `export`."""
-        plan, failed = self._plan(index), dict(failed or {})
-        unknown = sorted(set(failed) - set(plan.keys))
+        sha256 of the shard file, the failed keys, whose rows are zeros, and `images`: the stamp of each
+        image file the values were computed from). With `export`, first write the shard's tar from it as
+        `write_webdataset_shard` does, in the same hold of the shard lock (see the module docstring);
+        returns the tar path, or None without `export`."""
+        plan, failed, images = self._plan(index), dict(failed or {}), dict(images or {})
+        unknown = sorted((set(failed) | set(images)) - set(plan.keys))
         if unknown:
-            raise ValueError(f"failed keys {unknown[:3]} are not in shard {index}")
+            raise ValueError(f"failed or stamped keys {unknown[:3]} are not in shard {index}")
         group = self._group("r+")
         targets = {array_id: self._target(group, plan, array_id, data) for array_id, data in arrays.items()}
         with self._shard_locked(index):
             tar = None if export is None else self._write_tar(plan, export, failed)
             for array_id, array in targets.items():
                 values = self._prepare(plan, array, arrays[array_id], failed)
-                self._write_one(plan, array_id, array, values, failed)
+                self._write_one(plan, array_id, array, values, failed, images)
         return tar
 
     def _write_one(self, plan: ShardPlan, array_id: str, array: zarr.Array, values: np.ndarray,
-                   failed: dict[str, str]) -> None:
+                   failed: dict[str, str], images: dict[str, ImageStamp]) -> None:
         paths = self.meta.paths
         record = paths.record(array_id, plan.index)
         shard_file = paths.shard_file(array_id, plan.index, values.ndim - 1)
@@ -342,7 +355,7 @@ class CacheStore:
             chunk_key=shard_file.relative_to(paths.zarr / array_id).as_posix(),
             nbytes=nbytes, sha256=digest, dtype=info.dtype.str, sample_shape=info.sample_shape, failed=failed,
             n_valid=sum(k is not None and k not in failed for k in plan.keys),
-            written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).to_json())
+            written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), images=images).to_json())
 
     def write_webdataset_shard(self, index: int, arrays: Mapping[str, np.ndarray],
                                failed: Mapping[str, str] | None = None) -> Path:

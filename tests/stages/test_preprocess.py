@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.preprocess import ImageError, ImageSpec, load_image, preprocess, safe_image_path, to_tensor
+from stages.image_files import ImageError, safe_image_path
+from stages.preprocess import ImageSpec, load_image, preprocess, to_tensor
 
 
 def solid(width, height, colour=(200, 10, 30)):
