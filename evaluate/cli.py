@@ -1,14 +1,16 @@
 """`python -m evaluate.cli {eval,export,table,llava-bench-score}` (the `just eval*` recipes).
 
-    eval [key=value ...]               answer and score the benchmarks for a trained run (default
-                                       configs/eval/sample.yaml: runs/sample-sft on the embedded fixtures)
+    eval [key=value ...]               answer and score the benchmarks for a trained run's final/ weights or
+                                       one of its checkpoints (run=<run>/checkpoints/step-N); default
+                                       configs/eval/sample.yaml: runs/sample-sft on the embedded fixtures
     export [key=value ...]             write each benchmark's images as LLaVA JSON under <run>/eval/data/ and
                                        print, one per line, the `extract` arguments that cache them
     table RUN [RUN ...] [--out PREFIX] the paper's Table 2 and Table 5 layouts over runs' results, printed and
                                        written as PREFIX.md and PREFIX.csv (default runs/eval-table)
     llava-bench-score REVIEW [...] [--run RUN]
                                        relative scores per category from judge review files (LLaVA's
-                                       format); with --run, the one file's scores go into RUN's result
+                                       format); with --run, the one file's scores go into the LLaVA-Bench
+                                       result of RUN (a run with one, or a result folder)
 
 Exit status as every command of the project: 2 for a setup problem (one line naming the fix, e.g. the
 `just extract` command for benchmark images that are not cached yet), 130 when interrupted (run the
@@ -30,6 +32,9 @@ from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 
 if TYPE_CHECKING:
     from evaluate.benchmarks import Benchmark, EvalItem
+    from evaluate.features import EvalFeatures
+    from evaluate.results import ResultFiles
+    from evaluate.run import Checkpoint
 
 __all__ = ["EvalConfig", "load_eval_config", "main"]
 
@@ -39,7 +44,7 @@ DEFAULT_CONFIG = REPO / "configs/eval/sample.yaml"
 
 @dataclass(frozen=True)
 class EvalConfig:
-    run: str = "runs/sample-sft"  # a training run's output_dir
+    run: str = "runs/sample-sft"  # a training run's output_dir (its final/), or <run>/checkpoints/step-N
     benchmarks: tuple[str, ...] = ()  # () = every benchmark
     eval_root: str = ""  # one folder per benchmark in its official layout; "" = the embedded fixtures
     cache_root: str = ""  # where the run's stores live; "" = where the run found them
@@ -47,7 +52,7 @@ class EvalConfig:
     max_new_tokens: int = 0  # 0 = each benchmark's own
     sd_settings: tuple[str, ...] = ()  # of a benchmark's SD prompt settings, those listed (all when none is)
     mmvp_corrected: bool = True  # apply the known MMVP answer fixes (evaluate.benchmarks.mmvp)
-    force: bool = False  # evaluate again even when a result file exists
+    force: bool = False  # evaluate again even when the result of this identity exists
     device: str = ""  # "" = cuda when available, else cpu
 
     def __post_init__(self) -> None:
@@ -98,50 +103,69 @@ def _export(config: EvalConfig, root: Path, run_dir: Path) -> list[tuple[Benchma
     return loaded
 
 
-def _extract_args(config: EvalConfig, run_dir: Path, root: Path) -> list[str]:
+def _extract_args(config: EvalConfig, root: Path) -> list[str]:
     """`extract` arguments (shell-quoted) that cache the selected benchmarks' images in the run's stores."""
-    from train.config import load_run_config
+    from evaluate.run import Checkpoint
 
-    train = load_run_config(run_dir)
-    data = [str(path) for _, _, path in _export(config, root, run_dir)]
+    checkpoint = Checkpoint.locate(config.run)
+    train = checkpoint.config
+    data = [str(path) for _, _, path in _export(config, root, checkpoint.run_dir)]
     cache_root = config.cache_root or train.data.cache_root
     extra = [f"cache_root={cache_root}"] if cache_root else []
     return [shlex.join([f"config={yaml}", f"data=[{','.join(data)}]", f"image_root={root}", *extra])
             for yaml in train.data.extract_configs]
 
 
+def _planned(config: EvalConfig, checkpoint: Checkpoint, features: EvalFeatures, root: Path,
+             loaded: list[tuple[Benchmark, list[EvalItem], Path]]
+             ) -> list[tuple[Benchmark, list[EvalItem], str, ResultFiles]]:
+    """Each (benchmark, items, SD prompt setting) to answer, with the result files of its identity."""
+    from evaluate.identity import Generation, ResultIdentity, benchmark_digests, data_hash
+    from evaluate.results import ResultFiles, result_name
+    from evaluate.run import inference_dtype
+
+    weights = checkpoint.sha256()  # once per invocation; refuses a checkpoint without weights
+    dtype = str(inference_dtype(checkpoint.config, features.device)).removeprefix("torch.")
+    planned = []
+    for benchmark, items, _ in loaded:
+        data = data_hash(benchmark_digests(benchmark, root, items))
+        generation = Generation(max_new_tokens=config.max_new_tokens or benchmark.max_new_tokens,
+                                template=checkpoint.config.template, dtype=dtype)
+        settings = [s for s in benchmark.sd_settings if s in config.sd_settings] or benchmark.sd_settings
+        for setting in settings if features.guided else settings[:1]:  # unguided: every setting gives X_u
+            identity = ResultIdentity(checkpoint=weights, benchmark=benchmark.name, options=benchmark.options(),
+                                      data=data, sd_setting=setting if features.guided else None,
+                                      generation=generation, features=features.settings)
+            planned.append((benchmark, items, setting,
+                            ResultFiles(checkpoint.run_dir, result_name(benchmark, setting), identity)))
+    return planned
+
+
 def run_eval(config: EvalConfig, *, progress: bool = True) -> list[dict]:
     """Evaluate every selected benchmark and setting; returns the result of each (existing ones as found)."""
     from evaluate.evaluator import evaluate_benchmark
     from evaluate.features import EvalFeatures
-    from evaluate.results import ResultFiles, result_name
-    from evaluate.run import TrainedRun, default_device
-    from train.config import load_run_config
+    from evaluate.run import Checkpoint, TrainedRun, default_device
 
-    root, run_dir = _eval_root(config), Path(config.run)
-    train = load_run_config(run_dir)  # every refusal comes before any weights load
-    loaded = _export(config, root, run_dir)
+    root, checkpoint = _eval_root(config), Checkpoint.locate(config.run)  # every refusal before any weights load
+    loaded = _export(config, root, checkpoint.run_dir)
     device = torch.device(config.device) if config.device else default_device()
-    features = EvalFeatures(train, cache_root=config.cache_root, device=device)
+    features = EvalFeatures(checkpoint.config, cache_root=config.cache_root, device=device)
     for _, items, data_json in loaded:
         features.check_cached([i.image for i in items if i.image is not None], data_json=data_json, image_root=root)
-    run = TrainedRun.load(run_dir, device=device)
-    results = []
-    for benchmark, items, _ in loaded:
-        settings = [s for s in benchmark.sd_settings if s in config.sd_settings] or benchmark.sd_settings
-        for setting in settings if features.guided else settings[:1]:  # unguided: every setting gives X_u
-            files = ResultFiles(run_dir, result_name(benchmark, setting))
-            if config.force:
-                files.clear()
-            if files.result.is_file():
-                print(f"{files.result}: exists (force=true evaluates again)")
-                results.append(files.read())
-                continue
-            result = evaluate_benchmark(run, features, benchmark, items, setting=setting, files=files,
-                                        batch_size=config.batch_size, eval_root=root, progress=progress,
-                                        max_new_tokens=config.max_new_tokens or benchmark.max_new_tokens)
-            print(f"{files.result}: {json.dumps(result['metrics'])}")
-            results.append(result)
+    run, results = None, []
+    for benchmark, items, setting, files in _planned(config, checkpoint, features, root, loaded):
+        if config.force:
+            files.clear()
+        if files.done():
+            print(f"{files.result}: exists (force=true evaluates again)")
+            results.append(files.read())
+            continue
+        run = run or TrainedRun.load(checkpoint, device=device)
+        result = evaluate_benchmark(run, features, benchmark, items, setting=setting, files=files,
+                                    batch_size=config.batch_size, eval_root=root, progress=progress)
+        print(f"{files.result}: {json.dumps(result['metrics'])}")
+        results.append(result)
     return results
 
 
@@ -162,6 +186,9 @@ def _table(argv: list[str]) -> int:
     out = out or "runs/eval-table"
     if not runs:
         raise ConfigError("name at least one run directory: `just eval-table runs/a runs/b`")
+    missing = [run for run in runs if not Path(run).is_dir()]
+    if missing:
+        raise ConfigError(f"no such run directory: {', '.join(missing)}")
     markdown, csv_text = comparison_tables([Path(a) for a in runs])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.md").write_text(markdown)
@@ -171,20 +198,37 @@ def _table(argv: list[str]) -> int:
     return 0
 
 
+def _llava_bench_result(target: Path) -> Path:
+    """The LLaVA-Bench result file of `target`: a result folder, or a run with exactly one such result."""
+    from evaluate.benchmarks.llava_bench import LlavaBench
+    from evaluate.results import RESULT_FILE, ResultMissing, stored_results
+
+    if (target / RESULT_FILE).is_file():
+        return target / RESULT_FILE
+    found = [result.path for result in stored_results(target) if result.name == LlavaBench.name]
+    if not found:
+        raise ResultMissing(f"{target} holds no LLaVA-Bench result: evaluate it on llava-bench first")
+    if len(found) > 1:
+        folders = ", ".join(str(path.parent) for path in found)
+        raise ConfigError(f"{target} holds {len(found)} LLaVA-Bench results ({folders}): name the folder of "
+                          "the judged answer file with --run")
+    return found[0]
+
+
 def _llava_bench_score(argv: list[str]) -> int:
-    from evaluate.benchmarks.llava_bench import LlavaBench, summarize_reviews
-    from evaluate.results import ResultFiles
+    from evaluate.benchmarks.llava_bench import summarize_reviews
+    from evaluate.results import update_metrics
 
     run, reviews = _option(argv, "--run")
     if not reviews or (run and len(reviews) != 1):
         raise ConfigError("name the judge's review files (LLaVA's review jsonl format); with --run, exactly one")
+    result_file = _llava_bench_result(Path(run)) if run else None  # refused before any summary is printed
     summaries = summarize_reviews([Path(a) for a in reviews])
     print(json.dumps(summaries, indent=1))
-    if run:
+    if result_file:
         summary = next(iter(summaries.values()))
-        files = ResultFiles(Path(run), LlavaBench.name)
-        files.update_metrics({"relative_score": summary["all"]["relative"], "judged": summary})
-        print(f"recorded in {files.result}")
+        update_metrics(result_file, {"relative_score": summary["all"]["relative"], "judged": summary})
+        print(f"recorded in {result_file}")
     return 0
 
 
@@ -202,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _llava_bench_score(rest)
         config = load_eval_config(rest)
         if command == "export":
-            print("\n".join(_extract_args(config, Path(config.run), _eval_root(config))))
+            print("\n".join(_extract_args(config, _eval_root(config))))
             return 0
         run_eval(config)
         if not config.eval_root:

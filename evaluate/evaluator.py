@@ -1,5 +1,5 @@
-"""One benchmark under one SD prompt setting, for one trained run: prompts -> cached (and guided) features
--> greedy answers -> the benchmark's scorer -> `<run>/eval/<name>.json` (`evaluate.results`)."""
+"""One benchmark under one SD prompt setting, for one checkpoint: prompts -> cached (and guided) features
+-> greedy answers -> the benchmark's scorer -> the result file of its identity (`evaluate.results`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -34,14 +34,16 @@ def answer(run: TrainedRun, features: EvalFeatures, items: Sequence[EvalItem], s
 
 
 def evaluate_benchmark(run: TrainedRun, features: EvalFeatures, benchmark: Benchmark, items: Sequence[EvalItem],
-                       *, setting: str, files: ResultFiles, batch_size: int, max_new_tokens: int,
-                       eval_root: Path, progress: bool = True) -> dict[str, Any]:
-    """Answer what the predictions log lacks, score everything, write the result file; returns it."""
+                       *, setting: str, files: ResultFiles, batch_size: int, eval_root: Path,
+                       progress: bool = True) -> dict[str, Any]:
+    """Answer what the predictions log of `files.identity` lacks, score everything, write the result file;
+    returns it. The identity's generation settings are the ones applied."""
     sd_prompts = dict(zip((item.id for item in items), benchmark.sd_prompts(items, setting)))
+    max_new_tokens = files.identity.generation.max_new_tokens
     done = files.answered()
     todo = [item for item in items if item.id not in done]
     started = time.perf_counter()
-    with tqdm(total=len(items), initial=len(items) - len(todo), desc=files.result.stem, unit="item",
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc=files.dir.parent.name, unit="item",
               disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
@@ -52,17 +54,14 @@ def evaluate_benchmark(run: TrainedRun, features: EvalFeatures, benchmark: Bench
             bar.update(len(batch))
     predictions = {item.id: done[item.id] for item in items}
     result = {
-        "benchmark": benchmark.name, "sd_setting": setting if features.guided else None,
         "metrics": benchmark.score(items, predictions),
-        "n_items": len(items), "max_new_tokens": max_new_tokens, "eval_root": str(eval_root),
-        "run": {"path": str(run.path), "checkpoint_hash": run.checkpoint_hash,
-                "config": dataclasses.asdict(run.config)},
-        "store_fingerprints": features.fingerprints,
+        "n_items": len(items), "eval_root": str(eval_root),
+        "checkpoint": {"label": run.checkpoint.label, "path": str(run.checkpoint.weights_dir)},
+        "run": {"path": str(run.checkpoint.run_dir), "config": dataclasses.asdict(run.config)},
         "seconds": round(time.perf_counter() - started, 3),
         "predictions": [{"id": item.id, "image": item.image, "prompt": item.prompt, "sd_prompt": sd_prompts[item.id],
                          "answer": item.answer, "meta": dict(item.meta), "text": predictions[item.id]}
                         for item in items],
     }
     result["outputs"] = [str(p) for p in benchmark.write_outputs(items, predictions, files.dir, model_id=run.name)]
-    files.write(result)
-    return result
+    return files.write(result)

@@ -1,11 +1,11 @@
-"""A finished training run rebuilt for inference: its config, adapter, LLM and tokenizer, and a content hash.
+"""A trained checkpoint rebuilt for inference: its run's config, adapter, LLM and tokenizer, and its content hash.
 
-The trainer leaves `<run>/train_config.json` and `<run>/final/` (`adapter.safetensors`, plus `llm/` when
-the LLM trained); a stage-1 run keeps the LLM it was given (`model` in its config).
+The trainer leaves `<run>/train_config.json`, `<run>/final/` and `<run>/checkpoints/step-N/`; both weights
+folders hold `adapter.safetensors`, plus `llm/` when the LLM trained (a stage-1 run keeps the LLM it was
+given: `model` in its config). A step folder's `deepspeed/` part (optimizer state, pickles) is never read.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,36 +14,29 @@ import torch
 
 from stages.errors import UserError
 from stages.models import resolve_model_dir
-from train.config import TrainConfig, load_run_config
-from train.engine import resolve_precision
+from stages.store.fingerprint import Fingerprint, weights_hash
+from stages.store.layout import file_sha256
+from train.config import RUN_CONFIG_FILE, TrainConfig, load_run_config
+from train.engine import CHECKPOINTS_DIR, resolve_precision
 from train.fusion import load_adapter
 from train.loop import FINAL_DIR
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, load_llm, load_tokenizer
 
-__all__ = ["RunError", "TrainedRun", "content_hash", "default_device"]
+__all__ = ["RunError", "Checkpoint", "TrainedRun", "default_device", "inference_dtype"]
 
 
 class RunError(UserError, FileNotFoundError):
-    """A run directory that cannot be evaluated (the message says why)."""
-
-
-def content_hash(files: list[Path]) -> str:
-    """sha256 over each file's name and bytes, in the given order."""
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    """A run directory or checkpoint that cannot be evaluated (the message says why)."""
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _weights(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin"))
+def inference_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA when the run trained in bf16, else float32."""
+    bf16 = device.type == "cuda" and resolve_precision(config.precision) == "bf16"
+    return torch.bfloat16 if bf16 else torch.float32
 
 
 def _check_llm(adapter_file: Path, adapter_config: dict, llm_source: str) -> None:
@@ -58,35 +51,80 @@ def _check_llm(adapter_file: Path, adapter_config: dict, llm_source: str) -> Non
 
 
 @dataclass(frozen=True)
-class TrainedRun:
-    path: Path
+class Checkpoint:
+    """The weights one evaluation reads: a run's `final/` or one of its `checkpoints/step-N/`."""
+
+    run_dir: Path
+    weights_dir: Path
     config: TrainConfig
+
+    @classmethod
+    def locate(cls, path: str | Path) -> "Checkpoint":
+        """`<run>` (its `final/`), `<run>/final` or `<run>/checkpoints/step-N`; reads no weights."""
+        path = Path(path)
+        if path.name == FINAL_DIR and (path.parent / RUN_CONFIG_FILE).is_file():
+            path = path.parent
+        if path.parent.name == CHECKPOINTS_DIR and not (path / RUN_CONFIG_FILE).is_file():
+            return cls(run_dir=path.parent.parent, weights_dir=path, config=load_run_config(path.parent.parent))
+        return cls(run_dir=path, weights_dir=path / FINAL_DIR, config=load_run_config(path))
+
+    @property
+    def label(self) -> str:
+        """`final` or the checkpoint's folder name (`step-00000024`)."""
+        return self.weights_dir.name
+
+    @property
+    def adapter_file(self) -> Path:
+        """The adapter's safetensors file; refused when the checkpoint has none."""
+        adapter = self.weights_dir / ADAPTER_FILE
+        if adapter.is_file():
+            return adapter
+        if self.label == FINAL_DIR:
+            raise RunError(f"{self.run_dir} has no {FINAL_DIR}/{ADAPTER_FILE}: the run has not finished (run its "
+                           f"`just train-{self.config.stage} ...` command again to resume it, or evaluate one of its "
+                           f"{CHECKPOINTS_DIR}: run={self.run_dir / CHECKPOINTS_DIR}/step-N)")
+        found = sorted(p.name for p in (self.run_dir / CHECKPOINTS_DIR).glob("step-*") if (p / ADAPTER_FILE).is_file())
+        raise RunError(f"{self.weights_dir} is not a checkpoint with {ADAPTER_FILE} (the run's checkpoints: "
+                       f"{', '.join(found) or 'none'})")
+
+    @property
+    def llm_source(self) -> str:
+        """The checkpoint's own `llm/` when the LLM trained, else the LLM the run was given."""
+        trained = self.weights_dir / LLM_DIR
+        return str(trained) if trained.is_dir() else self.config.model
+
+    def sha256(self) -> str:
+        """The content hash of the weights an evaluation loads: the adapter file's bytes and the LLM folder's
+        `weights_hash` (every file: weights, config, tokenizer; memoised per machine)."""
+        return Fingerprint.from_fields({"adapter": file_sha256(self.adapter_file)[1],
+                                        "llm": weights_hash(resolve_model_dir(self.llm_source))}).full
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    checkpoint: Checkpoint
     model: LlavaModel  # eval mode, on `device`
     tokenizer: Any
-    checkpoint_hash: str  # the adapter's and the LLM's weights
     device: torch.device
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, device: torch.device | None = None) -> "TrainedRun":
-        path = Path(run_dir)
-        config = load_run_config(path)
-        adapter_file = path / FINAL_DIR / ADAPTER_FILE
-        if not adapter_file.is_file():
-            raise RunError(f"{path} has no {FINAL_DIR}/{ADAPTER_FILE}: the run has not finished "
-                           f"(resume it with `just train-{config.stage} config=... resume=true`)")
-        trained_llm = path / FINAL_DIR / LLM_DIR
-        llm_source = str(trained_llm) if trained_llm.is_dir() else config.model
+    def load(cls, checkpoint: Checkpoint, *, device: torch.device | None = None) -> "TrainedRun":
+        config, llm_source = checkpoint.config, checkpoint.llm_source
         device = device or default_device()
-        adapter, adapter_config = load_adapter(adapter_file)
-        _check_llm(adapter_file, adapter_config, llm_source)
-        bf16 = device.type == "cuda" and resolve_precision(config.precision) == "bf16"
-        llm = load_llm(llm_source, dtype=torch.bfloat16 if bf16 else torch.float32)
+        adapter, adapter_config = load_adapter(checkpoint.adapter_file)
+        _check_llm(checkpoint.adapter_file, adapter_config, llm_source)
+        llm = load_llm(llm_source, dtype=inference_dtype(config, device))
         model = LlavaModel(llm=llm, adapter=adapter.to(llm.dtype), adapter_config=adapter_config,
                            max_length=config.max_length)
-        weights = _weights(trained_llm if trained_llm.is_dir() else resolve_model_dir(config.model))
-        return cls(path=path, config=config, model=model.to(device).eval(), tokenizer=load_tokenizer(llm_source),
-                   checkpoint_hash=content_hash([adapter_file, *weights]), device=device)
+        # a step folder's llm/ has no tokenizer (the trainer saves it beside final/llm/ only): the run's own then
+        tokenizer = load_tokenizer(llm_source if Path(llm_source, "tokenizer_config.json").is_file() else config.model)
+        return cls(checkpoint=checkpoint, model=model.to(device).eval(), tokenizer=tokenizer, device=device)
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.checkpoint.config
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """`<run>/<checkpoint label>` (`sample-sft/final`): the model id of answer files."""
+        return f"{self.checkpoint.run_dir.name}/{self.checkpoint.label}"

@@ -1,17 +1,24 @@
 """Comparison tables over runs' evaluation results, laid out like the paper's Table 2 (LLaVA-Bench, MMVP,
 GQA, NaturalBench Q/I/G, plus BLINK) and Table 5 (COCO captions under the three SD prompt settings).
-A cell is `—` where a run has no such result (not evaluated, or a metric that needs a judge)."""
+
+A row is one checkpoint of a run on one eval root: its label (`final`, `step-N`), the first 12 hex digits
+of its weights' sha256, and `data`, a short hash of its results' benchmark data hashes (equal for equal
+files of the same benchmarks). A result name evaluated under several identities there (other files in
+the same eval root, other generation settings) spreads over as many rows, the newest first. A cell is `—`
+where a row has no such result (not evaluated, or a metric that needs a judge)."""
 from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from evaluate.results import EVAL_DIR
+from evaluate.results import stored_results
+from stages.store.fingerprint import Fingerprint
 
-__all__ = ["Column", "TABLE2", "TABLE5", "load_results", "comparison_tables"]
+__all__ = ["Column", "Row", "TABLE2", "TABLE5", "run_rows", "comparison_tables"]
+
+SHORT = 12  # hex digits of a hash shown
 
 
 class Column(NamedTuple):
@@ -35,42 +42,61 @@ TABLE5 = tuple(
     for setting, title in (("none", "no caption"), ("gt", "GT caption"), ("mismatched", "mismatched"))
     for metric, key in (("CIDEr", "cider"), ("BLEU-4", "bleu_4"))
 )
+KEYS = ("run", "checkpoint", "weights", "data")
 
 
-def load_results(run_dir: Path) -> dict[str, Mapping[str, Any]]:
-    """`{result name: metrics}` of a run's finished evaluations."""
-    folder = Path(run_dir) / EVAL_DIR
-    if not folder.is_dir():
-        return {}
-    return {path.stem: json.loads(path.read_text(encoding="utf-8"))["metrics"] for path in sorted(folder.glob("*.json"))}
+class Row(NamedTuple):
+    run: str
+    checkpoint: str  # `final` or `step-N`
+    weights: str  # the checkpoint's sha256, shortened
+    data: str  # hash of the row's `{result name: data hash}`, shortened
+    metrics: Mapping[str, Mapping[str, Any]]  # result name -> its metrics
 
 
-def _cell(results: Mapping[str, Mapping[str, Any]], column: Column) -> str:
+def run_rows(run_dir: Path) -> list[Row]:
+    """The rows of a run's results (see the module doc); one row of `—` when it has none."""
+    groups: dict[tuple[str, str, str], list[dict[str, Mapping[str, Any]]]] = {}
+    for result in stored_results(run_dir):  # newest first
+        record = result.record
+        group = groups.setdefault((record["checkpoint"]["label"], record["identity"]["checkpoint"],
+                                   record["eval_root"]), [])
+        row = next((row for row in group if result.name not in row), None)
+        if row is None:
+            group.append(row := {})
+        row[result.name] = record
+    rows = [Row(run=str(run_dir), checkpoint=label, weights=weights[:SHORT],
+                data=Fingerprint.from_fields({n: r["identity"]["data"] for n, r in row.items()}).full[:SHORT],
+                metrics={n: r["metrics"] for n, r in row.items()})
+            for (label, weights, _), group in sorted(groups.items()) for row in group]
+    return rows or [Row(run=str(run_dir), checkpoint="—", weights="—", data="—", metrics={})]
+
+
+def _cell(metrics: Mapping[str, Mapping[str, Any]], column: Column) -> str:
     for name in column.results:
-        value = results.get(name, {}).get(column.metric)
+        value = metrics.get(name, {}).get(column.metric)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return f"{100 * value:.1f}" if column.percent else f"{value:.3g}"
     return "—"
 
 
-def _rows(runs: Sequence[Path], columns: Sequence[Column]) -> list[list[str]]:
-    results = {run: load_results(run) for run in runs}
-    return [[str(run), *(_cell(results[run], c) for c in columns)] for run in runs]
+def _cells(rows: Sequence[Row], columns: Sequence[Column]) -> list[list[str]]:
+    return [[*row[:len(KEYS)], *(_cell(row.metrics, c) for c in columns)] for row in rows]
 
 
-def _markdown(title: str, columns: Sequence[Column], rows: list[list[str]]) -> str:
-    header = ["run", *(c.header for c in columns)]
+def _markdown(title: str, columns: Sequence[Column], cells: list[list[str]]) -> str:
+    header = [*KEYS, *(c.header for c in columns)]
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
 
 
 def comparison_tables(runs: Sequence[Path]) -> tuple[str, str]:
-    """(markdown with both tables, CSV with one row per run and every column)."""
-    table2, table5 = _rows(runs, TABLE2), _rows(runs, TABLE5)
+    """(markdown with both tables, CSV with one row per run, checkpoint and data, and every column)."""
+    rows = [row for run in runs for row in run_rows(run)]
+    table2, table5 = _cells(rows, TABLE2), _cells(rows, TABLE5)
     markdown = (_markdown("Table 2 layout: benchmarks (accuracies in %)", TABLE2, table2) + "\n"
                 + _markdown("Table 5 layout: COCO captions by SD prompt setting", TABLE5, table5))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["run", *(c.header for c in TABLE2 + TABLE5)])
-    writer.writerows(a + b[1:] for a, b in zip(table2, table5))
+    writer.writerow([*KEYS, *(c.header for c in TABLE2 + TABLE5)])
+    writer.writerows(a + b[len(KEYS):] for a, b in zip(table2, table5))
     return markdown, buffer.getvalue()

@@ -46,6 +46,10 @@ class Benchmark(ABC):
         """Items from `root` (= `<eval_root>/<name>`) in the official layout; `BenchmarkLayoutError` if not."""
 
     @abstractmethod
+    def source_files(self, root: Path) -> list[Path]:
+        """The files besides its items' images that `load(root)` reads (question files, parquet files)."""
+
+    @abstractmethod
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> dict[str, Any]:
         """Metrics from raw generated texts by item id (the official scorer's definitions)."""
 
@@ -57,6 +61,10 @@ class Benchmark(ABC):
                       model_id: str) -> list[Path]:
         """Files the benchmark's own tooling reads (e.g. an answer file for an external judge); none by default."""
         return []
+
+    def options(self) -> dict[str, Any]:
+        """The benchmark's settings that change its prompts, answers or scores (part of a result's identity)."""
+        return {}
 
     def sd_prompts(self, items: Sequence[EvalItem], setting: str) -> list[str]:
         """The U-Net's prompt per item under `setting` (one of `sd_settings`)."""

@@ -100,6 +100,9 @@ class Blink(Benchmark):
             items.extend(self._item(row, subtask, root) for row in iter_rows(files))
         return items
 
+    def source_files(self, root: Path) -> list[Path]:
+        return [path for subtask in SUBTASKS for path in _val_files(Path(root), subtask)]
+
     def _item(self, row: Mapping[str, Any], subtask: str, root: Path) -> EvalItem:
         idx = str(row["idx"])
         where = f"blink: {subtask} question {idx}"

@@ -128,20 +128,26 @@ def mismatched_partners(ids: Sequence[str], *, seed: int) -> list[int]:
     return partners
 
 
-def _test_images(root: Path) -> list[tuple[str, list[str], dict[str, Any]]]:
-    """(image path relative to `root`, reference captions, meta) of each test image, in file order."""
-    for name, read in ((KARPATHY, _read_karpathy), (KARPATHY_TEST, _read_karpathy_test)):
-        path = root / name
-        if path.is_file():
-            with path.open(encoding="utf-8") as fh:
-                data = json.load(fh)
-            try:
-                return read(data)
-            except (KeyError, TypeError) as exc:
-                raise BenchmarkLayoutError(f"coco: {path} is not in the layout of {name} "
-                                           f"({type(exc).__name__}: {exc})") from None
+def _caption_file(root: Path) -> Path:
+    """Karpathy's full split file, else his test-split file: the one `load` reads."""
+    for name in (KARPATHY, KARPATHY_TEST):
+        if (root / name).is_file():
+            return root / name
     raise BenchmarkLayoutError(f"coco: {root / KARPATHY} does not exist (COCO captions need Karpathy's "
                                f"{KARPATHY}, or {KARPATHY_TEST}, and the images they name)")
+
+
+def _test_images(root: Path) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """(image path relative to `root`, reference captions, meta) of each test image, in file order."""
+    path = _caption_file(root)
+    read = _read_karpathy if path.name == KARPATHY else _read_karpathy_test
+    with path.open(encoding="utf-8") as fh:
+        data = json.load(fh)
+    try:
+        return read(data)
+    except (KeyError, TypeError) as exc:
+        raise BenchmarkLayoutError(f"coco: {path} is not in the layout of {path.name} "
+                                   f"({type(exc).__name__}: {exc})") from None
 
 
 def _read_karpathy(data: Any) -> list[tuple[str, list[str], dict[str, Any]]]:
@@ -177,6 +183,12 @@ class CocoCaptions(Benchmark):
             items.append(EvalItem(id=path, image=f"{self.name}/{path}", prompt=CAPTION_PROMPT,
                                   answer=references, meta=meta, caption=references[0].strip()))
         return items
+
+    def source_files(self, root: Path) -> list[Path]:
+        return [_caption_file(Path(root))]
+
+    def options(self) -> dict[str, Any]:
+        return {"mismatch_seed": self.mismatch_seed}
 
     def sd_prompts(self, items: Sequence[EvalItem], setting: str) -> list[str]:
         if setting == SD_NONE:

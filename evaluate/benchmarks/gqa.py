@@ -84,6 +84,9 @@ class GQA(Benchmark):
                          meta={"structural": q["types"].get("structural")})
                 for qid, q in balanced.items()]
 
+    def source_files(self, root: Path) -> list[Path]:
+        return [Path(root) / QUESTIONS]
+
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> dict[str, Any]:
         """Accuracy (fraction) over the balanced questions, overall and split into open and binary."""
         right = {item.id: normalize_prediction(predictions[item.id]) == item.answer for item in items}

@@ -102,6 +102,9 @@ class LlavaBench(Benchmark):
                                   meta={"question_id": qid, "category": question["category"]}))
         return items
 
+    def source_files(self, root: Path) -> list[Path]:
+        return [Path(root) / name for name in (QUESTIONS, CONTEXT, REFERENCE_ANSWERS)]
+
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> dict[str, Any]:
         """No number: the relative score needs the GPT-4 judge (see the module doc)."""
         return {

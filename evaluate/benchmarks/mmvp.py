@@ -99,6 +99,12 @@ class MMVP(Benchmark):
                                        "present, once each (MMVP scores consecutive pairs)")
         return items
 
+    def source_files(self, root: Path) -> list[Path]:
+        return [Path(root) / QUESTIONS]
+
+    def options(self) -> dict[str, Any]:
+        return {"corrected": self.corrected}
+
     def _item(self, row: Mapping[str, str], root: Path, *, where: str) -> EvalItem:
         if not row["Index"].isdigit() or int(row["Index"]) < 1:
             raise BenchmarkLayoutError(f"{where}: Index {row['Index']!r} is not a positive integer")

@@ -88,6 +88,9 @@ class NaturalBench(Benchmark):
             items.extend(self._sample_items(row, row.get("Index", position), row[type_column], root))
         return items
 
+    def source_files(self, root: Path) -> list[Path]:
+        return _data_files(Path(root))
+
     def _sample_items(self, row: Mapping[str, Any], index: Any, question_type: str,
                       root: Path) -> list[EvalItem]:
         where = f"naturalbench: sample {index}"

@@ -1,5 +1,6 @@
 """`just eval` end to end on a tiny run: benchmark fixtures -> their LLaVA JSON -> a store written by the
-pipeline's own code -> answers from the run's adapter and LLM -> result files, resume, refusals, tables.
+pipeline's own code -> answers from the run's adapter and LLM -> result files keyed by their identity,
+resume, refusals, tables.
 
 The run is an untrained adapter saved the way the trainer saves one (with its `train_config.json`): what
 is tested is the plumbing from store to result file, not the (meaningless) answers of random weights.
@@ -7,6 +8,7 @@ is tested is the plumbing from store to result file, not the (meaningless) answe
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,13 +21,16 @@ from evaluate.benchmarks import BENCHMARKS
 from evaluate.cli import load_eval_config, main, run_eval
 from evaluate.export import write_llava_json
 from evaluate.features import EvalFeatures
-from evaluate.results import ResultFiles
+from evaluate.results import ResultFiles, stored_results
 from stages.cache_spec import CacheSpec, array_shapes_for, image_spec_for, spec_summary
 from stages.encoders import SDFeatureEncoder
 from stages.extractor import amplify
 from stages.preprocess import load_image, preprocess
+from stages.store import StoreReader
+from stages.store.fingerprint import Fingerprint
 from train.config import (DataConfig, GuidanceConfig, TrainConfig, VisionConfig, load_run_config,
                           save_run_config)
+from train.engine import CHECKPOINTS_DIR
 from train.loop import FINAL_DIR
 from train.model import build_model
 
@@ -67,7 +72,16 @@ def env(tmp_path_factory, store_builder):
         **spec_summary(SPEC), "data": data, "image_root": str(eval_root), "cache_root": str(root / "cache"),
         "shard_size": 8, "batch_size": 4, "device": "cpu", "compute_dtype": "float32", "write_webdataset": False}))
     store_builder(extract_yaml)
-    return {"root": root, "eval_root": eval_root, "yaml": extract_yaml, "items": items}
+    return {"root": root, "eval_root": eval_root, "yaml": extract_yaml, "items": items,
+            "channels": array_shapes_for(SPEC)[SD_ARRAY][0][-1]}
+
+
+def _save_weights(env, run: Path, folder: Path, *, seed: int = 0, with_llm: bool = False) -> None:
+    """The adapter of `run`'s config, seeded, saved into `folder` (with the LLM when `with_llm`) as the trainer
+    saves `final/` and each `checkpoints/step-N/` (`LlavaModel.save_pretrained`)."""
+    torch.manual_seed(seed)
+    build_model(load_run_config(run), feature_dims={SD_ARRAY: env["channels"], "CLIP-L-2": 16}).save_pretrained(
+        folder, with_llm=with_llm)
 
 
 def _run(env, name: str, **changes) -> Path:
@@ -78,49 +92,161 @@ def _run(env, name: str, **changes) -> Path:
                          guidance=GuidanceConfig(scale=4.0, prompt_source="question"))
     config = replace(config, **changes)
     save_run_config(config)
-    torch.manual_seed(0)
-    channels = array_shapes_for(SPEC)[SD_ARRAY][0][-1]
-    build_model(config, feature_dims={SD_ARRAY: channels, "CLIP-L-2": 16}).save_pretrained(Path(config.output_dir) / FINAL_DIR,
-                                                                         with_llm=False)
+    _save_weights(env, Path(config.output_dir), Path(config.output_dir) / FINAL_DIR)
     return Path(config.output_dir)
 
 
-def _eval_config(env, run: Path, *more: str):
-    return load_eval_config([f"run={run}", f"eval_root={env['eval_root']}", f"benchmarks=[{','.join(BENCHES)}]",
-                             "max_new_tokens=4", *more])
+def _eval_config(env, run: Path, *more: str, eval_root: Path | None = None, benchmarks=BENCHES):
+    return load_eval_config([f"run={run}", f"eval_root={eval_root or env['eval_root']}",
+                             f"benchmarks=[{','.join(benchmarks)}]", "max_new_tokens=4", *more])
+
+
+def _result_files(run: Path, name: str) -> list[Path]:
+    return sorted(result.path for result in stored_results(run) if result.name == name)
+
+
+def _interrupt(result_file: Path, *, answered: int, text: str) -> Path:
+    """Turn a written result into an evaluation killed after `answered` answers, each `text` (to tell them
+    from recomputed ones), while writing the next line; returns its predictions log."""
+    log = result_file.with_name("predictions.jsonl")
+    header, *lines = log.read_text().splitlines()
+    kept = [json.dumps({"id": json.loads(line)["id"], "text": text}) for line in lines[:answered]]
+    log.write_text("\n".join([header, *kept]) + '\n{"id": "torn')
+    result_file.unlink()
+    return log
 
 
 def test_eval_writes_results_then_is_a_no_op_and_resumes_from_its_log(env, capsys):
     run = _run(env, "guided")
-    results = {r["benchmark"] + (f"-{r['sd_setting']}" if r["benchmark"] == "coco" else ""): r
-               for r in run_eval(_eval_config(env, run), progress=False)}
-    assert sorted(results) == ["coco-gt", "coco-mismatched", "coco-none", "mmvp"]
-    mmvp = json.loads((run / "eval" / "mmvp.json").read_text())
+    results = run_eval(_eval_config(env, run), progress=False)
+    assert sorted(result.name for result in stored_results(run)) == ["coco-gt", "coco-mismatched", "coco-none", "mmvp"]
+    [mmvp_file] = _result_files(run, "mmvp")
+    mmvp = json.loads(mmvp_file.read_text())
+    key = Fingerprint.from_fields(mmvp["identity"])  # the folder is named by the identity recorded
+    assert (mmvp["key"], mmvp_file.parent.name) == (key.full, key.short)
     assert [p["id"] for p in mmvp["predictions"]] == [i.id for i in env["items"]["mmvp"]]
-    assert {"accuracy", "pair_accuracy"} <= set(mmvp["metrics"]) and len(mmvp["store_fingerprints"]) == 1
-    assert len(mmvp["run"]["checkpoint_hash"]) == 64 and mmvp["run"]["config"]["guidance"]["scale"] == 4.0
-    sd_prompts = {r["sd_setting"]: [p["sd_prompt"] for p in r["predictions"]] for k, r in results.items() if "coco" in k}
+    identity = mmvp["identity"]
+    assert {"accuracy", "pair_accuracy"} <= set(mmvp["metrics"]) and len(identity["features"]["stores"]) == 1
+    assert len(identity["checkpoint"]) == 64 and len(identity["data"]) == 64 and identity["options"] == {
+        "corrected": True}
+    assert identity["features"]["guidance_scale"] == 4.0 and identity["generation"]["max_new_tokens"] == 4
+    assert mmvp["eval_root"] == str(env["eval_root"]) and mmvp["checkpoint"]["label"] == FINAL_DIR
+    sd_prompts = {r["identity"]["sd_setting"]: [p["sd_prompt"] for p in r["predictions"]]
+                  for r in results if r["identity"]["benchmark"] == "coco"}
     assert set(sd_prompts["none"]) == {""} and sd_prompts["gt"] != sd_prompts["mismatched"]
 
-    before = (run / "eval" / "mmvp.json").stat().st_mtime_ns
+    before = mmvp_file.stat().st_mtime_ns
     run_eval(_eval_config(env, run), progress=False)  # every result exists: nothing is evaluated again
-    assert (run / "eval" / "mmvp.json").stat().st_mtime_ns == before
+    assert mmvp_file.stat().st_mtime_ns == before
     assert "exists" in capsys.readouterr().out
 
-    files = ResultFiles(run, "mmvp")  # interrupted after three answers, the fourth line torn by the kill
-    lines = files.log.read_text().splitlines()
-    files.log.write_text("\n".join(lines[:3]) + '\n{"id": "torn')
-    files.result.unlink()
-    resumed = run_eval(_eval_config(env, run, "benchmarks=[mmvp]"), progress=False)[0]
-    assert [p["text"] for p in resumed["predictions"]] == [p["text"] for p in mmvp["predictions"]]
-    assert len(files.answered()) == len(env["items"]["mmvp"])
+    _interrupt(mmvp_file, answered=3, text="from the log")  # killed after three answers, mid-line
+    resumed = run_eval(_eval_config(env, run, benchmarks=["mmvp"]), progress=False)[0]
+    texts = [p["text"] for p in resumed["predictions"]]
+    assert texts[:3] == ["from the log"] * 3 and texts[3:] == [p["text"] for p in mmvp["predictions"]][3:]
+
+
+def test_a_changed_checkpoint_is_evaluated_again_not_found_existing(env, capsys):
+    run = _run(env, "changed")
+    first = run_eval(_eval_config(env, run, benchmarks=["mmvp"]), progress=False)[0]
+    _save_weights(env, run, run / FINAL_DIR, seed=1)  # other adapter weights in the same files
+    capsys.readouterr()
+    second = run_eval(_eval_config(env, run, benchmarks=["mmvp"]), progress=False)[0]
+    assert "exists" not in capsys.readouterr().out
+    assert second["identity"]["checkpoint"] != first["identity"]["checkpoint"]
+    assert len(_result_files(run, "mmvp")) == 2  # the first checkpoint's result is kept beside
+
+    kept = {path: path.stat().st_mtime_ns for path in _result_files(run, "mmvp")}
+    run_eval(_eval_config(env, run, "force=true", benchmarks=["mmvp"]), progress=False)  # the current one only
+    changed = {path for path in _result_files(run, "mmvp") if path.stat().st_mtime_ns != kept.get(path)}
+    assert [path.parent.name for path in changed] == [Fingerprint.from_fields(second["identity"]).short]
+
+
+def test_a_log_of_another_checkpoint_is_never_resumed(env):
+    run = _run(env, "stale-log")
+    first = run_eval(_eval_config(env, run, benchmarks=["mmvp"]), progress=False)[0]
+    [result_file] = _result_files(run, "mmvp")
+    log = _interrupt(result_file, answered=3, text="stale")  # checkpoint A interrupted after three answers
+    logged = log.read_text()
+    _save_weights(env, run, run / FINAL_DIR, seed=1)  # checkpoint B
+    second = run_eval(_eval_config(env, run, benchmarks=["mmvp"]), progress=False)[0]
+    assert "stale" not in [p["text"] for p in second["predictions"]]
+    assert second["identity"]["checkpoint"] != first["identity"]["checkpoint"]
+    assert log.read_text() == logged  # left for A, not relabelled
+
+
+def test_another_eval_root_with_the_same_file_names_gets_its_own_result(env, tmp_path):
+    run = _run(env, "two-roots")
+    other = tmp_path / "other"
+    shutil.copytree(env["eval_root"] / "mmvp", other / "mmvp")
+    questions = other / "mmvp" / "Questions.csv"  # the same files, other questions
+    questions.write_text(questions.read_text().replace("picture", "photo"))
+    a = run_eval(_eval_config(env, run, benchmarks=["mmvp"]), progress=False)[0]
+    b = run_eval(_eval_config(env, run, eval_root=other, benchmarks=["mmvp"]), progress=False)[0]
+    assert (a["eval_root"], b["eval_root"]) == (str(env["eval_root"]), str(other))
+    assert a["identity"]["data"] != b["identity"]["data"] and a["key"] != b["key"]
+    assert [p["prompt"] for p in a["predictions"]] != [p["prompt"] for p in b["predictions"]]
+    assert len(_result_files(run, "mmvp")) == 2
+
+
+def test_other_pictures_under_the_cached_names_get_their_own_features(env, tmp_path, store_builder, capsys):
+    """A second eval root whose files have the cached names but other pictures: their features are
+    computed from those files (equal to an extraction of that root), never read from the store."""
+    other = tmp_path / "other"
+    shutil.copytree(env["eval_root"], other)
+    keys = sorted({i.image for i in env["items"]["mmvp"]})
+    first, second = other / keys[0], other / keys[1]
+    swapped = first.read_bytes()
+    first.write_bytes(second.read_bytes())  # the two pictures trade names
+    second.write_bytes(swapped)
+    config = load_run_config(_run(env, "other-pictures"))
+    data_json = write_llava_json(env["items"]["mmvp"], tmp_path / "mmvp.json")
+
+    features = EvalFeatures(config, device=torch.device("cpu"))
+    features.check_cached(keys, data_json=data_json, image_root=other)
+    assert "2 images under" in capsys.readouterr().err
+    served = features._read(keys)[SD_ARRAY]
+    cached = features.source.read(keys, [SD_ARRAY])[SD_ARRAY]
+    assert not np.array_equal(served[:2], cached[:2]) and np.array_equal(served[2:], cached[2:])
+
+    fresh = yaml.safe_load(env["yaml"].read_text())  # the other root, extracted into a store of its own
+    fresh.update(data=[str(data_json)], image_root=str(other), cache_root=str(tmp_path / "cache"))
+    (tmp_path / "extract.yaml").write_text(yaml.safe_dump(fresh))
+    extracted = store_builder(tmp_path / "extract.yaml")
+    expected = StoreReader(extracted, expect=None).read(keys, [SD_ARRAY])[SD_ARRAY]
+    np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-5)  # another batch: float rounding only
+    assert np.abs(served[:2] - cached[:2]).max() > 100 * np.abs(served - expected).max()
+
+
+def test_a_step_checkpoint_is_evaluated_beside_final(env, tmp_path, capsys):
+    run = _run(env, "steps")
+    step = run / CHECKPOINTS_DIR / f"step-{2:08d}"
+    _save_weights(env, run, step, seed=1, with_llm=True)  # an SFT checkpoint but its deepspeed/ and state:
+    assert not (step / "llm" / "tokenizer_config.json").exists()  # its llm/ has no tokenizer (final/llm/ has)
+    final = run_eval(_eval_config(env, run, benchmarks=["mmvp"]), progress=False)[0]
+    stepped = run_eval(_eval_config(env, step, benchmarks=["mmvp"]), progress=False)[0]
+    assert (final["checkpoint"]["label"], stepped["checkpoint"]["label"]) == (FINAL_DIR, step.name)
+    assert stepped["identity"]["checkpoint"] != final["identity"]["checkpoint"]
+    assert {r.parent.parent.parent.parent for r in _result_files(run, "mmvp")} == {run}  # both under the run
+    capsys.readouterr()
+    run_eval(_eval_config(env, run / FINAL_DIR, benchmarks=["mmvp"]), progress=False)  # <run>/final: <run>
+    assert "exists" in capsys.readouterr().out
+
+    out = tmp_path / "table"
+    assert main(["table", str(run), "--out", str(out)]) == 0
+    rows = out.with_suffix(".csv").read_text().splitlines()[1:]
+    assert [row.split(",")[1:3] for row in rows] == [[FINAL_DIR, final["identity"]["checkpoint"][:12]],
+                                                      [step.name, stepped["identity"]["checkpoint"][:12]]]
+    err = _refusal(capsys, ["eval", f"run={run / CHECKPOINTS_DIR}/step-00000009",
+                            f"eval_root={env['eval_root']}", "benchmarks=[mmvp]"])
+    assert "step-00000009" in err and f"checkpoints: {step.name}" in err
 
 
 def test_unguided_run_evaluates_each_benchmark_once(env):
     run = _run(env, "unguided", guidance=GuidanceConfig(scale=0.0))
     results = run_eval(_eval_config(env, run, "benchmarks=[coco]"), progress=False)
-    assert [r["sd_setting"] for r in results] == [None]
-    assert (run / "eval" / "coco-none.json").is_file()
+    assert [r["identity"]["sd_setting"] for r in results] == [None]
+    assert len(_result_files(run, "coco-none")) == 1
 
 
 def test_question_guidance_at_eval_equals_recomputation_from_the_image(env):
@@ -187,21 +313,45 @@ def test_a_checkpoint_from_another_llm_is_refused(env, tmp_path, capsys):
     assert "another LLM" in err.splitlines()[-1]
 
 
-def test_eval_table_lays_out_the_papers_tables(tmp_path, capsys):
-    def result(run: Path, name: str, metrics: dict) -> None:
-        (run / "eval").mkdir(parents=True, exist_ok=True)
-        (run / "eval" / f"{name}.json").write_text(json.dumps({"metrics": metrics}))
+def test_eval_table_lays_out_the_papers_tables_one_row_per_checkpoint_and_data(tmp_path, make_identity):
+    def result(run: Path, name: str, metrics: dict, **hashes: str) -> None:
+        ResultFiles(run, name, make_identity(name, **hashes)).write({"metrics": metrics, "eval_root": "/eval",
+                                                "checkpoint": {"label": FINAL_DIR, "path": str(run / FINAL_DIR)}})
 
     a, b = tmp_path / "a", tmp_path / "b"
     result(a, "mmvp", {"pair_accuracy": 0.25, "accuracy": 0.5})
     result(a, "naturalbench", {"q_acc": 0.5, "i_acc": 0.25, "g_acc": 0.0, "acc": 0.6})
     result(a, "coco-gt", {"cider": 1.234, "bleu_4": 0.3})
-    result(b, "gqa", {"accuracy": 0.625})
+    result(b, "gqa", {"accuracy": 0.625}, weights="b")
+    result(b, "gqa", {"accuracy": 0.5}, weights="b", data="e")  # the same files, other content
     out = tmp_path / "table"
     assert main(["table", str(a), str(b), "--out", str(out)]) == 0
     markdown = out.with_suffix(".md").read_text()
-    assert f"| {a} | — | 25.0 | — | 50.0 | 25.0 | 0.0 | — |" in markdown
-    assert f"| {b} | — | — | 62.5 | — | — | — | — |" in markdown
-    assert f"| {a} | — | — | 1.23 | 0.3 | — | — |" in markdown
+    assert "| run | checkpoint | weights | data | LLaVA-Bench | MMVP | GQA |" in markdown
+    data = {d: Fingerprint.from_fields({"gqa": d * 64}).full[:12] for d in "de"}
+    assert f"| {a} | final | {'a' * 12} | " in markdown and "| — | 25.0 | — | 50.0 | 25.0 | 0.0 | — |" in markdown
+    assert f"| {b} | final | {'b' * 12} | {data['e']} | — | — | 50.0 | — | — | — | — |" in markdown
+    assert f"| {b} | final | {'b' * 12} | {data['d']} | — | — | 62.5 | — | — | — | — |" in markdown
+    assert "| — | — | 1.23 | 0.3 | — | — |" in markdown
     rows = out.with_suffix(".csv").read_text().splitlines()
-    assert rows[0].startswith("run,LLaVA-Bench,MMVP,GQA") and len(rows) == 3
+    assert rows[0].startswith("run,checkpoint,weights,data,LLaVA-Bench,MMVP,GQA") and len(rows) == 4
+
+
+def test_eval_table_refuses_run_directories_that_do_not_exist(tmp_path, capsys):
+    out = tmp_path / "table"
+    assert main(["table", str(tmp_path), str(tmp_path / "nope"), str(tmp_path / "gone"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("table: error:") and f"{tmp_path / 'nope'}, {tmp_path / 'gone'}" in err
+    assert not out.with_suffix(".md").exists()
+
+
+def test_llava_bench_score_goes_into_the_one_result_named(tmp_path, make_identity, capsys):
+    run, review = tmp_path / "run", tmp_path / "review.jsonl"
+    review.write_text(json.dumps({"question_id": 0, "content": "8 6", "tuple": [8.0, 6.0]}) + "\n")
+    a, b = (ResultFiles(run, "llava-bench", make_identity("llava-bench", weights=w)) for w in "ab")
+    for files in (a, b):
+        files.write({"metrics": {"judge": "not run"}})
+    assert main(["llava-bench-score", str(review), "--run", str(run)]) == 2  # two checkpoints: which one?
+    assert str(a.dir) in capsys.readouterr().err
+    assert main(["llava-bench-score", str(review), "--run", str(a.dir)]) == 0
+    assert a.read()["metrics"]["relative_score"] == 75.0 and "relative_score" not in b.read()["metrics"]
