@@ -3,7 +3,8 @@
     extract [key=value ...] [--ray-address auto|ray://host:10001] [--no-progress]
         fill the cache for configs/extract/sample.yaml, or `config=configs/extract/llava558k.yaml`
     extract --dry-run [key=value ...] [--plan-json FILE] [--gpu NAME] [--gpu-tflops X] [--utilization U]
-        print (and write as JSON) what the run would compute, write and cost; starts nothing
+        print (and write as JSON, by default to <cache_root>/plans/extract-<store>.json) what the run
+        would compute, write and cost; starts nothing
     caches [ROOT]     list the stores under a cache root
     verify STORE      check every shard of a store
 
@@ -19,15 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from pipeline import store_cli
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 from stages.flops import add_budget_arguments, budget_from_arguments
 
-__all__ = ["main", "extract_main", "DEFAULT_PLAN_JSON"]
+__all__ = ["main", "extract_main", "PLANS_DIR"]
 
-DEFAULT_PLAN_JSON = "extract-plan.json"
+PLANS_DIR = "plans"  # under the cache root: where `extract --dry-run` writes its plan unless --plan-json says
 
 
 def extract_main(argv: Sequence[str]) -> int:
@@ -37,7 +39,8 @@ def extract_main(argv: Sequence[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
     parser.add_argument("--dry-run", action="store_true", help="plan only: images, bytes, GFLOP, GPU-hours")
-    parser.add_argument("--plan-json", default=DEFAULT_PLAN_JSON, help="where --dry-run writes the plan")
+    parser.add_argument("--plan-json", default=None, help="where --dry-run writes the plan "
+                        f"(default: <cache_root>/{PLANS_DIR}/extract-<store>.json)")
     add_budget_arguments(parser)
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"ray_address={args.ray_address}"] if args.ray_address else [])
@@ -76,11 +79,15 @@ def _dry_run(overrides: Sequence[str], args: argparse.Namespace) -> int:
     from pipeline.plan import plan_extract, write_plan
 
     try:
-        plan = plan_extract(load_extract_config(overrides), budget=budget_from_arguments(args))
+        config = load_extract_config(overrides)
+        plan = plan_extract(config, budget=budget_from_arguments(args))
     except UserError as exc:
         return print_user_error("extract", exc)
     print(plan.render())
-    print(f"wrote {write_plan(plan, args.plan_json)}")
+    # named after the store it is for (`reference`: a model priced on its reference architecture, store unknown)
+    store = Path(plan.store).name if plan.store else "reference"
+    path = args.plan_json or Path(config.run.cache_root) / PLANS_DIR / f"extract-{store}.json"
+    print(f"wrote {write_plan(plan, path)}")
     return 0
 
 

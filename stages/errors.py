@@ -8,9 +8,11 @@ replaces (`ConfigError(UserError, ValueError)`), so `except ValueError` callers 
 """
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import NoReturn
 
-__all__ = ["UserError", "USAGE_ERROR", "INTERRUPTED", "print_user_error"]
+__all__ = ["UserError", "USAGE_ERROR", "INTERRUPTED", "print_user_error", "run_main"]
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # 128 + SIGINT
@@ -25,3 +27,15 @@ def print_user_error(prog: str, exc: UserError) -> int:
     message = exc.args[0] if exc.args else type(exc).__name__  # not str(): KeyError-based types quote it
     print(f"{prog}: error: {message}", file=sys.stderr)
     return USAGE_ERROR
+
+
+def run_main(module: str, *, prog: str) -> NoReturn:
+    """Import `module` and exit with its `main()`'s status. A CLI run as `python -m module` calls this before
+    its own slow imports (torch, transformers: seconds), so that a Ctrl-C during them is one line and
+    `INTERRUPTED` as well, not a traceback."""
+    try:
+        main = importlib.import_module(module).main
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted before it started; run the same command to start", file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    sys.exit(main())

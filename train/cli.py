@@ -6,12 +6,14 @@
                                the plan only: samples, steps, FLOPs, bytes read (train/plan.py)
 
 `config=PATH` picks another YAML (configs/train/pretrain.yaml, sft.yaml for the real LLaVA-1.5 runs);
-any field is a dotted override: `lr=2e-3 data.num_workers=4 guidance.scale=0 resume=true`.
-Run from the repository root (config paths are relative to it). Exit status 2: a setup problem (bad
-config, missing cache store or DeepSpeed JSON, missing stage-1 adapter, a checkpoint this run cannot
-resume, `resume=true` with no checkpoint), printed as one message naming the fix (a
-`stages.errors.UserError`); 130: interrupted (Ctrl-C), with the steps run and one line saying how to
-resume from the last checkpoint; anything else is a failed run or a bug: exit status 1 with its traceback.
+any field is a dotted override: `lr=2e-3 data.num_workers=4 guidance.scale=0`.
+Run from the repository root (config paths are relative to it). An `output_dir` with checkpoints is
+resumed from the latest (one line says so); `overwrite=true` starts it over. Exit status 2: a setup
+problem (bad config, missing cache store or DeepSpeed JSON, missing stage-1 adapter, a checkpoint this
+run cannot resume, `resume=true` with no checkpoint, a finished run with none), printed as one message
+naming the fix (a `stages.errors.UserError`); 130: interrupted (Ctrl-C), with the steps run and one line
+saying how to resume from the last checkpoint; anything else is a failed run or a bug: exit status 1
+with its traceback.
 """
 from __future__ import annotations
 
@@ -24,22 +26,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import torch
-from torch.utils.data import DataLoader
+if __name__ == "__main__":  # `python -m train.cli`: run the module as imported, so that a Ctrl-C during the
+    from stages.errors import run_main  # imports below (seconds) is one line and exit status 130 too
 
-from stages.config import ConfigError, build_dataclass, load_config
-from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
-from stages.llava import load_llava_json
-from train.collate import collate
-from train.conditioning import GuidedFeatures, encoder_builder, guidance_applies, required_arrays
-from train.config import STAGES, TrainConfig, VisionConfig, save_run_config
-from train.data import LlavaDataset
-from train.engine import check_engine_config, ensure_distributed, is_main_process, seed_everything
-from train.loop import FINAL_DIR, NonFiniteLoss, TrainingInterrupted, check_resume, train
-from train.metrics import StepMetrics
-from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model, load_tokenizer
-from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
-from train.stores import CachedFeatures, locate_stores, resolve_data_path
+    run_main("train.cli", prog="train")
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from stages.config import ConfigError, build_dataclass, load_config  # noqa: E402
+from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error  # noqa: E402
+from stages.llava import load_llava_json  # noqa: E402
+from train.collate import collate  # noqa: E402
+from train.conditioning import GuidedFeatures, encoder_builder, guidance_applies, required_arrays  # noqa: E402
+from train.config import STAGES, TrainConfig, VisionConfig, save_run_config  # noqa: E402
+from train.data import LlavaDataset  # noqa: E402
+from train.engine import check_engine_config, ensure_distributed, is_main_process, seed_everything  # noqa: E402
+from train.loop import FINAL_DIR, NonFiniteLoss, TrainingInterrupted, check_resume, run_outputs, train  # noqa: E402
+from train.metrics import StepMetrics  # noqa: E402
+from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model, load_tokenizer  # noqa: E402
+from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler  # noqa: E402
+from train.stores import CachedFeatures, locate_stores, resolve_data_path  # noqa: E402
 
 __all__ = ["DEFAULT_CONFIGS", "SetupError", "Prepared", "RunResult", "load_stage_config", "make_sampler",
            "prepare", "run", "main"]
@@ -64,6 +71,7 @@ class Prepared:
     prepare_features: Callable[[Mapping[str, Any]], Mapping[str, torch.Tensor]]
     tokenizer: Any
     dataset: LlavaDataset
+    resume_from: Path | None  # the checkpoint in output_dir this run continues (None: it starts at step 0)
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,7 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
     ensure_distributed()
     world, rank = _world()
     sampler = make_sampler(config, dataset, world_size=world, rank=rank)
-    check_resume(config, sampler)
+    resume_from = check_resume(config, sampler)
     seed_everything(config.seed)  # the adapter's initial weights
     model = build_model(config, feature_dims={a: source.sample_shape(a)[-1] for a in vision.array_ids})
     question_guided = guidance_applies(vision, guidance) and guidance.prompt_source == "question"
@@ -193,13 +201,26 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
                if question_guided else None)  # only question guidance runs the U-Net (and reads cache_spec)
     hook = GuidedFeatures(vision=vision, guidance=guidance, build_encoder=builder)
     return Prepared(config=config, model=model, sampler=sampler, prepare_features=hook, tokenizer=tokenizer,
-                    make_loader=_loader_factory(config, dataset, tokenizer.pad_token_id), dataset=dataset)
+                    make_loader=_loader_factory(config, dataset, tokenizer.pad_token_id), dataset=dataset,
+                    resume_from=resume_from)
+
+
+def _say_how_it_starts(prepared: Prepared) -> None:
+    """One line (stderr) when the run continues or replaces an earlier run in its output_dir."""
+    config = prepared.config
+    if prepared.resume_from is not None:
+        print(f"train {config.stage}: resuming from {prepared.resume_from} (the run directory has checkpoints; "
+              "overwrite=true starts over)", file=sys.stderr)
+    elif config.overwrite and (earlier := run_outputs(config.output_dir)):
+        print(f"train {config.stage}: overwrite=true: starting over, removing the earlier run's "
+              f"{', '.join(p.name for p in earlier)} from {config.output_dir}", file=sys.stderr)
 
 
 def run(prepared: Prepared) -> RunResult:
     """Train, then save the tokenizer beside the SFT LLM (so `final/llm/` loads with `from_pretrained`)."""
     config = prepared.config
     if is_main_process():
+        _say_how_it_starts(prepared)
         save_run_config(config)
     history = train(config=config, model=prepared.model, sampler=prepared.sampler,
                     make_loader=prepared.make_loader, prepare_features=prepared.prepare_features)
@@ -223,8 +244,8 @@ def _interrupted(prepared: Prepared, exc: TrainingInterrupted) -> int:
                         skipped_images=prepared.dataset.num_skipped).summary())
     if exc.checkpoint is None:
         how = "no checkpoint was saved yet (save_every sets how often): run the same command to start again"
-    else:
-        how = (f"run the same command{'' if config.resume else ' with resume=true'} to resume from "
+    else:  # run again with overwrite=true, it would start over
+        how = (f"run the same command{' without overwrite=true' if config.overwrite else ''} to resume from "
                f"{exc.checkpoint.name}")
     print(f"train {config.stage}: interrupted at step {exc.step} of {exc.total}; {how}", file=sys.stderr)
     return INTERRUPTED
@@ -246,24 +267,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         prepared = prepare(load_stage_config(stage, overrides))
-    except UserError as exc:  # the message, not a traceback; anything else is a bug and keeps its traceback
-        return print_user_error(f"train {stage}", exc)
-    except KeyboardInterrupt:
-        print(f"train {stage}: interrupted before training started; run the same command to start", file=sys.stderr)
-        return INTERRUPTED
-    try:
         result = run(prepared)
-    except UserError as exc:  # e.g. a store found damaged while reading it: no step trains on it
-        return print_user_error(f"train {stage}", exc)
+    except UserError as exc:  # the message, not a traceback (e.g. a store found damaged while training on it)
+        return print_user_error(f"train {stage}", exc)  # anything else is a bug and keeps its traceback
     except NonFiniteLoss as exc:  # the run failed (exit 1), for a reason one line says
         print(f"train {stage}: stopped: {exc}", file=sys.stderr)
         return 1
-    except TrainingInterrupted as exc:
+    except TrainingInterrupted as exc:  # from the engine's start on
         return _interrupted(prepared, exc)
+    except KeyboardInterrupt:  # before: config, stores, tokenizer, model, DeepSpeed's distributed start-up
+        print(f"train {stage}: interrupted before training started; run the same command to start", file=sys.stderr)
+        return INTERRUPTED
     if is_main_process():
         print(f"{result.summary()} ({time.perf_counter() - started:.1f} s in all)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,8 @@ from stages.store.layout import write_json_atomic
 from train.vision_modes import VISION_MODES, VisionMode
 
 __all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGES", "PRECISIONS", "OPTIMIZERS",
-           "GUIDANCE_PROMPTS", "STAGE_TEMPLATES", "RUN_CONFIG_FILE", "save_run_config", "load_run_config"]
+           "GUIDANCE_PROMPTS", "STAGE_TEMPLATES", "RUN_CONFIG_FILE", "RESUMABLE_CHANGES", "save_run_config",
+           "load_run_config"]
 
 STAGES = ("pretrain", "sft")
 STAGE_TEMPLATES = {"pretrain": "plain", "sft": "v1"}  # DESIGN §6: plain for stage 1, Vicuna v1 for stage 2
@@ -22,6 +23,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adamw", "fused_adam")
 GUIDANCE_PROMPTS = ("question", "caption")  # where guidance takes X_c's prompt from
 RUN_CONFIG_FILE = "train_config.json"  # beside a run's checkpoints: what evaluation rebuilds the run from
+# how a run is executed and logged, not what it computes: the only fields a resumed run may change
+RESUMABLE_CHANGES = ("output_dir", "resume", "overwrite", "save_every", "keep_checkpoints", "tensorboard",
+                     "on_nonfinite", "gradient_checkpointing", "data.num_workers")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -122,7 +126,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk; 0 = keep all
     tensorboard: bool = True  # also log metrics to <output_dir>/tensorboard/ (metrics.jsonl is always written)
     on_nonfinite: str = "stop"  # a NaN/Inf loss: "stop" the run naming step, keys and arrays; "skip" the micro-batch
-    resume: bool = False
+    resume: bool = False  # require a checkpoint to continue from (one in output_dir is resumed anyway)
+    overwrite: bool = False  # start over: remove output_dir's checkpoints, final/, metrics and TensorBoard logs
     gradient_checkpointing: bool = False
     deepspeed_config: str = "configs/deepspeed/zero2.json"
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
@@ -142,6 +147,8 @@ class TrainConfig:
         _check(self.max_length > 0, f"max_length must be > 0, got {self.max_length}")
         _check(self.on_nonfinite in ("stop", "skip"),
                f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
+        _check(not (self.resume and self.overwrite),
+               "resume=true continues the run in output_dir and overwrite=true starts it over: set one of them")
 
     @property
     def template(self) -> str:

@@ -2,7 +2,8 @@
 
 One code path everywhere. On a CPU-only host `DS_ACCELERATOR=cpu`, gloo and fp32; on CUDA, nccl and
 (by default) bf16. A single process not started by `deepspeed`/`torchrun` gets the rendezvous variables
-of a world of one, on a free port.
+of a world of one, on a free port. In a virtual environment DeepSpeed builds its ops into the venv, as
+`./dev` has it do (`op_build_env`), whoever starts the process.
 
 Checkpoints (`<output_dir>/checkpoints/step-XXXXXXXX/`, `latest` names the newest complete one):
 `deepspeed/` (engine.save_checkpoint: module, ZeRO optimizer partitions, LR schedule), `adapter.safetensors`,
@@ -18,6 +19,7 @@ import os
 import random
 import shutil
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -29,10 +31,10 @@ from stages.config import ConfigError
 from stages.store.layout import write_json_atomic
 from train.config import TrainConfig
 
-__all__ = ["ensure_distributed", "resolve_precision", "deepspeed_config", "check_engine_config", "param_groups",
-           "cosine_with_warmup", "build_engine", "seed_everything", "save_checkpoint", "load_checkpoint",
-           "latest_checkpoint", "read_checkpoint_state", "restore_rng", "is_main_process", "barrier",
-           "CHECKPOINTS_DIR"]
+__all__ = ["op_build_env", "ensure_distributed", "resolve_precision", "deepspeed_config", "check_engine_config",
+           "param_groups", "cosine_with_warmup", "build_engine", "seed_everything", "save_checkpoint",
+           "load_checkpoint", "latest_checkpoint", "read_checkpoint_state", "restore_rng", "is_main_process",
+           "barrier", "CHECKPOINTS_DIR"]
 
 CHECKPOINTS_DIR = "checkpoints"
 _LATEST = "latest"
@@ -47,8 +49,26 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def op_build_env(environ: Mapping[str, str], *, prefix: str, base_prefix: str) -> dict[str, str]:
+    """The variables to set so that a process of the venv at `prefix` builds DeepSpeed's ops as `./dev`
+    does: into `<prefix>/torch-extensions` unless `TORCH_EXTENSIONS_DIR` is set (the default ~/.cache
+    folder is keyed by op name only, so two venvs rebuild each other's: ~1 minute on 2 cores), with the
+    venv's ninja (its `bin` put first on PATH when missing: another ninja version rebuilds everything).
+    None outside a venv (`prefix == base_prefix`)."""
+    if prefix == base_prefix:
+        return {}
+    env = {}
+    if "TORCH_EXTENSIONS_DIR" not in environ:
+        env["TORCH_EXTENSIONS_DIR"] = str(Path(prefix) / "torch-extensions")
+    path, bin_dir = environ.get("PATH", ""), str(Path(prefix) / "bin")
+    if bin_dir not in path.split(os.pathsep):
+        env["PATH"] = os.pathsep.join(filter(None, [bin_dir, path]))
+    return env
+
+
 def ensure_distributed() -> None:
     """Initialise torch.distributed through DeepSpeed once per process (gloo on CPU, nccl on CUDA)."""
+    os.environ.update(op_build_env(os.environ, prefix=sys.prefix, base_prefix=sys.base_prefix))  # before the build
     cuda = torch.cuda.is_available()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")  # read when deepspeed is imported
     if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:  # not launched: a world of one

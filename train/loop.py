@@ -4,15 +4,20 @@ Position is counted in optimizer steps. Step `s` reads micro-batches `[a·k, a·
 `s // steps_per_epoch` (`k = s % steps_per_epoch`, `a` = gradient accumulation, a micro-batch =
 `per_device_batch_size` samples of this rank), so the step alone says where the data stands; an
 epoch's samples beyond the last whole optimizer step are not used.
-Resuming from a checkpoint at step `s` repositions the sampler there, restores optimizer, schedule and
-RNGs, and continues with losses equal to an uninterrupted run's.
+A run directory with checkpoints is resumed (`overwrite=true` starts it over): from a checkpoint at step
+`s` the sampler is repositioned there, optimizer, schedule and RNGs are restored, and the losses equal an
+uninterrupted run's. A checkpoint records the config that trained it; a run changing more than
+`train.config.RESUMABLE_CHANGES` is refused.
 """
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import signal
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
@@ -20,14 +25,14 @@ import torch
 from torch import Tensor
 
 from stages.config import ConfigError
-from train.config import TrainConfig
-from train.engine import (build_engine, is_main_process, latest_checkpoint, load_checkpoint,
-                          read_checkpoint_state, restore_rng, save_checkpoint, seed_everything)
-from train.metrics import Reporter, StepMetrics
+from train.config import RESUMABLE_CHANGES, TrainConfig
+from train.engine import (CHECKPOINTS_DIR, barrier, build_engine, is_main_process, latest_checkpoint,
+                          load_checkpoint, read_checkpoint_state, restore_rng, save_checkpoint, seed_everything)
+from train.metrics import METRICS_FILE, TENSORBOARD_DIR, Reporter, StepMetrics
 from train.model import LlavaModel
 
 __all__ = ["ResumableSampler", "NonFiniteLoss", "TrainingInterrupted", "train", "total_steps",
-           "check_resume", "default_prepare_features", "FINAL_DIR"]
+           "check_resume", "run_outputs", "default_prepare_features", "FINAL_DIR"]
 
 FINAL_DIR = "final"
 Batch = Mapping[str, Any]
@@ -52,7 +57,7 @@ class ResumableSampler(Protocol):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: the steps this call ran, and the checkpoint `resume=true` would continue from."""
+    """Ctrl-C during training: the steps this call ran, and the checkpoint a rerun continues from."""
 
     def __init__(self, *, step: int, total: int, history: list[StepMetrics], checkpoint: Path | None) -> None:
         super().__init__(f"interrupted at step {step} of {total}")
@@ -189,32 +194,73 @@ def _schedule(config: TrainConfig, *, per_epoch: int, total: int) -> dict[str, i
             "steps_per_epoch": per_epoch, "total_steps": total}
 
 
+def run_outputs(output_dir: str | Path) -> list[Path]:
+    """What a run left in `output_dir`, and `overwrite=true` removes: checkpoints, final/, metrics.jsonl and
+    TensorBoard logs (`train_config.json` is rewritten by every run; evaluation results are keyed by the
+    checkpoint they scored)."""
+    root = Path(output_dir)
+    return [p for p in (root / CHECKPOINTS_DIR, root / FINAL_DIR, root / METRICS_FILE, root / TENSORBOARD_DIR)
+            if p.exists()]
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"data": {"num_workers": 0}}` -> `{"data.num_workers": 0}` (dotted, as overrides name fields)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _config_changes(trained: Mapping[str, Any], config: TrainConfig) -> list[str]:
+    """`field=value (this run: value)` for each field `config` changes from the one a checkpoint was trained
+    with, other than `RESUMABLE_CHANGES`; fields only one of them knows (another version) are not compared."""
+    before, now = _flat(trained), _flat(json.loads(json.dumps(asdict(config))))  # tuples as JSON has them
+    return [f"{k}={before[k]!r} (this run: {now[k]!r})" for k in sorted(before.keys() & now.keys())
+            if k not in RESUMABLE_CHANGES and before[k] != now[k]]
+
+
 def _resumable(config: TrainConfig, sampler: ResumableSampler, *, per_epoch: int,
                total: int) -> tuple[Path, dict[str, Any]] | None:
-    """(latest checkpoint, its trainer state) when `config.resume` finds one this run can continue."""
-    if not config.resume:
+    """(latest checkpoint, its trainer state) of the run in `config.output_dir`, which this run continues
+    unless `config.overwrite`; raises where it cannot (another world size, seed, dataset, batch, schedule or
+    config), where `resume=true` finds no checkpoint, and where a finished run (final/) has none."""
+    if config.overwrite:
         return None
     checkpoint = latest_checkpoint(config.output_dir)
     if checkpoint is None:
-        raise ConfigError(f"resume=true, but {config.output_dir} holds no checkpoint; drop resume=true to "
-                          "start from scratch (or set output_dir to the run to continue)")
+        if config.resume:
+            raise ConfigError(f"resume=true, but {config.output_dir} holds no checkpoint; drop resume=true to "
+                              "start from scratch (or set output_dir to the run to continue)")
+        if (Path(config.output_dir) / FINAL_DIR).exists():
+            raise ConfigError(f"{config.output_dir} holds a finished run ({FINAL_DIR}/) but no checkpoint to "
+                              "continue from; set overwrite=true to train it again from scratch, or another output_dir")
+        return None
+    fix = "go back to the checkpoint's settings, set overwrite=true to start over, or use a new output_dir"
     state = read_checkpoint_state(checkpoint)
     try:  # first: another world size also changes the steps per epoch, but is the cause to name
         sampler.load_state_dict(state["sampler"])  # rejects a different seed, dataset, world size, micro-batch
     except ConfigError as exc:
-        raise ConfigError(f"cannot resume from {checkpoint}: {exc}") from exc
+        raise ConfigError(f"cannot resume from {checkpoint}: {exc}; {fix}") from exc
     for key, value in _schedule(config, per_epoch=per_epoch, total=total).items():
         if state.get(key) != value:
             raise ConfigError(f"cannot resume from {checkpoint}: it was written with {key}={state.get(key)!r}, "
-                              f"this run has {key}={value!r}; restore that setting or use a new output_dir")
+                              f"this run has {key}={value!r}; {fix}")
+    changes = _config_changes(state.get("config", {}), config)  # none recorded: a checkpoint from before
+    if changes:
+        raise ConfigError(f"cannot resume from {checkpoint}: this run changes {', '.join(changes)}; {fix}")
     return checkpoint, state
 
 
-def check_resume(config: TrainConfig, sampler: ResumableSampler) -> None:
-    """Raise now (no engine needed) if `train()` would refuse to resume from the latest checkpoint."""
+def check_resume(config: TrainConfig, sampler: ResumableSampler) -> Path | None:
+    """The checkpoint `train()` will continue from (None: step 0); raises now, with no engine, where
+    `train()` would refuse to start."""
     _position(sampler, epoch=0, consumed=0)
     per_epoch, total = total_steps(config, batches_per_epoch=len(sampler) // config.per_device_batch_size)
-    _resumable(config, sampler, per_epoch=per_epoch, total=total)
+    found = _resumable(config, sampler, per_epoch=per_epoch, total=total)
+    return found[0] if found else None
 
 
 def train(
@@ -224,25 +270,49 @@ def train(
 ) -> list[StepMetrics]:
     """Train `model` for the configured steps; returns the metrics of the steps this call ran.
 
-    `make_loader(sampler)` builds the batch iterable (a DataLoader with `sampler=sampler`,
-    `batch_size=config.per_device_batch_size` and the padding collate) after the sampler has been
-    positioned; it is called once per epoch and once on resume.
+    Continues from the latest checkpoint in `config.output_dir` (`_resumable`); with `config.overwrite`
+    the earlier run's outputs (`run_outputs`) are removed first. `make_loader(sampler)` builds the batch
+    iterable (a DataLoader with `sampler=sampler`, `batch_size=config.per_device_batch_size` and the
+    padding collate) after the sampler has been positioned; it is called once per epoch and once on
+    resume. A Ctrl-C from the engine's start to the final save raises `TrainingInterrupted`.
     """
     seed_everything(config.seed)
-    micro, accumulation = config.per_device_batch_size, config.gradient_accumulation_steps
     _position(sampler, epoch=0, consumed=0)
-    per_epoch, total = total_steps(config, batches_per_epoch=len(sampler) // micro)
+    per_epoch, total = total_steps(config, batches_per_epoch=len(sampler) // config.per_device_batch_size)
     found = _resumable(config, sampler, per_epoch=per_epoch, total=total)
-    engine = build_engine(model, config, total_steps=total)
-    step, rng = 0, None
-    if found is not None:
-        _, rng = load_checkpoint(engine, found[0])
-        step = int(found[1]["step"])
-    reporter = Reporter(Path(config.output_dir), start_step=step, total=total, desc=config.stage,
-                         tensorboard=config.tensorboard)
+    if config.overwrite and is_main_process():
+        for path in run_outputs(config.output_dir):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    barrier()
+    start = int(found[1]["step"]) if found else 0
     history: list[StepMetrics] = []
+    try:  # DeepSpeed's start-up and the checkpoint load take seconds: a Ctrl-C there is one too
+        engine = build_engine(model, config, total_steps=total)
+        rng = load_checkpoint(engine, found[0])[1] if found else None
+        _steps(engine, config=config, sampler=sampler, make_loader=make_loader, prepare_features=prepare_features,
+               start=start, per_epoch=per_epoch, total=total, rng=rng, history=history)
+        if is_main_process():
+            engine.module.save_pretrained(Path(config.output_dir) / FINAL_DIR, with_llm=not config.freeze_llm)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(step=history[-1].step if history else start, total=total, history=history,
+                                  checkpoint=latest_checkpoint(config.output_dir)) from None
+    return history
+
+
+def _steps(engine: Any, *, config: TrainConfig, sampler: ResumableSampler,
+           make_loader: Callable[[ResumableSampler], Iterable[Batch]],
+           prepare_features: Callable[[Batch], Mapping[str, Tensor]], start: int, per_epoch: int, total: int,
+           rng: Mapping[str, Any] | None, history: list[StepMetrics]) -> None:
+    """Optimizer steps `start + 1 ... total`, each one's metrics appended to `history` and reported; `rng`
+    (a resumed run's saved RNG states) is restored where the uninterrupted run stood at the save."""
+    micro, accumulation = config.per_device_batch_size, config.gradient_accumulation_steps
+    reporter = Reporter(Path(config.output_dir), start_step=start, total=total, desc=config.stage,
+                        tensorboard=config.tensorboard)
     engine.train()
-    ctrl_c = _CtrlC()
+    ctrl_c, step = _CtrlC(), start
     try:
         while step < total:
             epoch, offset = divmod(step, per_epoch)
@@ -268,15 +338,9 @@ def train(
                     reporter.flush()  # the events up to a checkpoint survive a killed run
                     _checkpoint(engine, config, sampler, step=step, per_epoch=per_epoch, total=total)
                 ctrl_c.raise_if_pressed()
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(step=step, total=total, history=history,
-                                  checkpoint=latest_checkpoint(config.output_dir)) from None
     finally:
         ctrl_c.restore()
         reporter.close()
-    if is_main_process():
-        engine.module.save_pretrained(Path(config.output_dir) / FINAL_DIR, with_llm=not config.freeze_llm)
-    return history
 
 
 def _checkpoint(engine: Any, config: TrainConfig, sampler: ResumableSampler, *, step: int, per_epoch: int,
@@ -286,5 +350,5 @@ def _checkpoint(engine: Any, config: TrainConfig, sampler: ResumableSampler, *, 
     consumed = (step - epoch * per_epoch) * config.gradient_accumulation_steps * config.per_device_batch_size
     save_checkpoint(engine, output_dir=config.output_dir, step=step, with_llm=not config.freeze_llm,
                     state={"sampler": sampler.state_dict(consumed=consumed),
-                           **_schedule(config, per_epoch=per_epoch, total=total)},
+                           **_schedule(config, per_epoch=per_epoch, total=total), "config": asdict(config)},
                     keep=config.keep_checkpoints)

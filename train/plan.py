@@ -255,18 +255,19 @@ def main(stage: str, argv: Sequence[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="(this plan)")
     parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")),
                         help="ranks (GPUs) the run would use (default: $WORLD_SIZE or 1)")
-    parser.add_argument("--plan-json", default=f"train-{stage}-plan.json", help="where the plan is written")
+    parser.add_argument("--plan-json", default=None,
+                        help=f"where the plan is written (default: <output_dir>/train-{stage}-plan.json)")
     add_budget_arguments(parser)
     args = parser.parse_args(argv)
     try:
         if args.world_size < 1:
             raise ConfigError(f"--world-size must be >= 1, got {args.world_size}")
-        plan = plan_training(load_stage_config(stage, args.overrides), world_size=args.world_size,
-                             budget=budget_from_arguments(args))
+        config = load_stage_config(stage, args.overrides)
+        plan = plan_training(config, world_size=args.world_size, budget=budget_from_arguments(args))
     except UserError as exc:
         return print_user_error(f"train {stage}", exc)
     print(plan.render())
-    path = Path(args.plan_json)
+    path = Path(args.plan_json or Path(config.output_dir) / f"train-{stage}-plan.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **plan.as_dict()}
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

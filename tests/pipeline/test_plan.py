@@ -67,6 +67,8 @@ def test_plan_bytes_and_counts_match_the_finished_store_and_a_rerun_plans_nothin
     assert files_of(store) == before
     assert (again.images["new"], again.images["cached"], again.shards["complete"], again.bytes["total"]) == (0, 7, 2, 0)
     assert again.gflop["total"] == 0
+    assert extract_main(["--dry-run", f"config={config_yaml}"]) == 0  # the CLI's plan: beside the store, not in it
+    assert (tmp_path / "cache" / "plans" / f"extract-{store.name}.json").is_file() and files_of(store) == before
 
     more = plan_extract(split_config(fields(data, tmp_path / "cache", timesteps=[50, 200])), budget=BUDGET)
     assert more.images["reusing_latents"] == more.images["new"] == 7
@@ -101,12 +103,14 @@ def test_dry_run_of_the_full_size_config_on_the_sample_gives_design_numbers_with
     bundled sample: DESIGN §6's VAE 1117 GFLOP + U-Net to U-L2-R2-Res-Out 0.69 x 804, GPU-hours by hand."""
     monkeypatch.setitem(sys.modules, "ray", None)  # any `import ray` fails
     monkeypatch.setattr("stages.models.load_sd_components", lambda *a, **k: pytest.fail("weights loaded"))
-    out = tmp_path / "plan.json"
     code = extract_main(["--dry-run", "config=configs/extract/llava558k.yaml", "data=embedded:sample",
-                         f"cache_root={tmp_path / 'cache'}", "--plan-json", str(out), "--utilization", "0.5"])
+                         f"cache_root={tmp_path / 'cache'}", "--utilization", "0.5"])
     assert code == 0, capsys.readouterr().err
+    out = tmp_path / "cache" / "plans" / "extract-reference.json"  # no store to name it after: no weights
     plan = json.loads(out.read_text())
-    assert "GPU-hours" in capsys.readouterr().out and not (tmp_path / "cache").exists()
+    printed = capsys.readouterr().out
+    assert "GPU-hours" in printed and f"wrote {out}" in printed
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()] == [out.relative_to(tmp_path)]
     per_image = plan["gflop_per_image"]
     assert per_image["vae_encode"] == pytest.approx(1117, rel=0.005)
     assert per_image["unet"] == pytest.approx(0.69 * 804, rel=0.01)

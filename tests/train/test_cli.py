@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from stages.errors import run_main
 from train.cli import DEFAULT_CONFIGS, REPO, _loader_factory, load_stage_config, main
 from train.model import load_tokenizer
 from train.config import DataConfig
@@ -167,8 +169,67 @@ def _train_cli(args):
                             start_new_session=True)
 
 
-def test_sigint_mid_training_is_one_line_exit_130_and_resume_true_continues_from_the_checkpoint(train_store,
-                                                                                               tmp_path):
+def _steps(out) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / METRICS_FILE).read_text().splitlines()]
+
+
+def test_a_rerun_resumes_a_finished_run_unchanged_and_overwrite_true_starts_over_saying_so(train_store, tmp_path,
+                                                                                          capsys):
+    out = tmp_path / "out"
+
+    def args(steps: int, *extra: str) -> list[str]:
+        return ["pretrain", *_common(train_store, "pretrain", out), f"max_steps={steps}", "save_every=1",
+                "keep_checkpoints=0", "tensorboard=false", *extra]
+
+    assert main(args(3)) == 0
+    adapter = (out / FINAL_DIR / ADAPTER_FILE).read_bytes()
+    capsys.readouterr()
+    assert main(args(3)) == 0  # the same command again: the run directory has checkpoints
+    captured = capsys.readouterr()
+    assert f"train pretrain: resuming from {out}/checkpoints/step-00000003 (" in captured.err
+    assert "nothing left to train" in captured.out and _steps(out) == [1, 2, 3]
+    assert (out / FINAL_DIR / ADAPTER_FILE).read_bytes() == adapter
+
+    assert main(args(2, "overwrite=true")) == 0
+    assert (f"train pretrain: overwrite=true: starting over, removing the earlier run's checkpoints, final, "
+            f"metrics.jsonl from {out}") in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000001", "step-00000002"]
+    assert _steps(out) == [1, 2]
+
+    shutil.rmtree(out / "checkpoints")  # a finished run whose checkpoints were deleted
+    assert main(args(2)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "holds a finished run (final/) but no checkpoint" in err[-1] and "set overwrite=true" in err[-1]
+    assert (out / FINAL_DIR / ADAPTER_FILE).is_file() and _steps(out) == [1, 2]
+
+
+@pytest.mark.parametrize("where", ["train.cli.build_model", "train.loop.build_engine"])
+def test_ctrl_c_while_training_starts_is_one_line_exit_130(where, train_store, tmp_path, monkeypatch, capsys):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(where, ctrl_c)  # loading the model; DeepSpeed's engine start (and op build)
+    try:
+        code = main(["pretrain", *_common(train_store, "pretrain", tmp_path / "out")])
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped main()")
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "interrupted" in line]
+    assert code == 130 and "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("train pretrain: interrupted "), err
+
+
+def test_ctrl_c_while_the_cli_imports_is_one_line_exit_130(tmp_path, monkeypatch, capsys):
+    (tmp_path / "slow_cli.py").write_text("raise KeyboardInterrupt  # as if pressed during `import torch`\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as exited:
+        run_main("slow_cli", prog="train")
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "train: interrupted before it started; run the same command to start\n"
+
+
+def test_sigint_mid_training_is_one_line_exit_130_and_the_same_command_continues_from_the_checkpoint(train_store,
+                                                                                                    tmp_path):
     out = tmp_path / "out"
     # a loader worker: Ctrl-C reaches it too (train.cli._ignore_ctrl_c)
     args = [*_common(train_store, "pretrain", out), "save_every=3", "epochs=40", "tensorboard=false",
@@ -189,9 +250,9 @@ def test_sigint_mid_training_is_one_line_exit_130_and_resume_true_continues_from
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if "interrupted" in line]
     assert len(lines) == 1 and lines[0].startswith("train pretrain: interrupted at step "), stderr
-    assert "with resume=true to resume from step-" in lines[0] and "pretrain: " in stdout
-    resumed = _train_cli([*args, "resume=true"])
+    assert "; run the same command to resume from step-" in lines[0] and "pretrain: " in stdout
+    resumed = _train_cli(args)  # `python -m train.cli`: train.cli imported by stages.errors.run_main
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
-    steps = [json.loads(line)["step"] for line in (out / METRICS_FILE).read_text().splitlines()]
-    assert steps == list(range(1, 121))  # 6 samples, batch 2: 3 steps x 40 epochs, each logged once
+    assert "train pretrain: resuming from " in stderr
+    assert _steps(out) == list(range(1, 121))  # 6 samples, batch 2: 3 steps x 40 epochs, each logged once

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from train.collate import collate
 from train.config import DataConfig, TrainConfig, VisionConfig
 from train.data import LlavaDataset
-from train.engine import CHECKPOINTS_DIR, cosine_with_warmup, deepspeed_config, seed_everything
+from train.engine import CHECKPOINTS_DIR, cosine_with_warmup, deepspeed_config, op_build_env, seed_everything
 from train.loop import FINAL_DIR, TrainingInterrupted, train
 from train.metrics import METRICS_FILE, TENSORBOARD_DIR
 from train.model import ADAPTER_FILE, LLM_DIR, build_model
@@ -97,6 +97,15 @@ def _run(config: TrainConfig, dataset: LlavaDataset, tokenizer, *, sampler=None,
     make_loader = lambda s: DataLoader(dataset, sampler=s, batch_size=config.per_device_batch_size,  # noqa: E731
                                        collate_fn=functools.partial(collate, pad_token_id=tokenizer.pad_token_id))
     return model, train(config=config, model=model, sampler=sampler, make_loader=make_loader, **kwargs)
+
+
+def test_a_venv_builds_deepspeed_ops_into_itself_with_its_ninja_unless_told_otherwise():
+    venv, bin_dir = "/work/.venv", "/work/.venv/bin"
+    assert op_build_env({"PATH": "/usr/bin:/bin"}, prefix=venv, base_prefix="/usr") == {
+        "TORCH_EXTENSIONS_DIR": "/work/.venv/torch-extensions", "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    assert op_build_env({"PATH": f"/usr/bin:{bin_dir}", "TORCH_EXTENSIONS_DIR": "/x"}, prefix=venv,
+                        base_prefix="/usr") == {}  # the user's choices stand
+    assert op_build_env({}, prefix="/usr", base_prefix="/usr") == {}  # not a venv: torch's defaults
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
@@ -227,10 +236,11 @@ def _noisy_hook(*, crash_at: int = 0, seen: list | None = None):
     return prepare
 
 
-def test_resume_after_crash_matches_uninterrupted_run_bit_for_bit(llm_dir, tokenizer, tmp_path):
+def test_rerun_after_crash_resumes_and_matches_uninterrupted_run_bit_for_bit(llm_dir, tokenizer, tmp_path):
     # SFT (LLM + adapter train) on 8 image + 4 text-only samples, modality-grouped megabatches of 4,
     # 2 micro-batches of 2 per step -> 3 steps per epoch, one of them text-only. The checkpoint at
-    # step 4 is mid-epoch; the crash hits step 5; the resumed run redoes steps 5 and 6.
+    # step 4 is mid-epoch; the crash hits step 5; the same run again (no resume=true: the run
+    # directory has a checkpoint) redoes steps 5 and 6.
     records = _records(text_only=4)
     base = dict(stage="sft", lr=1e-3, max_steps=6, gradient_accumulation_steps=2, save_every=4, weight_decay=0.1,
                 max_length=256, keep_checkpoints=1)
@@ -252,8 +262,7 @@ def test_resume_after_crash_matches_uninterrupted_run_bit_for_bit(llm_dir, token
     # TensorBoard orders event files by the whole-second timestamp that starts their names, then by a
     # per-process counter compared as text; a real resume starts seconds after the crash, so do the same
     time.sleep(1.0 - time.time() % 1.0 + 0.01)
-    resumed_config = _config(llm_dir, tmp_path / "run", **base, resume=True)
-    _, resumed = _run(resumed_config, dataset, tokenizer, sampler=sampler(dataset), prepare_features=_noisy_hook())
+    _, resumed = _run(config, dataset, tokenizer, sampler=sampler(dataset), prepare_features=_noisy_hook())
 
     assert [m.step for m in resumed] == [5, 6]
     assert [p.name for p in (tmp_path / "run" / CHECKPOINTS_DIR).glob("step-*")] == ["step-00000006"]
@@ -268,15 +277,16 @@ def test_resume_after_crash_matches_uninterrupted_run_bit_for_bit(llm_dir, token
 
 
 @pytest.mark.parametrize("change", [{"gradient_accumulation_steps": 2}, {"max_steps": 3},
-                                    {"per_device_batch_size": 4}])
-def test_resume_refuses_a_checkpoint_written_with_other_batch_or_schedule_settings(change, llm_dir, tokenizer,
-                                                                                   tmp_path):
+                                    {"per_device_batch_size": 4}, {"lr": 2e-3}])
+def test_a_rerun_refuses_a_checkpoint_written_with_other_batch_schedule_or_config_settings(change, llm_dir,
+                                                                                          tokenizer, tmp_path):
     config = _config(llm_dir, tmp_path, stage="pretrain", max_steps=2, save_every=1)
     dataset = _dataset(config, tokenizer, _records())
     _run(config, dataset, tokenizer)
     field = {"max_steps": "total_steps"}.get(next(iter(change)), next(iter(change)))
-    with pytest.raises(ValueError, match=f"cannot resume .* {field}="):
-        _run(dataclasses.replace(config, resume=True, **change), dataset, tokenizer)
+    with pytest.raises(ValueError, match=f"cannot resume .* {field}=.*overwrite=true"):  # resumed without resume=true
+        _run(dataclasses.replace(config, **change), dataset, tokenizer)
+    assert [json.loads(line)["step"] for line in (tmp_path / METRICS_FILE).read_text().splitlines()] == [1, 2]
 
 
 def _poison_hook(*, at_call: int):

@@ -83,13 +83,15 @@ def test_sft_plan_counts_steps_tokens_bytes_and_the_guided_pass_as_a_run_does(tr
 
 
 def test_pretrain_dry_run_on_two_ranks_prices_a_frozen_llm_and_no_diffusion(train_store, tmp_path, capsys):
-    out = tmp_path / "plan.json"
     code = main(["pretrain", "--dry-run", *overrides(train_store, "pretrain", tmp_path, "epochs=2"),
-                 "--world-size", "2", "--plan-json", str(out)])
+                 "--world-size", "2"])
     assert code == 0, capsys.readouterr().err
+    out = tmp_path / "train-pretrain-plan.json"  # in output_dir, not in the working directory
     plan = json.loads(out.read_text())
     assert plan["steps"] == {"per_epoch": 1, "total": 2, "epochs": 2.0, "global_batch": 4, "micro_batch": 2,
                              "accumulation": 1}  # 6 samples, 2 ranks x 2: one whole step per epoch
     assert plan["gflop_per_sample"]["llm_factor"] == 4 and plan["gflop_per_sample"]["diffusion"] == 0
     assert plan["gflop"]["total"] == pytest.approx(plan["gflop"]["llm"] + plan["gflop"]["adapter"])
-    assert not (tmp_path / "checkpoints").exists() and "GPU-hours" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # nothing else: a later run starts from step 0
+    printed = capsys.readouterr().out
+    assert "GPU-hours" in printed and f"wrote {out}" in printed
