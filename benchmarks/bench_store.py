@@ -1,17 +1,20 @@
 """Store benchmark: write MB/s and read samples/s of our zarr store and webdataset export against
 per-sample .npy / torch.save files and the raw page-cache bandwidth (`np.fromfile`), the compression
-table that picks the default codec, and the cost of checking every sample's crc32c on read.
+table that picks the default codec, and the cost of checking every sample (crc32c and identity digest)
+on read: checked against unchecked reads and against `np.fromfile`, side by side in one run.
 
 Data: synthetic but activation-like float16 `[256, 1280]` samples (16x16 token grid): a low-rank
 (r=32) spatially smooth field (bicubic-upsampled 4x4 noise) mixed into 1280 channels, plus token
 noise, times a heavy-tailed per-channel scale (log-normal, sigma 0.8) with 4 outlier channels x30.
 All reads are warm (files just written, in the page cache): the comparison is per-format overhead.
 
-    python -m benchmarks.bench_store [--n 768] [--workdir DIR]
+    python -m benchmarks.bench_store [--n 768] [--workdir DIR] [--integrity-only]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import shutil
 import tempfile
 import time
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 import zarr
 
 from benchmarks.common import best_seconds, best_seconds_interleaved, markdown_table, write_results
-from stages.store import COMPRESSIONS, CacheStore, Fingerprint, StoreReader
+from stages.store import COMPRESSIONS, CacheStore, CompletionRecord, Fingerprint, StoreReader
 
 T, C, SHARD, BATCH = 256, 1280, 256, 32
 ARRAY = "U-L1-R1-B0-Cross-Q@t50"
@@ -199,33 +202,49 @@ def bench_compression(work: Path, data: np.ndarray) -> list[dict]:
     return rows
 
 
+def _unchecked_array(store: CacheStore, data: np.ndarray) -> None:
+    """Array "unchecked": the same rows as an array of layout 1 (no per-sample crc32c) whose records carry
+    no identity digests, i.e. what `StoreReader` reads without any per-sample check (it hashes each shard
+    file against its record once per process, in the warm-up)."""
+    zarr.open_group(str(store.path / "zarr"), mode="r+").create_array(  # an array as layout 1 created it
+        "unchecked", shape=(store.n_rows, T, C), chunks=(1, T, C), shards=(SHARD, T, C), dtype="float16",
+        fill_value=0, compressors=None, config={"write_empty_chunks": True})
+    for plan in store.shards():
+        store.write_shard(plan.index, {"unchecked": data[plan.rows.start:plan.rows.stop]})
+        path = store.meta.paths.record("unchecked", plan.index)
+        record = CompletionRecord.from_json(json.loads(path.read_text()))
+        path.write_text(json.dumps(dataclasses.replace(record, identity=()).to_json()))
+
+
 def bench_integrity(work: Path, data: np.ndarray) -> dict:
-    """`StoreReader` on the same rows in layout 2 (each sample checked against its crc32c on every read)
-    and in layout 1 (no per-sample checksum; the reader hashes each shard file once per process, in the
-    warm-up, so the timed reads are exactly what the reader did before layout 2), interleaved in one run."""
+    """Checked reads against unchecked ones and against `np.fromfile`, interleaved in one run: `StoreReader`
+    on an array as extraction writes it (each sample's crc32c and identity digest checked on every read)
+    and on the same rows with no per-sample check (`_unchecked_array`), random batches of 32 and whole
+    shards, and `np.fromfile` of the same bytes as one file."""
     fp = Fingerprint.from_fields({"bench": "integrity"})
     store = CacheStore.open_or_create(work / "integrity", fingerprint=fp, shard_size=SHARD)
     keys = [f"bench/{i:06d}.jpg" for i in range(len(data))]
     store.add_keys(keys)
     store.ensure_array("checked", sample_shape=(T, C))
-    zarr.open_group(str(store.path / "zarr"), mode="r+").create_array(  # an array as layout 1 created it
-        "legacy", shape=(store.n_rows, T, C), chunks=(1, T, C), shards=(SHARD, T, C), dtype="float16",
-        fill_value=0, compressors=None, config={"write_empty_chunks": True})
     for plan in store.shards():
-        rows = data[plan.rows.start:plan.rows.stop]
-        store.write_shard(plan.index, {"checked": rows, "legacy": rows})
+        store.write_shard(plan.index, {"checked": data[plan.rows.start:plan.rows.stop]})
+    _unchecked_array(store, data)
+    raw = work / "integrity.bin"
+    data.tofile(raw)
     reader = StoreReader(store.path, expect=fp)
-    assert reader.infos["checked"].checksummed and not reader.infos["legacy"].checksummed
+    assert reader.infos["checked"].checksummed and not reader.infos["unchecked"].checksummed
     batches = [[keys[i] for i in idx] for idx in np.array_split(np.random.default_rng(0).permutation(len(keys)),
                                                                   len(keys) // BATCH)]
-    random_s = best_seconds_interleaved({a: lambda a=a: [reader.read(b, [a]) for b in batches]
-                                         for a in ("checked", "legacy")})
-    shard_s = best_seconds_interleaved({a: lambda a=a: [reader.read_shard(a, s) for s in reader.complete_shards()]
-                                        for a in ("checked", "legacy")})
-    out = {"random_samples_per_s": {a: round(len(keys) / t, 1) for a, t in random_s.items()},
-           "shard_samples_per_s": {a: round(len(keys) / t, 1) for a, t in shard_s.items()},
-           "random_ratio_checked_vs_legacy": round(random_s["legacy"] / random_s["checked"], 3),
-           "shard_ratio_checked_vs_legacy": round(shard_s["legacy"] / shard_s["checked"], 3)}
+    seconds = best_seconds_interleaved({
+        "np.fromfile": lambda: np.fromfile(raw, dtype=np.float16),
+        **{f"random {a}": lambda a=a: [reader.read(b, [a]) for b in batches] for a in ("checked", "unchecked")},
+        **{f"shards {a}": lambda a=a: [reader.read_shard(a, s) for s in reader.complete_shards()]
+           for a in ("checked", "unchecked")}})
+    out = {"samples_per_s": {name: round(len(keys) / t, 1) for name, t in seconds.items()},
+           "random_checked_vs_fromfile": round(seconds["np.fromfile"] / seconds["random checked"], 3),
+           "random_checked_vs_unchecked": round(seconds["random unchecked"] / seconds["random checked"], 3),
+           "shards_checked_vs_fromfile": round(seconds["np.fromfile"] / seconds["shards checked"], 3),
+           "shards_checked_vs_unchecked": round(seconds["shards unchecked"] / seconds["shards checked"], 3)}
     print(out, flush=True)
     return out
 
@@ -234,10 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=768, help="samples (multiple of 256 keeps shards full)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a temp dir)")
+    parser.add_argument("--integrity-only", action="store_true",
+                        help="only the checked / unchecked / np.fromfile comparison (printed; store.json untouched)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.workdir))
     try:
         data = activations(args.n)
+        if args.integrity_only:
+            bench_integrity(work, data)
+            return 0
         rows = [bench_raw(work, data)]
         print(rows[-1], flush=True)
         zarr_rows, reader = bench_zarr(work, data)

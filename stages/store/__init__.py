@@ -10,7 +10,7 @@ from stages.store.fingerprint import (Fingerprint, FingerprintMismatch, contract
                                       weights_hash)
 from stages.store.keys import decode_key, encode_key
 from stages.store.layout import ShardPlan
-from stages.store.meta import CompletionRecord, StoreMeta, StoreNotFound, TarRecord
+from stages.store.meta import CompletionRecord, StoreDamaged, StoreMeta, StoreNotFound, TarRecord
 from stages.store.reader import KeyNotInStore, StoreCorruption, StoreReader
 from stages.store.registry import CacheInfo, find_store, list_caches
 from stages.store.verify import verify_store
@@ -18,6 +18,5 @@ from stages.store.writer import DEFAULT_SHARD_SIZE, CacheStore
 
 __all__ = ["Fingerprint", "FingerprintMismatch", "contract_fields", "diff_fields", "weights_hash",
            "CacheStore", "ShardPlan", "StoreMeta", "CompletionRecord", "TarRecord", "StoreReader", "KeyNotInStore",
-           "StoreCorruption",
-           "StoreNotFound", "CacheInfo", "find_store", "list_caches", "verify_store", "encode_key", "decode_key",
-           "COMPRESSIONS", "DEFAULT_COMPRESSION", "DEFAULT_SHARD_SIZE"]
+           "StoreCorruption", "StoreDamaged", "StoreNotFound", "CacheInfo", "find_store", "list_caches", "verify_store",
+           "encode_key", "decode_key", "COMPRESSIONS", "DEFAULT_COMPRESSION", "DEFAULT_SHARD_SIZE"]

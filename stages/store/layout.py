@@ -21,12 +21,13 @@ from typing import Any
 import google_crc32c
 import numpy as np
 
-__all__ = ["ShardPlan", "StorePaths", "remove_durably", "clear_stale_temps", "write_json_atomic", "read_json",
-           "fsync_path", "shard_chunk_key", "read_shard_index", "read_raw_rows", "file_sha256", "ChunkCorruption",
-           "MISSING"]
+__all__ = ["ShardPlan", "StorePaths", "remove_durably", "clear_stale_temps", "stage_bytes", "stage_json",
+           "write_bytes_atomic", "write_json_atomic", "read_json", "fsync_path", "shard_chunk_key",
+           "read_shard_index", "read_raw_rows", "empty_aligned", "file_sha256", "ChunkCorruption", "MISSING"]
 
 MISSING = np.uint64(2**64 - 1)  # zarr's shard-index marker for an inner chunk that was never written
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one preadv call takes
+_CALL_BYTES = 1 << 20  # bytes per preadv call, so that they are still in the CPU cache for their crc32c
 _BLOCK = 1 << 24
 
 
@@ -105,17 +106,41 @@ def clear_stale_temps(path: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """tmp file + fsync + rename + fsync(dir): readers see the old file, the new one, or none."""
+def stage_bytes(path: Path, data: bytes) -> Path:
+    """`data` in a hidden temp sibling of `path`, fsynced; the temp is removed again when writing fails
+    (a full disk). The first half of an atomic write, for callers publishing several files."""
     clear_stale_temps(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(value, fh, sort_keys=True, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def stage_json(path: Path, value: Any) -> Path:
+    """`stage_bytes` of `value` as JSON (sorted keys, UTF-8)."""
+    return stage_bytes(path, _json_bytes(value))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """tmp file + fsync + rename + fsync(dir): readers see the old file, the new one, or none."""
+    os.replace(stage_bytes(path, data), path)
     fsync_path(path.parent)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """`write_bytes_atomic` of `value` as JSON (sorted keys, UTF-8)."""
+    write_bytes_atomic(path, _json_bytes(value))
 
 
 def read_json(path: Path) -> Any:
@@ -160,57 +185,65 @@ def _preadv_all(fd: int, views: list[memoryview], offset: int) -> None:
             views[0] = views[0][n:]
 
 
-def _run_views(data: memoryview, crcs: memoryview | None, j: int, k: int, chunk_nbytes: int) -> list[memoryview]:
-    """The buffers that receive inner chunks `j..k-1` as they lie back to back in the file: one view of
-    the output, or, for checksummed chunks, each chunk's values then its 4 checksum bytes."""
-    if crcs is None:
-        return [data[j * chunk_nbytes:k * chunk_nbytes]]
-    return [view for i in range(j, k)
-            for view in (data[i * chunk_nbytes:(i + 1) * chunk_nbytes], crcs[4 * i:4 * i + 4])]
+def empty_aligned(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """`np.empty` starting on a 64-byte boundary. On this project's machine the kernel copies page-aligned
+    file data (layout-1 shards, `np.fromfile`) into a buffer that is not 64-byte aligned (numpy's are
+    16) about 3x slower than into one that is (docs/benchmarks.md)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def read_raw_rows(path: Path, local_rows: np.ndarray, *, n_chunks: int, chunk_nbytes: int, checksummed: bool,
-                  out: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
-    """Read inner chunks `local_rows` of one uncompressed shard file straight into `out` `(n, *sample)`.
+def read_raw_rows(path: Path, local_rows: np.ndarray, *, out: np.ndarray, dest: np.ndarray, n_chunks: int,
+                  chunk_nbytes: int, checksummed: bool, want_crcs: bool,
+                  index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read inner chunks `local_rows` (ascending) of one uncompressed shard file straight into
+    `out[dest[j]]` (`out` is `(n, *sample)`, C-contiguous; no intermediate copy).
 
-    Runs of wanted rows whose chunks lie back to back in the file are read with one `preadv` each
-    (a whole shard is a single call, no intermediate copy). A `checksummed` chunk is its values then
-    their crc32c: the same call scatters the values into `out` and the checksums into a side buffer,
-    and every chunk is then checked (`ChunkCorruption` naming the positions that fail). Never-written
-    chunks read as zeros, the fill value. Returns the shard index so callers can cache it.
+    Runs of wanted chunks that lie back to back in the file are read with one `preadv` each, of at most
+    `_CALL_BYTES`: a `checksummed` chunk is its values then their crc32c, so the call scatters the values
+    into `out` and the checksums into a side buffer. The crc32c of every chunk it read (when `checksummed`
+    or `want_crcs`) is computed right after each call, while the bytes are still in the CPU cache; a
+    checksummed chunk that fails raises `ChunkCorruption`. Never-written chunks read as zeros (the fill
+    value; crc 0). Returns the shard index (for the caller to cache) and each chunk's crc32c, or None.
     """
-    if not out.flags.c_contiguous:
+    samples = out.reshape(len(out), -1).view(np.uint8)  # (n, chunk_nbytes)
+    if not samples.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
-    n = len(local_rows)
-    samples = out.reshape(n, -1).view(np.uint8)  # (n, chunk_nbytes)
-    data = memoryview(samples.reshape(-1))
-    crcs = np.zeros(n, "<u4") if checksummed else None
-    crc_view = None if crcs is None else memoryview(crcs.view(np.uint8))
-    stride = chunk_nbytes + 4 * checksummed
-    max_run = _IOV_MAX // 2 if checksummed else n
+    n, stride = len(local_rows), chunk_nbytes + 4 * checksummed
+    stored = np.zeros(n, "<u4") if checksummed else None
+    stored_view = None if stored is None else memoryview(stored.view(np.uint8))
+    crcs = np.zeros(n, np.uint32) if checksummed or want_crcs else None
+    per_call = max(1, min(_CALL_BYTES // max(stride, 1), _IOV_MAX // 2))
     fd = os.open(path, os.O_RDONLY)
     try:
         if index is None:
             index = read_shard_index(fd, n_chunks)
-        picked = index[np.asarray(local_rows)]
-        present = picked[:, 0] != MISSING
-        if np.any(present & (picked[:, 1] != stride)):
+        picked = index[local_rows]
+        if np.any((picked[:, 0] != MISSING) & (picked[:, 1] != stride)):
             raise OSError(f"{path}: inner chunks are not {stride} raw bytes (compressed array?)")
-        j = 0
+        offsets, outputs, j = picked[:, 0].tolist(), dest.tolist(), 0
         while j < n:
-            if not present[j]:
-                out[j] = 0
+            if offsets[j] == int(MISSING):
+                samples[outputs[j]] = 0
                 j += 1
                 continue
-            k, start = j + 1, int(picked[j, 0])
-            while k < n and k - j < max_run and present[k] and int(picked[k, 0]) == start + (k - j) * stride:
+            k = j + 1
+            while k < n and k - j < per_call and offsets[k] == offsets[j] + (k - j) * stride:
                 k += 1
-            _preadv_all(fd, _run_views(data, crc_view, j, k, chunk_nbytes), start)
+            targets = [samples[d] for d in outputs[j:k]]
+            _preadv_all(fd, [memoryview(t) for t in targets] if stored_view is None else [
+                view for i, t in enumerate(targets, j) for view in (memoryview(t), stored_view[4 * i:4 * i + 4])],
+                offsets[j])
+            if crcs is not None:
+                crcs[j:k] = [google_crc32c.value(t) for t in targets]
             j = k
     finally:
         os.close(fd)
-    if crcs is not None:
-        bad = [i for i, crc in enumerate(crcs.tolist()) if present[i] and google_crc32c.value(samples[i]) != crc]
-        if bad:
+    if stored is not None:
+        bad = np.flatnonzero(crcs != stored)
+        if bad.size:
             raise ChunkCorruption(np.asarray(local_rows)[bad].tolist())
-    return index
+    return index, crcs

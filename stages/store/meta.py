@@ -7,22 +7,29 @@ the reader, the registry and `verify` ask this object; nobody else reads those f
 names the fingerprint it expects (`None` only for inspection: `verify`, `caches`), so a store made from
 other inputs is refused where it is opened.
 
+Each array's zarr.json is checked against how the array was created (`stages.store.arrays`): an array
+whose metadata cannot be trusted is listed in `damaged_arrays`, never in `infos`, and its records do not
+count. A store whose fingerprint or group metadata is unreadable, or that holds a link where a
+directory belongs, is refused (`StoreDamaged`, one line).
+
 A `StoreMeta` is a snapshot. `refresh` brings in what other processes wrote since: extraction actors
 complete shards while the driver holds its `CacheStore`, and a rewrite removes a shard's record first.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from stages.errors import UserError
 from stages.image_files import ImageStamp
-from stages.store.arrays import ArrayInfo, array_info
+from stages.store.arrays import ArrayInfo, ArraySpec, array_info, document_problem, legacy_problem, sealed_spec
 from stages.store.fingerprint import Fingerprint, FingerprintMismatch
 from stages.store.layout import ShardPlan, StorePaths, read_json
 
-__all__ = ["StoreMeta", "CompletionRecord", "TarRecord", "StoreNotFound", "StoreDamaged", "is_store", "read_header"]
+__all__ = ["StoreMeta", "CompletionRecord", "TarRecord", "DamagedArray", "StoreNotFound", "StoreDamaged",
+           "is_store", "read_header"]
 
 
 class StoreNotFound(UserError, FileNotFoundError):
@@ -30,15 +37,17 @@ class StoreNotFound(UserError, FileNotFoundError):
 
 
 class StoreDamaged(UserError):
-    """A store whose metadata is damaged in a way that must be repaired before it can be planned into."""
+    """A store whose metadata is damaged: it cannot be opened, planned into, or an array of it read until
+    it is repaired. The message names the file and field, and the fix."""
 
 
 @dataclass(frozen=True)
 class CompletionRecord:
     """`done/<array_id>/NNNNNN.json`, written last: the proof that the shard file is whole (its size and
-    sha256 as written), with the keys that failed (their rows are zeros), the count of valid rows and
-    the stamp of each image file the values were computed from (`images`; empty in stores written before
-    stamps were recorded, whose rows cannot be checked against their files)."""
+    sha256 as written), with the keys that failed (their rows are zeros), the count of valid rows, the
+    stamp of each image file the values were computed from (`images`; empty in stores written before
+    stamps were recorded, whose rows cannot be checked against their files) and each row's identity
+    digest (`identity`, `stages.store.identity`; empty in records written before them)."""
 
     array_id: str
     shard: int
@@ -52,13 +61,15 @@ class CompletionRecord:
     n_valid: int
     written: str  # UTC, ISO 8601
     images: Mapping[str, ImageStamp] = field(default_factory=dict)  # key -> the file's bytes when read
+    identity: tuple[int, ...] = ()  # per row of the shard: its identity digest (uint32)
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> "CompletionRecord":
-        values = {f.name: value[f.name] for f in fields(cls) if f.name != "images"}
+        values = {f.name: value[f.name] for f in fields(cls) if f.name not in ("images", "identity")}
         return cls(**{**values, "rows": tuple(values["rows"]), "sample_shape": tuple(values["sample_shape"]),
                       "failed": dict(values["failed"]),
-                      "images": {k: ImageStamp.from_json(v) for k, v in value.get("images", {}).items()}})
+                      "images": {k: ImageStamp.from_json(v) for k, v in value.get("images", {}).items()},
+                      "identity": tuple(int(d) for d in value.get("identity", ()))})
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +93,17 @@ class TarRecord:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class DamagedArray:
+    """An array whose metadata cannot be trusted: why (naming the file and field), the shards that still
+    have a completion record file, and its sealed creation spec when that is intact (its zarr.json can
+    then be restored from it: `CacheStore.ensure_array`; otherwise its records must be withdrawn)."""
+
+    reason: str
+    recorded: tuple[int, ...]
+    spec: ArraySpec | None
+
+
 def is_store(path: str | Path) -> bool:
     paths = StorePaths(path)
     return paths.fingerprint.is_file() and (paths.zarr / "zarr.json").is_file()
@@ -95,10 +117,34 @@ def read_header(path: str | Path, *, expect: Fingerprint | None) -> tuple[Finger
     paths = StorePaths(path)
     if not is_store(paths.root):
         raise StoreNotFound(f"{path} is not a feature store (it needs fingerprint.json and zarr/zarr.json)")
-    fingerprint = Fingerprint.from_json(paths.fingerprint.read_text(encoding="utf-8"))
+    try:
+        fingerprint = Fingerprint.from_json(paths.fingerprint.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError, not a mapping, unreadable
+        raise StoreDamaged(f"store {paths.root}: fingerprint.json is damaged ({exc}); the store cannot be "
+                           "identified: restore the file (zarr/zarr.json holds its text as "
+                           "feature_cache.fingerprint_json) or extract into a new cache root") from None
     if expect is not None and fingerprint.full != expect.full:
         raise FingerprintMismatch(paths.root, store=fingerprint, requested=expect)
-    return fingerprint, read_json(paths.zarr / "zarr.json").get("attributes", {})
+    try:
+        attrs = read_json(paths.zarr / "zarr.json")["attributes"]
+        shard_size = attrs["feature_cache"]["shard_size"]
+        if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
+            raise ValueError(f"feature_cache.shard_size is {shard_size!r}")
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise StoreDamaged(f"store {paths.root}: zarr/zarr.json is damaged ({exc!r}); restore it from a copy or "
+                           "extract into a new cache root") from None
+    return fingerprint, attrs
+
+
+def _refuse_links(paths: StorePaths, *names: str) -> None:
+    """`StoreDamaged` if any of these paths inside the store is a symbolic link: writes through a link to
+    a directory would land outside the cache root (only the store directory itself may be one)."""
+    for name in names:
+        path = paths.root / name
+        if path.is_symlink():
+            raise StoreDamaged(f"store {paths.root}: {name} is a symbolic link (to {os.readlink(path)}); a store "
+                               "holds no links, since writes through one land outside the cache root: replace it "
+                               "with a real directory or extract into a new cache root")
 
 
 def _read_record(path: Path, kind: type[CompletionRecord] | type[TarRecord] = CompletionRecord
@@ -133,61 +179,104 @@ class StoreMeta:
     Damage is reported, never raised: `damaged_index[shard]` says why an index file below the highest
     one is missing, unreadable or not the plan of its shard (its `plans` entry is all padding until
     repaired, see `stages.store.repair`); `bad_records[(array_id, shard)]` says why a completion
-    record cannot be trusted (it counts as absent).
+    record cannot be trusted (it counts as absent); `damaged_arrays[array_id]` why an array's metadata
+    cannot be trusted (it is not in `infos`, its records do not count; `require` refuses it). Only what
+    cannot be reported is raised (`StoreDamaged`): unreadable fingerprint or group metadata, a group
+    shard size that disagrees with the arrays' sealed specs, links inside the store.
     """
 
     def __init__(self, paths: StorePaths, fingerprint: Fingerprint, attrs: dict[str, Any]) -> None:
         self.paths, self.fingerprint, self.attrs = paths, fingerprint, attrs
         self.shard_size: int = attrs["feature_cache"]["shard_size"]
+        dtypes = fingerprint.fields.get("dtypes")
+        self._dtypes: tuple[str, ...] = tuple(map(str, dtypes.values())) if isinstance(dtypes, dict) else ()
         self.plans: list[ShardPlan] = []
         self.infos: dict[str, ArrayInfo] = {}
         self.records: dict[str, dict[int, CompletionRecord]] = {}
         self.damaged_index: dict[int, str] = {}
         self.bad_records: dict[tuple[str, int], str] = {}
+        self.damaged_arrays: dict[str, DamagedArray] = {}
         self.tars: dict[int, TarRecord] = {}
 
     @classmethod
     def load(cls, path: str | Path, *, expect: Fingerprint | None) -> "StoreMeta":
         """The metadata of the store at `path`; `expect` is the fingerprint the caller needs (None:
-        inspection only). Raises `StoreNotFound` or `FingerprintMismatch` (see `read_header`)."""
+        inspection only). Raises `StoreNotFound`, `FingerprintMismatch` (see `read_header`) or
+        `StoreDamaged`."""
         fingerprint, attrs = read_header(path, expect=expect)
         return cls(StorePaths(path), fingerprint, attrs).refresh()
 
     def refresh(self, *, shards: Iterable[int] | None = None) -> "StoreMeta":
-        """Re-read, in place, what may have changed: new shard plans (index files never change once
-        written), the array infos (arrays are created and grown) and the completion records of `shards`
-        (of every shard when None, with the tar records; of none for `()`). Returns self."""
+        """Re-read, in place, what may have changed: the array infos (arrays are created and grown) and
+        the completion records of `shards` (of every shard when None, with the tar records; of none for
+        `()`), then new shard plans (index files never change once written). Returns self."""
+        _refuse_links(self.paths, "zarr", "index", "done", "wds", "locks", ".lock")
+        self._refresh_arrays(None if shards is None else tuple(shards))
         numbers = [int(p.stem) for p in self.paths.index.glob("[0-9]*.json") if p.stem.isdigit()]
         for shard in range(max(numbers, default=-1) + 1):  # damaged ones are re-read until repaired
             if shard >= len(self.plans):
                 self.plans.append(self._read_plan(shard))
             elif shard in self.damaged_index:
                 self.plans[shard] = self._read_plan(shard)
-        self.infos = {}
-        for meta_path in sorted(self.paths.zarr.glob("*/zarr.json")):
-            meta = read_json(meta_path)
-            if meta.get("node_type") == "array":
-                self.infos[meta_path.parent.name] = array_info(meta_path.parent.name, meta)
-        self.records = {a: r for a, r in self.records.items() if a in self.infos}  # arrays may be dropped
-        wanted = None if shards is None else tuple(shards)
-        for array_id in self.infos:
-            if wanted is None or array_id not in self.records:  # every record (also those of a new array)
-                self.records[array_id] = {}
-                todo = sorted(int(p.stem) for p in (self.paths.done / array_id).glob("[0-9]*.json"))
-            else:
-                todo = wanted
-            for shard in todo:
-                record = self._read_completion(array_id, shard)
-                if record is None:
-                    self.records[array_id].pop(shard, None)
-                else:
-                    self.records[array_id][shard] = record
         if shards is None:
             self.tars = {}
             for path in sorted(self.paths.wds.glob("[0-9]*.json")):
                 if (tar := _read_record(path, TarRecord)) is not None:
                     self.tars[int(path.stem)] = tar
         return self
+
+    def _refresh_arrays(self, wanted: tuple[int, ...] | None) -> None:
+        """Every array with a zarr.json or with completion records: its info and records, or its damage."""
+        in_zarr = {p.parent.name for p in self.paths.zarr.glob("*/zarr.json")}
+        in_done = {p.name for p in self.paths.done.iterdir() if p.is_dir()} if self.paths.done.is_dir() else set()
+        ids = in_zarr | {a for a in in_done - in_zarr if next((self.paths.done / a).glob("[0-9]*.json"), None)}
+        self.infos, self.damaged_arrays = {}, {}
+        for array_id in sorted(ids):
+            _refuse_links(self.paths, f"zarr/{array_id}", f"zarr/{array_id}/c", f"done/{array_id}")
+            records = self.records.get(array_id) if wanted is not None else None
+            if records is None:  # every record (also those of a new or repaired array)
+                records, todo = {}, sorted(int(p.stem) for p in (self.paths.done / array_id).glob("[0-9]*.json"))
+            else:
+                todo = wanted
+            for shard in todo:
+                record = self._read_completion(array_id, shard)
+                if record is None:
+                    records.pop(shard, None)
+                else:
+                    records[shard] = record
+            found = self._read_array(array_id, records)
+            if isinstance(found, ArrayInfo):
+                self.infos[array_id], self.records[array_id] = found, records
+            else:
+                self.damaged_arrays[array_id] = found
+        self.records = {a: r for a, r in self.records.items() if a in self.infos}  # arrays may be dropped
+
+    def _read_array(self, array_id: str, records: Mapping[int, CompletionRecord]) -> ArrayInfo | DamagedArray:
+        """The array's info if its zarr.json is what it was created as (`stages.store.arrays`), else why not."""
+        where, spec = f"zarr/{array_id}/zarr.json", None
+        try:
+            document = read_json(self.paths.zarr / array_id / "zarr.json")
+            if not isinstance(document, dict) or document.get("node_type") != "array":
+                raise ValueError("it is not a zarr array document")
+            info = array_info(array_id, document)
+            spec = sealed_spec(document, fingerprint=self.fingerprint.full)
+            if spec is not None and spec.shard_size != self.shard_size:
+                raise StoreDamaged(
+                    f"store {self.paths.root}: zarr/zarr.json says shard_size {self.shard_size}, but array "
+                    f"{array_id!r} was created with shard size {spec.shard_size} (its sealed spec); the group "
+                    f"metadata was edited: restore \"shard_size\": {spec.shard_size} in zarr/zarr.json")
+            problem = (document_problem(document, spec) if spec is not None else legacy_problem(
+                info, shard_size=self.shard_size, recorded=[(r.dtype, r.sample_shape) for r in records.values()],
+                dtypes=self._dtypes))
+            if problem is None:
+                return info
+            reason = f"{where}: {problem}"
+        except FileNotFoundError:
+            reason = f"{where} is missing (the array directory was deleted?) but done/{array_id} has completion records"
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            reason = f"{where} is damaged: {exc}"
+        recorded = tuple(sorted(int(p.stem) for p in (self.paths.done / array_id).glob("[0-9]*.json")))
+        return DamagedArray(reason=reason, recorded=recorded, spec=spec)
 
     def _read_plan(self, shard: int) -> ShardPlan:
         """The plan in `index/<shard>.json`, or all padding with the reason in `damaged_index`."""
@@ -210,6 +299,8 @@ class StoreMeta:
             record = _read_record(self.paths.record(array_id, shard))
             if record is not None and (record.array_id, record.shard) != (array_id, shard):
                 raise ValueError(f"it names array {record.array_id!r} shard {record.shard}")
+            if record is not None and record.identity and len(record.identity) != self.shard_size:
+                raise ValueError(f"it has {len(record.identity)} identity digests for a shard of {self.shard_size}")
         except (ValueError, KeyError, TypeError) as exc:
             self.bad_records[(array_id, shard)] = f"unreadable completion record: {exc!r}"
             return None
@@ -218,7 +309,21 @@ class StoreMeta:
     # ---- queries -----------------------------------------------------------------------------
     @property
     def array_ids(self) -> list[str]:
+        """The arrays whose metadata is intact (`damaged_arrays` are not among them)."""
         return sorted(self.infos)
+
+    def require(self, array_ids: Iterable[str]) -> None:
+        """`StoreDamaged` (one line: store, array, file and field, and the fix) for the first of `array_ids`
+        whose metadata cannot be trusted."""
+        for array_id in array_ids:
+            damaged = self.damaged_arrays.get(array_id)
+            if damaged is None:
+                continue
+            root = self.paths.root
+            fix = ("run `just extract` with the config that made the store: it rewrites the array's zarr.json from "
+                   "its creation spec" if damaged.spec is not None else f"withdraw its shards with `just verify "
+                   f"{root} --repair`, then `just extract` (same config) creates the array again and computes them")
+            raise StoreDamaged(f"store {root}: array {array_id!r} cannot be trusted: {damaged.reason}; {fix}")
 
     @property
     def n_keys(self) -> int:

@@ -1,15 +1,18 @@
 """`StoreReader`: the trainer's read-only view of a store (no Ray, no pipeline imports).
 
-Only shards with a completion record are visible. Uncompressed arrays (the default) are read by
-parsing the zarr v3 shard index and `preadv`-ing the inner chunks straight into the output, a whole
-shard in one call; compressed arrays go through zarr. Either way the bytes are the zarr array's.
+Only shards with a completion record, of arrays whose metadata is intact, are visible. Uncompressed
+arrays (the default) are read by parsing the zarr v3 shard index and `preadv`-ing the inner chunks
+straight into the output; compressed arrays go through zarr. Either way the bytes are the zarr array's.
 
-Every sample served is checked: against its own crc32c (layout 2: the inner chunks end with one), or,
-for arrays written before that (layout 1), by hashing the shard file against its completion record
-once per process before any of its samples is served. A mismatch raises `StoreCorruption`.
+Every sample served is checked to be intact and to be *the* sample: its crc32c (layout 2: the inner
+chunks end with one) and its identity digest from the completion record (store, array, dtype, shape,
+row, key: `stages.store.identity`). Records written before identity digests are checked the old way:
+the whole shard file against the record's sha256, once per process, before any of its samples is
+served. A mismatch raises `StoreCorruption`; an array whose metadata was edited, `StoreDamaged`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -21,7 +24,8 @@ from stages.errors import UserError
 from stages.image_files import ImageStamp
 from stages.store.arrays import ArrayInfo
 from stages.store.fingerprint import Fingerprint
-from stages.store.layout import ChunkCorruption, StorePaths, file_sha256, read_raw_rows
+from stages.store.identity import row_tags, values_crc32c
+from stages.store.layout import ChunkCorruption, StorePaths, empty_aligned, file_sha256, read_raw_rows
 from stages.store.meta import StoreMeta, StoreNotFound, is_store
 from stages.store.registry import describe_missing
 
@@ -37,28 +41,35 @@ class KeyNotInStore(UserError, KeyError):
 
 
 class StoreCorruption(UserError, OSError):
-    """Stored bytes that differ from what was written: a sample failing its crc32c, or a layout-1 shard
-    file failing its recorded sha256. The message names store, array, shard and keys, and the repair."""
+    """Stored bytes that are not what was written there: a sample failing its crc32c or its identity
+    digest, a shard file of another size than recorded, unreadable, or failing its recorded sha256. The
+    message names store, array, shard and keys, and the repair; `finding` is what was found, with the keys."""
+
+    def __init__(self, message: str, finding: str = "") -> None:
+        super().__init__(message)
+        self.finding = finding
 
 
 class StoreReader:
     """Read-only, picklable (for DataLoader workers) view of the completed part of a store.
 
     `expect` is the fingerprint the caller needs (`FingerprintMismatch` otherwise; None only to
-    inspect, as `verify` does). `array_ids` selects the arrays this reader serves (default: all);
-    `keys` are those whose shard is complete for every selected array and that failed in none, in row
-    order. The metadata is read once, at construction (`meta`).
+    inspect, as `verify` does). `array_ids` selects the arrays this reader serves (default: all; one
+    whose metadata cannot be trusted is refused with `StoreDamaged`); `keys` are those whose shard is
+    complete for every selected array and that failed in none, in row order. The metadata is read once,
+    at construction (`meta`).
     """
 
     def __init__(self, path: str | Path, *, expect: Fingerprint | None,
                  array_ids: Sequence[str] | None = None) -> None:
         self.meta = StoreMeta.load(path, expect=expect)
-        self.array_ids: list[str] = self._check_ids(array_ids if array_ids is not None else self.meta.array_ids)
+        every = [*self.meta.array_ids, *sorted(self.meta.damaged_arrays)]
+        self.array_ids: list[str] = self._check_ids(every if array_ids is None else array_ids)
         self._row = {k: plan.rows[i] for plan in self.meta.plans for i, k in enumerate(plan.keys) if k is not None}
         self.keys: list[str] = [k for shard in self.meta.complete_shards(self.array_ids)
                                 for k in self.meta.valid_keys(self.meta.plans[shard], self.array_ids)]
-        self._index_cache: dict[tuple[str, int], np.ndarray] = {}
-        self._hashed: set[tuple[str, int, int, int]] = set()  # (array, shard, size, mtime_ns) of checked files
+        self._servable = {k: self._row[k] for k in self.keys}  # rows `read` serves without asking `row_of`
+        self._shards: dict[tuple[str, int], _Shard] = {}  # what this process checked of each shard it read
         self._zarr: dict[str, zarr.Array] = {}
 
     @classmethod
@@ -88,6 +99,7 @@ class StoreReader:
         return self.meta.infos
 
     def _check_ids(self, array_ids: Sequence[str]) -> list[str]:
+        self.meta.require(array_ids)
         unknown = [a for a in array_ids if a not in self.meta.infos]
         if unknown:
             raise KeyError(f"arrays {unknown} are not in store {self.paths.root}; it has {self.meta.array_ids}")
@@ -99,7 +111,7 @@ class StoreReader:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_zarr"] = {}  # zarr handles are reopened lazily in each worker
-        state["_hashed"] = set()  # each process checks the files it reads itself
+        state["_shards"] = {}  # each process checks the files it reads itself
         return state
 
     def sample_shape(self, array_id: str) -> tuple[int, ...]:
@@ -142,29 +154,48 @@ class StoreReader:
         keys = self.meta.plans[shard].keys
         named = [keys[r] if keys[r] is not None else f"row {r} (padding)" for r in local]
         more = f" and {len(named) - 5} more" if len(named) > 5 else ""
-        root = self.paths.root
+        root, finding = self.paths.root, f"{what}; keys {', '.join(map(repr, named[:5]))}{more}"
         return StoreCorruption(
-            f"store {root} is corrupt: array {array_id!r} shard {shard} ({path}): {what}; keys "
-            f"{', '.join(map(repr, named[:5]))}{more}. Withdraw the damaged shards with "
-            f"`just verify {root} --repair`, then recompute them with `just extract` (same config as before).")
+            f"store {root} is corrupt: array {array_id!r} shard {shard} ({path}): {finding}. Withdraw the damaged "
+            f"shards with `just verify {root} --repair`, then recompute them with `just extract` (same config as "
+            "before).", finding)
 
-    def _check_file(self, array_id: str, shard: int, local: np.ndarray) -> None:
-        """Layout-1 arrays carry no per-sample checksum: hash the whole shard file against its completion
-        record, once per process (and again if the file changes), before any of its samples is served."""
-        path = self.paths.shard_file(array_id, shard, len(self.infos[array_id].sample_shape))
-        stat = path.stat()
-        checked = (array_id, shard, stat.st_size, stat.st_mtime_ns)
-        if checked in self._hashed:
-            return
-        record = self.meta.record(array_id, shard)
-        nbytes, digest = file_sha256(path)
-        if (nbytes, digest) != (record.nbytes, record.sha256):
-            raise self._corruption(array_id, shard, local.tolist(), (
-                f"the shard file has {nbytes} bytes with sha256 {digest[:12]}…, its completion record says "
-                f"{record.nbytes} bytes with sha256 {record.sha256[:12]}…"))
-        self._hashed.add(checked)
+    def _shard(self, array_id: str, shard: int, local: np.ndarray) -> "_Shard":
+        """What this process checks a shard against, set up when it first reads it: the file must have its
+        recorded size; rows are then checked against the record's identity digests, or, for records
+        written before those, the whole file against the record's sha256 (here, before any of its samples
+        is served, and again whenever the file's size or mtime changes). `StoreCorruption` otherwise."""
+        found = self._shards.get((array_id, shard))
+        if found is not None and found.identity is not None:  # every row read is checked: nothing to redo
+            return found
+        info, record = self.infos[array_id], self.meta.record(array_id, shard)
+        path = self.paths.shard_file(array_id, shard, len(info.sample_shape))
+        try:
+            stat = path.stat()
+            if found is not None and found.stat == (stat.st_size, stat.st_mtime_ns):
+                return found
+            digest = None if record.identity or stat.st_size != record.nbytes else file_sha256(path)[1]
+        except FileNotFoundError:  # its completion record says it was written (zarr would read fill values)
+            raise self._corruption(array_id, shard, local.tolist(), "the shard file is missing") from None
+        except OSError as exc:
+            raise self._corruption(array_id, shard, local.tolist(), f"the shard file cannot be read ({exc})") from None
+        if stat.st_size != record.nbytes:
+            raise self._corruption(array_id, shard, local.tolist(), f"the shard file has {stat.st_size} bytes, its "
+                                   f"completion record says {record.nbytes}")
+        if digest is not None and digest != record.sha256:
+            raise self._corruption(array_id, shard, local.tolist(), f"the shard file's sha256 is {digest[:12]}…, "
+                                   f"its completion record says {record.sha256[:12]}…")
+        plan, tags, identity = self.meta.plans[shard], None, None
+        if record.identity:
+            tags = row_tags(fingerprint=self.fingerprint.full, array_id=array_id, dtype=info.dtype,
+                            sample_shape=info.sample_shape, rows=plan.rows, keys=plan.keys)
+            identity = np.asarray(record.identity, dtype=np.uint32)
+        found = _Shard(path=path, stat=(stat.st_size, stat.st_mtime_ns), tags=tags, identity=identity)
+        self._shards[(array_id, shard)] = found
+        return found
 
-    def _read_zarr_rows(self, array_id: str, shard: int, local: np.ndarray, out: np.ndarray) -> None:
+    def _read_zarr_rows(self, array_id: str, shard: int, local: np.ndarray, dest: np.ndarray,
+                        out: np.ndarray) -> None:
         """Compressed arrays: one zarr slice over the wanted span (orthogonal selection is far slower).
         zarr checks each chunk's crc32c; on a mismatch the rows are probed one by one to name the bad ones."""
         array, first = self._zarr_array(array_id), shard * self.infos[array_id].shard_size
@@ -180,49 +211,53 @@ class StoreReader:
             if not bad:
                 raise
             raise ChunkCorruption(bad) from None
-        out[...] = span if len(span) == len(local) else span[local - local[0]]
+        out[dest] = span[local - local[0]]
 
-    def _read_shard_rows(self, array_id: str, shard: int, local: np.ndarray, out: np.ndarray) -> None:
-        """Rows `local` (sorted ascending, within shard `shard`) of one array into `out`, checked."""
-        info = self.infos[array_id]
-        path = self.paths.shard_file(array_id, shard, len(info.sample_shape))
-        if not path.is_file():  # its completion record says it was written (zarr would read fill values)
-            raise self._corruption(array_id, shard, local.tolist(), "the shard file is missing")
-        if not info.checksummed:
-            self._check_file(array_id, shard, local)
+    def _read_rows(self, array_id: str, shard: int, local: np.ndarray, dest: np.ndarray, out: np.ndarray) -> None:
+        """Rows `local` (ascending, within shard `shard`) of one array into `out[dest]`, checked: each
+        sample's crc32c (layout 2) and identity digest, or the file's sha256 (see `_shard`)."""
+        info, checked = self.infos[array_id], self._shard(array_id, shard, local)
         try:
             if info.raw:
-                cache_key = (array_id, shard)
-                self._index_cache[cache_key] = read_raw_rows(
-                    path, local, n_chunks=info.shard_size, chunk_nbytes=info.chunk_nbytes,
-                    checksummed=info.checksummed, out=out, index=self._index_cache.get(cache_key))
+                checked.index, crcs = read_raw_rows(
+                    checked.path, local, out=out, dest=dest, n_chunks=info.shard_size, chunk_nbytes=info.chunk_nbytes,
+                    checksummed=info.checksummed, want_crcs=checked.identity is not None, index=checked.index)
             else:
-                self._read_zarr_rows(array_id, shard, local, out)
+                self._read_zarr_rows(array_id, shard, local, dest, out)
+                crcs = None if checked.identity is None else values_crc32c(out[dest])
         except ChunkCorruption as exc:
             what = ("its shard index fails its crc32c" if exc.rows is None
                     else f"{len(exc.rows)} sample(s) fail their crc32c")
             raise self._corruption(array_id, shard, local.tolist() if exc.rows is None else exc.rows, what) from None
+        except OSError as exc:
+            raise self._corruption(array_id, shard, local.tolist(), f"the shard file cannot be read ({exc})") from None
+        if checked.identity is not None:
+            wrong = local[(crcs ^ checked.tags[local]) != checked.identity[local]]
+            if wrong.size:
+                raise self._corruption(array_id, shard, wrong.tolist(), (
+                    f"{wrong.size} sample(s) are not the ones their completion record names (identity digest "
+                    "mismatch: moved, swapped or copied from another array or store)"))
+
+    def _rows(self, keys: Sequence[str], array_ids: list[str]) -> np.ndarray:
+        """The rows of `keys`; `KeyNotInStore` (from `row_of`) for one that cannot be served."""
+        if array_ids == self.array_ids and all(k in self._servable for k in keys):
+            return np.fromiter(map(self._servable.__getitem__, keys), dtype=np.int64, count=len(keys))
+        return np.fromiter((self.row_of(k, array_ids) for k in keys), dtype=np.int64, count=len(keys))
 
     def read(self, keys: Sequence[str], array_ids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """`{array_id: (len(keys), *sample_shape)}` in the order of `keys`, read shard by shard."""
+        """`{array_id: (len(keys), *sample_shape)}` in the order of `keys`, read shard by shard straight
+        into the output."""
         array_ids = self.array_ids if array_ids is None else self._check_ids(array_ids)
-        rows = np.fromiter((self.row_of(k, array_ids) for k in keys), dtype=np.int64, count=len(keys))
-        order = np.argsort(rows, kind="stable")
+        rows = self._rows(keys, array_ids)
+        order = np.argsort(rows, kind="stable")  # output positions in row order
         shard_size = self.meta.shard_size
         shards = rows[order] // shard_size
-        bounds = np.flatnonzero(np.diff(shards)) + 1
-        out = {a: np.empty((len(keys), *self.infos[a].sample_shape), self.infos[a].dtype) for a in array_ids}
-        for group in np.split(np.arange(len(order)), bounds) if len(order) else []:
-            positions, shard = order[group], int(shards[group[0]])
-            local = rows[positions] - shard * shard_size
-            direct = bool(np.all(np.diff(positions) == 1))  # keys given in row order: read in place
+        out = {a: empty_aligned((len(keys), *self.infos[a].sample_shape), self.infos[a].dtype) for a in array_ids}
+        for dest in np.split(order, np.flatnonzero(np.diff(shards)) + 1) if len(order) else []:
+            shard = int(rows[dest[0]]) // shard_size
+            local = rows[dest] - shard * shard_size
             for a in array_ids:
-                if direct:
-                    self._read_shard_rows(a, shard, local, out[a][positions[0]:positions[-1] + 1])
-                else:
-                    tmp = np.empty((len(local), *self.infos[a].sample_shape), self.infos[a].dtype)
-                    self._read_shard_rows(a, shard, local, tmp)
-                    out[a][positions] = tmp
+                self._read_rows(a, shard, local, dest, out[a])
         return out
 
     def iter_shards(self, array_ids: Sequence[str] | None = None, *,
@@ -241,10 +276,23 @@ class StoreReader:
     def read_shard(self, array_id: str, shard: int) -> np.ndarray:
         """Every row of one shard (padding and failed rows included, as zeros): `(shard_size, *sample)`."""
         info = self.infos[array_id]
-        out = np.empty((self.meta.shard_size, *info.sample_shape), info.dtype)
-        self._read_shard_rows(array_id, shard, np.arange(self.meta.shard_size), out)
+        out = empty_aligned((self.meta.shard_size, *info.sample_shape), info.dtype)
+        rows = np.arange(self.meta.shard_size)
+        self._read_rows(array_id, shard, rows, rows, out)
         return out
 
     def complete_shards(self, array_ids: Sequence[str] | None = None) -> list[int]:
         array_ids = self.array_ids if array_ids is None else self._check_ids(array_ids)
         return self.meta.complete_shards(array_ids)
+
+
+@dataclass
+class _Shard:
+    """One shard file as this process has checked it: its shard index once read (raw arrays), and the
+    identity tags and digests of its rows (None for records written before identity digests)."""
+
+    path: Path
+    stat: tuple[int, int]  # (size, mtime_ns) when checked
+    tags: np.ndarray | None
+    identity: np.ndarray | None
+    index: np.ndarray | None = None

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from stages.errors import UserError
 from stages.store.fingerprint import Fingerprint, diff_fields
 from stages.store.meta import StoreMeta, is_store, read_header
 
@@ -17,7 +18,9 @@ _TIMESTEP = re.compile(r"@t(\d+)")
 
 @dataclasses.dataclass(frozen=True)
 class CacheInfo:
-    """One store as `caches` shows it. `n_done[a]`: valid keys in completed shards of array `a`."""
+    """One store as `caches` shows it. `n_done[a]`: valid keys in completed shards of array `a`;
+    `problems`: why the store cannot be opened (then the other fields are empty), or which of its arrays
+    cannot be trusted (one line each; `verify` says how to fix them)."""
 
     path: Path
     fingerprint: str
@@ -28,6 +31,7 @@ class CacheInfo:
     n_planned: int
     n_done: dict[str, int]
     bytes_on_disk: int
+    problems: tuple[str, ...] = ()
 
 
 def find_store(cache_root: str | Path, fingerprint: Fingerprint) -> Path | None:
@@ -46,7 +50,11 @@ def describe_missing(cache_root: str | Path, fingerprint: Fingerprint) -> str:
     root = Path(cache_root)
     others = sorted(p for p in root.iterdir() if is_store(p)) if root.is_dir() else []
     for path in others:
-        stored, _ = read_header(path, expect=None)
+        try:
+            stored, _ = read_header(path, expect=None)
+        except UserError as exc:
+            lines.append(f"  {path.name} cannot be read: {exc}")
+            continue
         diffs = diff_fields(stored, fingerprint)
         lines.append(f"  {path.name} differs in {len(diffs)} field(s) (requested != store): " + "; ".join(diffs[:6]))
     if not others:
@@ -66,16 +74,21 @@ def _bytes_on_disk(root: Path) -> int:
 
 
 def _summarise(path: Path) -> CacheInfo:
-    meta = StoreMeta.load(path, expect=None)
+    try:
+        meta = StoreMeta.load(path, expect=None)
+    except UserError as exc:  # a damaged store is reported, and the others are listed
+        return CacheInfo(path=path, fingerprint=path.name, created="?", model_ids=None, array_ids=(), timesteps=(),
+                         n_planned=0, n_done={}, bytes_on_disk=_bytes_on_disk(path), problems=(str(exc),))
     timesteps = sorted({int(m.group(1)) for a in meta.array_ids if (m := _TIMESTEP.search(a))})
     return CacheInfo(path=path, fingerprint=path.name, created=meta.attrs["feature_cache"].get("created", "?"),
                      model_ids=meta.attrs.get("model_ids"), array_ids=tuple(meta.array_ids),
                      timesteps=tuple(timesteps), n_planned=meta.n_keys,
-                     n_done={a: meta.n_valid(a) for a in meta.array_ids}, bytes_on_disk=_bytes_on_disk(path))
+                     n_done={a: meta.n_valid(a) for a in meta.array_ids}, bytes_on_disk=_bytes_on_disk(path),
+                     problems=tuple(f"array {a!r}: {d.reason}" for a, d in sorted(meta.damaged_arrays.items())))
 
 
 def list_caches(root: str | Path) -> list[CacheInfo]:
-    """Every store directly under `root`, sorted by creation time."""
+    """Every store directly under `root`, sorted by creation time; damaged ones too, with their problems."""
     root = Path(root)
     if not root.is_dir():
         return []

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stages.store.fingerprint import Fingerprint
 from stages.store.keys import decode_key
 from stages.store.meta import StoreMeta
-from stages.store.reader import StoreReader
+from stages.store.reader import StoreCorruption, StoreReader
 from stages.store.repair import Problem, index_disagreements, leftover_problems, structural_problems
 from stages.store.writer import file_sha256
 
@@ -23,7 +22,7 @@ def _check_header(meta: StoreMeta) -> list[str]:
     problems = []
     if own.get("fingerprint_sha256") != meta.fingerprint.full:
         problems.append("fingerprint.json does not hash to the fingerprint in the group attributes")
-    if Fingerprint.from_json(own.get("fingerprint_json", "{}")).full != meta.fingerprint.full:
+    if own.get("fingerprint_json") != meta.fingerprint.json:
         problems.append("fingerprint_json in the group attributes differs from fingerprint.json")
     seen: set[str] = set()
     for plan in meta.plans:
@@ -44,7 +43,10 @@ def _check_shard(reader: StoreReader, array_id: str, shard: int) -> list[str]:
     path = meta.paths.shard_file(array_id, shard, len(info.sample_shape))
     if not path.is_file():
         return [f"{where}: shard file {path} is missing"]
-    nbytes, digest = file_sha256(path)
+    try:
+        nbytes, digest = file_sha256(path)
+    except OSError as exc:
+        return [f"{where}: shard file {path} cannot be read ({exc})"]
     if nbytes != record.nbytes or digest != record.sha256:
         return [f"{where}: checksum mismatch ({nbytes} bytes, sha256 {digest[:12]}; "
                 f"recorded {record.nbytes} bytes, {record.sha256[:12]})"]
@@ -56,7 +58,9 @@ def _check_shard(reader: StoreReader, array_id: str, shard: int) -> list[str]:
     if stray:
         problems.append(f"{where}: failed keys not in this shard: {sorted(stray)[:3]}")
     try:
-        data = reader.read_shard(array_id, shard)
+        data = reader.read_shard(array_id, shard)  # each sample's crc32c and identity digest
+    except StoreCorruption as exc:
+        return problems + [f"{where}: {exc.finding}"]
     except Exception as exc:  # noqa: BLE001 - any decode failure is a finding, not a crash
         return problems + [f"{where}: cannot be decoded: {exc}"]
     if np.issubdtype(data.dtype, np.floating):
@@ -106,27 +110,44 @@ def _check_tar(meta: StoreMeta, path: Path) -> list[str]:
     return problems
 
 
+def _array_problems(meta: StoreMeta) -> list[Problem]:
+    """Arrays whose metadata cannot be trusted. With its sealed creation spec intact, the next extract
+    rewrites the array's zarr.json from it (its shards are kept); otherwise its records are withdrawn,
+    and the next extract creates the array again and computes its shards."""
+    problems = []
+    for array_id, damaged in sorted(meta.damaged_arrays.items()):
+        message = f"array {array_id!r}: {damaged.reason}"
+        if damaged.spec is None and damaged.recorded:
+            problems += [Problem(f"{message}; its shard {shard} cannot be proven", "record", shard=shard,
+                                 array_id=array_id) for shard in damaged.recorded]
+        else:
+            then = "rewrites it from the array's creation spec" if damaged.spec is not None else "creates it again"
+            problems.append(Problem(f"{message} (the next extract {then})", "extract", array_id=array_id))
+    return problems
+
+
 def check_store(path: str | Path, *, require_complete: bool = True, progress: bool = False) -> list[Problem]:
     """Problems found in the store at `path`, each with its fix (`stages.store.repair`); empty =
     healthy. With `require_complete`, a planned shard without a completion record for some array is
     a problem too (fixed by extracting). `progress`: a bar over the shards on stderr."""
-    try:
-        reader = StoreReader(path, expect=None)  # inspection: the store is checked against itself
+    try:  # inspection: the store is checked against itself; its damaged arrays are findings
+        reader = StoreReader(path, expect=None, array_ids=StoreMeta.load(path, expect=None).array_ids)
     except Exception as exc:  # noqa: BLE001
         return [Problem(f"cannot open store {path}: {exc}", "none")]
     meta = reader.meta
+    disputed = index_disagreements(meta)
     problems = [Problem(m, "none") for m in _check_header(meta)] + structural_problems(meta)
-    problems += index_disagreements(meta) + leftover_problems(meta)
+    problems += _array_problems(meta) + disputed + leftover_problems(meta)
     needed = len(meta.plans) * meta.shard_size
-    intact = [p.index for p in meta.plans if p.index not in meta.damaged_index]  # others: their index first
+    wrong_index = set(meta.damaged_index) | {p.shard for p in disputed}  # the rows' identities need their keys
+    intact = [p.index for p in meta.plans if p.index not in wrong_index]  # others: their index first
     tars = [s for s in sorted({*meta.tars, *(int(t.stem) for t in meta.paths.wds.glob("[0-9]*.tar"))})
             if s in intact]
     bar = tqdm(total=len(meta.infos) * len(intact) + len(tars), unit="shard", desc="verify", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     for array_id, info in meta.infos.items():
-        if info.n_rows < needed or info.shard_size != meta.shard_size:
-            problems.append(Problem(f"array {array_id!r}: {info.n_rows} rows, shard {info.shard_size}; index "
-                                    f"needs {needed} rows, shard {meta.shard_size}", "none"))
+        if info.n_rows < needed:
+            problems.append(Problem(f"array {array_id!r}: {info.n_rows} rows; the index needs {needed}", "none"))
         for shard in intact:
             if meta.is_complete(array_id, shard):  # any finding: computing the shard again rewrites it
                 problems += [Problem(m, "record", shard=shard, array_id=array_id)

@@ -14,6 +14,7 @@ across nodes they need a file system that honours them (docs/pipeline.md, "Share
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -29,18 +30,21 @@ from zarr.storage import LocalStore
 from stages.config import ConfigError
 from stages.errors import UserError
 from stages.image_files import ImageStamp
-from stages.store.arrays import DEFAULT_COMPRESSION, array_info, create_array, package_versions
+from stages.store.arrays import DEFAULT_COMPRESSION, ArraySpec, array_document, package_versions
 from stages.store.fingerprint import Fingerprint
+from stages.store.identity import row_tags, values_crc32c
 from stages.store.keys import check_array_id, check_key
-from stages.store.layout import ShardPlan, StorePaths, file_sha256, fsync_path, remove_durably, write_json_atomic
+from stages.store.layout import (ShardPlan, StorePaths, file_sha256, fsync_path, remove_durably, stage_json,
+                                  write_bytes_atomic, write_json_atomic)
 from stages.store.meta import CompletionRecord, StoreDamaged, StoreMeta, TarRecord
-from stages.store.reader import StoreReader
-from stages.store.webdataset_shards import write_tar_shard
+from stages.store.reader import StoreCorruption, StoreReader
+from stages.store.webdataset_shards import stage_tar_shard
 
 __all__ = ["CacheStore", "StoreLockError", "ShardPlan", "DEFAULT_SHARD_SIZE", "LAYOUT_VERSION", "file_sha256"]
 
 DEFAULT_SHARD_SIZE = 256
-LAYOUT_VERSION = 2  # 2: every sample ends with its crc32c, tars have digest records (1: neither)
+LAYOUT_VERSION = 3  # 3: identity digests in the records, sealed array specs; 2: every sample ends with
+# its crc32c, tars have digest records; 1: neither
 
 
 class StoreLockError(UserError, OSError):
@@ -49,9 +53,16 @@ class StoreLockError(UserError, OSError):
 
 @contextlib.contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
-    """An exclusive `flock` on `path` (created if absent) for the block."""
+    """An exclusive `flock` on `path` (created if absent, never through a link) for the block."""
     path.parent.mkdir(exist_ok=True)
-    with path.open("a") as fh:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise StoreDamaged(f"{path} is a symbolic link; a store holds no links (writes through one land outside "
+                           "the cache root): remove it") from None
+    with os.fdopen(fd, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX)
         except OSError as exc:
@@ -202,33 +213,48 @@ class CacheStore:
 
     def _grow_arrays(self) -> None:
         group, n_rows = self._group("r+"), self.n_rows
-        for _, array in group.arrays():
+        for array_id in self.meta.infos:  # arrays with damaged metadata are restored or recreated at full size
+            array = group[array_id]
             if array.shape[0] < n_rows:
                 array.resize((n_rows, *array.shape[1:]))
 
     def ensure_array(self, array_id: str, *, sample_shape: Sequence[int], dtype: str = "float16",
                      compression: str = DEFAULT_COMPRESSION,
                      attrs: Mapping[str, Any] | None = None) -> bool:
-        """Create array `array_id` `[n_rows, *sample_shape]` unless it exists with that shape and
-        dtype (another shape or dtype is an error; other arrays are never touched). True if created."""
+        """Create array `array_id` `[n_rows, *sample_shape]` unless it exists with that shape and dtype
+        (another shape or dtype is an error; other arrays are never touched). True if created.
+
+        An array whose metadata is damaged (`StoreMeta.damaged_arrays`) is mended: when its sealed creation
+        spec is intact (and equals this request) its zarr.json is rewritten from it, keeping shard files and
+        records (every read still checks them); without one (a deleted array directory, an unreadable
+        zarr.json, a broken seal) its records and shard files are removed and it is created again."""
         check_array_id(array_id)
-        sample_shape = tuple(int(s) for s in sample_shape)
+        spec = ArraySpec(array_id=array_id, sample_shape=tuple(int(s) for s in sample_shape),
+                         dtype=np.dtype(dtype).name, shard_size=self.shard_size, compression=compression)
         with self._locked():
-            group = self._group("r+")
-            created = array_id not in group
-            if not created:
-                existing = group[array_id]
-                if tuple(existing.shape[1:]) != sample_shape or existing.dtype != np.dtype(dtype):
+            meta = self.meta.refresh(shards=())
+            existing, damaged = meta.infos.get(array_id), meta.damaged_arrays.get(array_id)
+            if existing is not None:
+                if (existing.sample_shape, existing.dtype) != (spec.sample_shape, np.dtype(spec.dtype)):
                     raise ValueError(
-                        f"array {array_id!r} exists in {self.path} with sample shape {tuple(existing.shape[1:])} "
-                        f"and dtype {existing.dtype}; asked for {sample_shape} {np.dtype(dtype)}")
-            else:
-                create_array(group, array_id, n_rows=self.n_rows, sample_shape=sample_shape, dtype=dtype,
-                             shard_size=self.shard_size, compression=compression,
-                             attrs={**(attrs or {}), "feature_cache": {"array_id": array_id,
-                                                                      "compression": compression}})
+                        f"array {array_id!r} exists in {self.path} with sample shape {existing.sample_shape} "
+                        f"and dtype {existing.dtype}; asked for {spec.sample_shape} {np.dtype(spec.dtype)}")
+                self._grow_arrays()
+                return False
+            if damaged is not None and damaged.spec not in (None, spec):
+                raise ValueError(f"array {array_id!r} in {self.path} was created as {damaged.spec}; asked for {spec}")
+            if damaged is not None and damaged.spec is None:  # its records and shards cannot be proven
+                for directory in (meta.paths.done / array_id, meta.paths.zarr / array_id / "c"):
+                    if directory.is_dir():  # records first: the shards turn invisible
+                        shutil.rmtree(directory)
+                        fsync_path(directory.parent)
+            path = meta.paths.zarr / array_id / "zarr.json"
+            path.parent.mkdir(exist_ok=True)
+            write_bytes_atomic(path, array_document(spec, n_rows=self.n_rows, fingerprint=self.fingerprint.full,
+                                                    attrs=dict(attrs or {})))
+            self.meta.refresh(shards=())
             self._grow_arrays()
-        return created
+        return damaged is None or damaged.spec is None
 
     # ---- repair and removal (stages.store.repair decides what; these do it durably) ------------
     def withdraw(self, array_id: str, shard: int) -> None:
@@ -259,10 +285,11 @@ class CacheStore:
                 remove_durably(self.meta.paths.index_file(shard))
 
     def drop_arrays(self, array_ids: Sequence[str]) -> None:
-        """Remove arrays: their completion records first (their shards turn invisible), then their
-        zarr directories. Other arrays, the index and the tars are not touched."""
+        """Remove arrays (damaged ones too): their completion records first (their shards turn invisible),
+        then their zarr directories. Other arrays, the index and the tars are not touched."""
         with self._locked():
-            unknown = sorted(set(array_ids) - set(self.array_ids()))
+            meta = self.meta.refresh(shards=())
+            unknown = sorted(set(array_ids) - set(meta.infos) - set(meta.damaged_arrays))
             if unknown:
                 raise KeyError(f"no array {unknown[0]!r} in {self.path}")
             for array_id in array_ids:
@@ -295,7 +322,8 @@ class CacheStore:
 
     def _target(self, group: zarr.Group, plan: ShardPlan, array_id: str, data: np.ndarray) -> zarr.Array:
         """Array `array_id`, checked to exist and to take `data` as shard `plan` whole."""
-        if array_id not in group:
+        self.meta.require([array_id])
+        if array_id not in self.meta.infos:
             raise KeyError(f"array {array_id!r} does not exist in {self.path}; call ensure_array first")
         # zarr does not persist write_empty_chunks: without it an all-zero shard (every key
         # failed) would not be written at all
@@ -337,25 +365,64 @@ class CacheStore:
 
     def _write_one(self, plan: ShardPlan, array_id: str, array: zarr.Array, values: np.ndarray,
                    failed: dict[str, str], images: dict[str, ImageStamp]) -> None:
-        paths = self.meta.paths
+        paths, info = self.meta.paths, self.meta.infos[array_id]
         record = paths.record(array_id, plan.index)
         shard_file = paths.shard_file(array_id, plan.index, values.ndim - 1)
         remove_durably(record)  # a rewrite makes the shard invisible until it is done again
+        between = [shard_file.parents[i] for i in range(values.ndim - 1)]  # c/<shard>/0...: made by zarr
+        links = [d for d in between if d.is_symlink()]
+        if links:
+            raise StoreDamaged(f"{links[0]} is a symbolic link; a store holds no links (the shard would be "
+                               "written outside the cache root): remove it")
         if shard_file.parent.is_dir():
             for stale in shard_file.parent.glob(f"{shard_file.name}.*.partial"):
                 stale.unlink(missing_ok=True)  # left by a writer killed inside zarr's atomic write
+        # from scratch: zarr reads an existing shard's index before writing into it, and a damaged one
+        # (a truncated file, a flipped index byte) would make every later write fail its checksum
+        shard_file.unlink(missing_ok=True)
         array[plan.rows.start:plan.rows.stop] = values  # the whole shard in one write
         fsync_path(shard_file)
         for directory in (shard_file.parents[i] for i in range(values.ndim + 1)):
             fsync_path(directory)
         nbytes, digest = file_sha256(shard_file)
-        info = array_info(array_id, array.metadata.to_dict())
         write_json_atomic(record, CompletionRecord(
             array_id=array_id, shard=plan.index, rows=(plan.rows.start, plan.rows.stop),
             chunk_key=shard_file.relative_to(paths.zarr / array_id).as_posix(),
             nbytes=nbytes, sha256=digest, dtype=info.dtype.str, sample_shape=info.sample_shape, failed=failed,
             n_valid=sum(k is not None and k not in failed for k in plan.keys),
-            written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), images=images).to_json())
+            written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), images=images,
+            identity=self._identity(plan, array_id, values)).to_json())
+
+    def _identity(self, plan: ShardPlan, array_id: str, values: np.ndarray) -> tuple[int, ...]:
+        """The identity digest of each row of shard `plan` of `array_id` holding `values` (`stages.store.identity`)."""
+        info = self.meta.infos[array_id]
+        tags = row_tags(fingerprint=self.fingerprint.full, array_id=array_id, dtype=info.dtype,
+                        sample_shape=info.sample_shape, rows=plan.rows, keys=plan.keys)
+        return tuple((values_crc32c(values) ^ tags).tolist())
+
+    def add_identity(self) -> list[str]:
+        """Upgrade a store written before identity digests: give each completion record without them its
+        digests, computed from its shard file once that file still matches the record's sha256 (one read
+        of the store). A shard that does not is left as it is, for `verify --repair`. After this, reads
+        check every sample's identity instead of hashing each shard file once per process. Returns one
+        line per shard it could not upgrade."""
+        meta, skipped = self.refresh(), []
+        old = [(a, s) for a in meta.array_ids for s, r in sorted(meta.records[a].items()) if not r.identity]
+        reader = StoreReader(self.path, expect=self.fingerprint, array_ids=sorted({a for a, _ in old}))
+        for array_id, shard in old:
+            with self._shard_locked(shard):
+                record = self.meta.refresh(shards=[shard]).records[array_id].get(shard)
+                if record is None or record.identity:  # rewritten meanwhile
+                    continue
+                try:
+                    values = reader.read_shard(array_id, shard)  # checks the file against the record's sha256
+                except StoreCorruption as exc:
+                    skipped.append(f"array {array_id!r} shard {shard}: {exc.finding}")
+                    continue
+                identity = self._identity(self.meta.plans[shard], array_id, values)
+                write_json_atomic(self.meta.paths.record(array_id, shard),
+                                  dataclasses.replace(record, identity=identity).to_json())
+        return skipped
 
     def write_webdataset_shard(self, index: int, arrays: Mapping[str, np.ndarray],
                                failed: Mapping[str, str] | None = None) -> Path:
@@ -377,11 +444,19 @@ class CacheStore:
             arrays = {**{a: reader.read_shard(a, index) for a in others}, **arrays}
         cast = {a: np.asarray(d, dtype=meta.infos[a].dtype if a in meta.infos else None)
                 for a, d in arrays.items()}
-        paths.tar_record(index).unlink(missing_ok=True)
-        tar = write_tar_shard(paths.tar(index), keys=plan.keys, rows=plan.rows, arrays=cast,
-                              failed=failed, store=self.fingerprint.short)
-        nbytes, digest = file_sha256(tar)
-        write_json_atomic(paths.tar_record(index), TarRecord(
-            shard=index, nbytes=nbytes, sha256=digest,
-            written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).to_json())
+        tar, record = paths.tar(index), paths.tar_record(index)
+        # both files aside first: a write that fails (a full disk) leaves the old tar and its record as they were
+        staged = stage_tar_shard(tar, keys=plan.keys, rows=plan.rows, arrays=cast, failed=failed,
+                                 store=self.fingerprint.short)
+        try:
+            nbytes, digest = file_sha256(staged)
+            written = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            staged_record = stage_json(record, TarRecord(shard=index, nbytes=nbytes, sha256=digest,
+                                                         written=written).to_json())
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        os.replace(staged, tar)  # renames allocate nothing; between the two, verify sees a digest mismatch
+        os.replace(staged_record, record)
+        fsync_path(tar.parent)
         return tar

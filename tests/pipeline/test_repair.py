@@ -2,8 +2,12 @@
 and `verify --repair` plus an extraction (the driver's own plan, shards computed without Ray) restore
 the store byte for byte; `extract` alone repairs what its cheap checks see; a failed run leaves the
 store as it was; `caches --drop` removes arrays (tiny SD, 64 px, 6 images in shards of 4)."""
+import errno
 import json
+import os
+import resource
 import shutil
+import signal
 
 import pytest
 
@@ -81,17 +85,24 @@ def _flip_index_key(store):
     flip(path, path.read_text().index('"keys": ["') + 12)  # a character of the first key
 
 
+def _shard(store):
+    return store / "zarr" / FEATURE / "c/1/0/0"
+
+
 DAMAGE = {
-    "shard_bytes": lambda s: flip(s / "zarr" / FEATURE / "c/1/0/0", 100),
+    "shard_bytes": lambda s: flip(_shard(s), 100),
     "index_bytes": _flip_index_key,
-    "shard_deleted": lambda s: (s / "zarr" / FEATURE / "c/1/0/0").unlink(),
+    "shard_deleted": lambda s: _shard(s).unlink(),
+    "shard_index_bytes": lambda s: flip(_shard(s), _shard(s).stat().st_size - 8),  # the shard's own index
+    "shard_truncated": lambda s: os.truncate(_shard(s), 1000),
     "index_truncated": lambda s: (s / "index/000001.json").write_text((s / "index/000001.json").read_text()[:40]),
     "record_deleted": lambda s: (s / "done" / FEATURE / "000001.json").unlink(),
     "leftovers": lambda s: [(s / "zarr" / FEATURE / "c/0/0/0.1234.partial").write_bytes(b"x"),
                             (s / "index/.000001.json.99.tmp").write_text("{")],
 }
-NEEDS_REPAIR = {"shard_bytes", "index_bytes", "shard_deleted", "index_truncated", "leftovers"}
-RECOMPUTED = {"shard_bytes", "shard_deleted", "record_deleted"}  # the index ones are proven from records and tar
+NEEDS_REPAIR = {"shard_bytes", "index_bytes", "shard_deleted", "shard_index_bytes", "shard_truncated", "index_truncated",
+                "leftovers"}
+RECOMPUTED = {"shard_bytes", "shard_deleted", "shard_index_bytes", "shard_truncated", "record_deleted"}  # the index ones are proven from records and tar
 NEEDS_EXTRACT = RECOMPUTED | {"index_bytes", "index_truncated"}  # advice cannot know a repair will prove them
 
 
@@ -176,3 +187,32 @@ def test_an_empty_data_set_is_an_error_before_any_store_exists(data, tmp_path):
     with pytest.raises(ConfigError, match="no images to extract"):
         plan_run(config({**data, "json": str(empty)}, tmp_path / "cache"))
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_a_full_disk_while_adding_a_timestep_leaves_the_store_as_it_was(store, data, monkeypatch):
+    """With a file-size limit that a zarr shard fits and a tar does not, the run fails writing its first tar
+    (EFBIG, as ENOSPC would); the old tar, its record and every array stay as they were."""
+    run_extract(config(data, store.parent), show_progress=False)  # a cache hit; writes the errors file
+    before = snapshot(store)
+    limit = max(p.stat().st_size for p in (store / "zarr").rglob("*") if p.is_file()) + 1024
+
+    def job_with_a_small_disk(cfg, plan, summary, log, *, show_progress):
+        processor = worker_builder(cfg, plan).build()
+        old = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[0][1]))
+        try:
+            for task in plan.tasks:
+                processor.process(decode_shard(task, image_root=str(plan.manifest.image_root),
+                                               image_spec=plan.image_spec))
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old[0])
+            signal.signal(signal.SIGXFSZ, old[1])
+
+    monkeypatch.setattr(driver, "_run_job", job_with_a_small_disk)
+    with pytest.raises(OSError) as raised:
+        run_extract(config(data, store.parent, timesteps=[50, 200]), show_progress=False)
+    assert raised.value.errno == errno.EFBIG
+    assert snapshot(store) == before and verify_store(store) == []
+    monkeypatch.undo()
+    assert len(extract(config(data, store.parent, timesteps=[50, 200])).tasks) == 2  # the disk has room again
+    assert verify_store(store) == []

@@ -43,9 +43,9 @@ def test_a_second_job_exports_the_shard_only_after_the_first_jobs_records(tmp_pa
 
     # Job A stalls after writing its tar and before writing its zarr shard: at its next request for the
     # shard lock (a writer that lets the lock go in between) or else inside its zarr write.
-    real_tar, real_locked, real_write_one = writer.write_tar_shard, CacheStore._shard_locked, CacheStore._write_one
+    real_tar, real_locked, real_write_one = writer.stage_tar_shard, CacheStore._shard_locked, CacheStore._write_one
 
-    def write_tar_shard(*args, **kwargs):
+    def stage_tar_shard(*args, **kwargs):
         path = real_tar(*args, **kwargs)
         events.append(("tar", job.name, tuple(sorted(kwargs["arrays"]))))
         return path
@@ -62,7 +62,7 @@ def test_a_second_job_exports_the_shard_only_after_the_first_jobs_records(tmp_pa
         real_write_one(self, plan, array_id, *args)
         events.append(("records", job.name))
 
-    monkeypatch.setattr(writer, "write_tar_shard", write_tar_shard)
+    monkeypatch.setattr(writer, "stage_tar_shard", stage_tar_shard)
     monkeypatch.setattr(CacheStore, "_shard_locked", shard_locked)
     monkeypatch.setattr(CacheStore, "_write_one", write_one)
 
