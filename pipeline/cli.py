@@ -11,13 +11,16 @@
 Exit status: 0 done; 1 the run failed (an extraction worker error: one line with the worker's exception,
 shard and keys, and the log file holding the tracebacks; `verify` found problems); 2 a setup problem
 (bad arguments or config, a missing model, data file or store, a store made from other inputs, an
-unreachable Ray cluster), printed as one message naming the fix; 130 interrupted (Ctrl-C): the summary
-of the completed shards is printed (and written), and the same command resumes. Any other error is a
-bug and keeps its traceback.
+unreachable Ray cluster, an unwritable cache root or --summary-json/--plan-json file), printed as one
+message naming the fix, before anything is written; 130 interrupted (Ctrl-C): the summary of the
+completed shards is printed (and written), and the same command resumes. Any other error is a bug and
+keeps its traceback. --summary-json is checked before the run; should writing it fail after all, a
+warning says so and the status is the run's.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import Sequence
 from pipeline import store_cli
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 from stages.flops import add_budget_arguments, budget_from_arguments
+from stages.writable import check_writable_dir, check_writable_file
 
 __all__ = ["main", "extract_main", "PLANS_DIR"]
 
@@ -52,6 +56,8 @@ def extract_main(argv: Sequence[str]) -> int:
     from pipeline.errors import ExtractionError
 
     try:
+        if args.summary_json:  # checked now: the run's outcome must not hang on it afterwards
+            check_writable_file(args.summary_json, setting="--summary-json")
         summary = run_extract(load_extract_config(overrides), show_progress=not args.no_progress)
     except UserError as exc:  # the message, not a traceback
         return print_user_error("extract", exc)
@@ -64,13 +70,28 @@ def extract_main(argv: Sequence[str]) -> int:
         return INTERRUPTED
     print(summary.render())
     if args.summary_json:
-        with open(args.summary_json, "w", encoding="utf-8") as fh:
-            json.dump(summary.as_dict(), fh, indent=2)
+        _write_summary(Path(args.summary_json), summary.as_dict())
     if summary.interrupted:
         print(f"extract: interrupted after {summary.shards} shards ({summary.done} images) of this run; "
               "they are kept: run the same command to resume", file=sys.stderr)
         return INTERRUPTED
     return 0
+
+
+def _write_summary(path: Path, summary: dict) -> None:
+    """Write `--summary-json` (checked writable before the run) whole or not at all. It reports the run, it
+    is not the run: should it fail even so (a full disk), one line says so and the exit status stays the
+    run's (the store and its errors file hold everything the summary counts)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        print(f"extract: warning: the summary was not written to {path} ({exc.strerror or exc}); the run's "
+              "result stands", file=sys.stderr)
 
 
 def _dry_run(overrides: Sequence[str], args: argparse.Namespace) -> int:
@@ -80,6 +101,11 @@ def _dry_run(overrides: Sequence[str], args: argparse.Namespace) -> int:
 
     try:
         config = load_extract_config(overrides)
+        if args.plan_json:  # checked before planning; the default folder under the cache root likewise
+            check_writable_file(args.plan_json, setting="--plan-json")
+        else:
+            check_writable_dir(Path(config.run.cache_root) / PLANS_DIR, setting="the plan folder (--plan-json FILE "
+                               "writes elsewhere)")
         plan = plan_extract(config, budget=budget_from_arguments(args))
     except UserError as exc:
         return print_user_error("extract", exc)

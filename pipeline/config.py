@@ -6,6 +6,7 @@ fingerprint, the run fields never do.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from stages.config import ConfigError, build_dataclass, load_config
 from stages.locations import DEFAULT_CACHE_ROOT, SAMPLE, is_sample_data, resolve_sample_data
 from stages.models import resolve_model_dir
 from stages.preprocess import ImageSpec
+from stages.writable import check_writable_dir
 
 __all__ = ["RunConfig", "ExtractConfig", "DEFAULT_CONFIG", "load_extract_config", "split_config", "resolve_data",
            "check_setup"]
@@ -23,6 +25,7 @@ __all__ = ["RunConfig", "ExtractConfig", "DEFAULT_CONFIG", "load_extract_config"
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "extract" / "sample.yaml"
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # stages.models.resolve_dtype
+RAY_ADDRESS = r"auto|(ray://)?\[?[\w.:-]*[\w\]]:\d+"  # auto, HOST:PORT, ray://HOST:PORT ([::1]:PORT too)
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,21 @@ class RunConfig:
             raise ConfigError(f"device {self.device!r} is not auto, cpu, cuda or cuda:N")
         if not isinstance(self.actor_resources, dict) or not all(
                 isinstance(k, str) and k not in ("CPU", "GPU", "memory") and isinstance(v, (int, float))
-                and not isinstance(v, bool) and v > 0 for k, v in self.actor_resources.items()):
+                and not isinstance(v, bool) and math.isfinite(v) and v > 0 for k, v in self.actor_resources.items()):
             raise ConfigError(f"actor_resources must map custom Ray resource names (not CPU, GPU or memory: "
                               f"cpus_per_actor and device set those) to amounts > 0, got {self.actor_resources!r}")
         if self.retries < 0:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
+        if not (math.isfinite(self.cpus_per_actor) and self.cpus_per_actor > 0):
+            raise ConfigError(f"cpus_per_actor must be > 0 (fractions are fine: 0.5), got {self.cpus_per_actor}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError(f"num_cpus must be >= 1 (or null: all of this machine's), got {self.num_cpus}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"max_pixels must be >= 1 (the largest image, in pixels, that is decoded; default "
+                              f"{ImageSpec.max_pixels}), got {self.max_pixels}")
+        if self.ray_address is not None and not re.fullmatch(RAY_ADDRESS, self.ray_address):
+            raise ConfigError(f"ray_address={self.ray_address!r} is not auto, HOST:PORT (the head's GCS, `ray start "
+                              "--head --port`) or ray://HOST:PORT (Ray Client); null starts an embedded Ray")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
 
@@ -100,10 +113,12 @@ def resolve_data(run: RunConfig) -> tuple[list[Path], Path]:
 
 
 def check_setup(config: ExtractConfig) -> None:
-    """What can be refused before any store is opened or Ray is started: the spec against the model's
-    configs (the registry entry's `check_model`: e.g. SD timesteps and feature names), and a CUDA device
-    on a driver without one (a cluster's GPUs are checked once connected, in `pipeline.job`)."""
+    """What can be refused before any store is opened or Ray is started: a cache root this process cannot
+    write in, the spec against the model's configs (the registry entry's `check_model`: e.g. SD timesteps
+    and feature names), and a CUDA device on a driver without one (a cluster's GPUs are checked once
+    connected, in `pipeline.job`). The checks that need the plan follow in `pipeline.driver`."""
     spec, run = config.spec, config.run
+    check_writable_dir(run.cache_root, setting="cache_root")
     spec.kind.check_model(spec, resolve_model_dir(spec.model))
     if run.ray_address is None and run.device.startswith("cuda"):
         import torch

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -26,7 +27,10 @@ from stages.store import CacheStore, StoreMeta
 from stages.store.repair import cheap_problems, repair
 from stages.store.layout import ShardPlan
 
-__all__ = ["Plan", "errors_file_name", "plan_run", "worker_builder", "run_extract", "drop_unwritten"]
+__all__ = ["Plan", "errors_file_name", "plan_run", "worker_builder", "run_extract", "check_before_writing",
+           "drop_unwritten", "MAX_EXTRACTOR_MEMORY"]
+
+MAX_EXTRACTOR_MEMORY = 64 << 30  # results one actor may buffer (a real run: ~1 GiB per 256-image shard)
 
 
 @dataclass(frozen=True)
@@ -97,15 +101,21 @@ def _withdraw_changed_images(store: CacheStore, meta: StoreMeta, plans: Sequence
     return changed
 
 
-def plan_run(config: ExtractConfig) -> Plan:
-    """Build the manifest, open (or create) the store, plan rows, ensure arrays, list missing shards.
+def _manifest(config: ExtractConfig) -> Manifest:
+    json_paths, image_root = resolve_data(config.run)
+    return build_manifest(json_paths, image_root=image_root, prompt_sources=config.spec.prompt_sources)
+
+
+def plan_run(config: ExtractConfig, *, manifest: Manifest | None = None) -> Plan:
+    """Build the manifest (unless given), open (or create) the store, plan rows, ensure arrays, list
+    missing shards.
 
     A shard belongs to this run when all its keys are in this run's data (usable, or missing/refused
     now: planned by an earlier run); only those are computed and counted. Others are left to a run
     with their data."""
     spec, run = config.spec, config.run
     json_paths, image_root = resolve_data(run)
-    manifest = build_manifest(json_paths, image_root=image_root, prompt_sources=spec.prompt_sources)
+    manifest = _manifest(config) if manifest is None else manifest
     store, repairs = _open_store(config, manifest)
     array_ids = spec.array_ids()
     created = []
@@ -151,9 +161,13 @@ def worker_builder(config: ExtractConfig, plan: Plan) -> WorkerBuilder:
 
 def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary:
     """Fill the store for `config`; returns the summary (also for a cache hit, which starts no Ray, and
-    for a run stopped by Ctrl-C: `summary.interrupted`, the completed shards counted)."""
+    for a run stopped by Ctrl-C: `summary.interrupted`, the completed shards counted). Every check of
+    what the user typed comes before the store is created or changed (`check_setup`, the manifest,
+    `check_before_writing`)."""
     check_setup(config)
-    plan = plan_run(config)
+    manifest = _manifest(config)
+    check_before_writing(config, manifest)
+    plan = plan_run(config, manifest=manifest)
     run = config.run
     log = ErrorLog(plan.errors_file)
     log.reset([*plan.manifest.problems(), *plan.recorded_failures])
@@ -171,6 +185,7 @@ def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary
     if not plan.tasks:
         summary.notes.append(f"cache hit: all {len(plan.array_ids)} arrays are complete for "
                              f"{summary.reused} images in {plan.store.path}; nothing to compute")
+        summary.notes += [log.error] if log.error is not None else []
         return summary
     try:
         _run_job(config, plan, summary, log, show_progress=show_progress)
@@ -179,7 +194,62 @@ def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary
         if not isinstance(exc, KeyboardInterrupt):
             raise
         summary.interrupted = True
+    finally:
+        if log.error is not None:
+            summary.notes.append(log.error)
     return summary
+
+
+def check_before_writing(config: ExtractConfig, manifest: Manifest) -> None:
+    """The checks that need the plan, made before anything is written (STYLE: validate what the user typed
+    before any store directory, process or actor exists). The store is read as `--dry-run` reads it
+    (`pipeline.plan.pending_work`). With shards to compute: what an extractor actor holds in memory (grid,
+    features, shard_size: `grid=100000` is terabytes), and the Ray that would run them (an embedded Ray's
+    CPUs, a cluster's address). A cache hit needs neither, and starts no Ray."""
+    from pipeline.plan import pending_work
+
+    run = config.run
+    meta, shard_size, work = pending_work(config, manifest)
+    if not work:
+        return
+    actors = min(run.num_actors, len(work))
+    _check_extractor_memory(config, meta, shard_size=shard_size, actors=actors)
+    from pipeline import job  # imports Ray (not started)
+
+    if run.ray_address is None:
+        job.check_embedded_budget(run, n_tasks=len(work))
+    else:
+        job.check_reachable(run.ray_address)
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**40:.1f} TiB" if nbytes >= 2**40 else f"{nbytes / 2**30:.1f} GiB"
+
+
+def _check_extractor_memory(config: ExtractConfig, meta: StoreMeta | None, *, shard_size: int, actors: int) -> None:
+    """Each extractor actor buffers a whole shard of every array (`pipeline.plan.extractor_memory`): that
+    must stay under `MAX_EXTRACTOR_MEMORY`, and on an embedded Ray all actors under this machine's memory."""
+    from pipeline.plan import extractor_memory
+
+    spec, run = config.spec, config.run
+    array_ids = spec.array_ids()
+    if meta is not None and set(array_ids) <= set(meta.array_ids):
+        shapes = {a: (meta.infos[a].sample_shape, meta.infos[a].dtype.name) for a in array_ids}
+    else:  # a meta-device forward, as `plan_run` makes for new arrays
+        shapes = array_shapes_for(spec)
+    need = extractor_memory(shapes, shard_size=shard_size, batch_size=run.batch_size)
+    limit, what = MAX_EXTRACTOR_MEMORY, f"the {_gib(MAX_EXTRACTOR_MEMORY)} an actor may take"
+    try:
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every OS says
+        machine = 0
+    if run.ray_address is None and 0 < machine // actors < limit:
+        limit, what = machine // actors, f"this machine's {_gib(machine)} of memory for {actors} actor(s)"
+    if need > limit:
+        raise ConfigError(f"grid={spec.grid}, {len(array_ids)} arrays and shard_size={shard_size} need "
+                          f"{_gib(need)} per extractor actor (a whole shard of every array is buffered before it "
+                          f"is written), more than {what}; lower grid (16 is the paper's), the features or "
+                          "timesteps, or shard_size")
 
 
 def drop_unwritten(plan: Plan) -> None:
@@ -203,7 +273,7 @@ def _run_job(config: ExtractConfig, plan: Plan, summary: Summary, log: ErrorLog,
     started, summary.ray_start_s = job.start_ray(run)
     total = sum(k is not None for task in plan.tasks for k in task.keys)
     progress = Progress(summary, log, total=total, enabled=show_progress)
-    tasks, reported = plan.tasks, set()
+    tasks, reported, interrupted = plan.tasks, set(), False
 
     def on_stats(stats: ShardStats) -> None:
         reported.add(stats.shard)
@@ -228,6 +298,9 @@ def _run_job(config: ExtractConfig, plan: Plan, summary: Summary, log: ErrorLog,
             summary.notes.append(f"retry {attempt + 1}: {lost}; ran the {len(tasks)} shards left again")
             if started:  # (a Ray this process did not start is left alone: its lost pool's actors may linger)
                 job.restart_ray(run)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         progress.close()
         if started:
@@ -237,12 +310,14 @@ def _run_job(config: ExtractConfig, plan: Plan, summary: Summary, log: ErrorLog,
                 ray.shutdown()
             except KeyboardInterrupt:  # the work is over: a Ctrl-C now changes nothing (atexit retries)
                 pass
+        if interrupted:  # the summary counts the shards completed whose stats never reached the driver, from
+            _left_after_loss(plan, tasks, reported, on_stats)  # their records (after the shutdown: all written)
 
 
 def _left_after_loss(plan: Plan, tasks: Sequence[ShardTask], reported: set[int],
                      on_stats: Callable[[ShardStats], None]) -> tuple[ShardTask, ...]:
-    """The tasks whose shards an attempt that lost workers left incomplete. Shards it completed whose
-    stats never reached the driver are counted from their records (no timings)."""
+    """The tasks whose shards an attempt that lost workers (or was stopped by Ctrl-C) left incomplete.
+    Shards it completed whose stats never reached the driver are counted from their records (no timings)."""
     meta = plan.store.refresh()
     missing = set(meta.missing_shards(list(plan.array_ids)))
     for task in tasks:

@@ -24,7 +24,8 @@ from pipeline.worker import ShardWorker, WorkerBuilder, decode_row
 from stages.config import ConfigError
 from stages.preprocess import ImageSpec
 
-__all__ = ["start_ray", "restart_ray", "check_embedded_budget", "run_shards", "WorkersLost", "actor_capacity"]
+__all__ = ["start_ray", "restart_ray", "check_reachable", "check_embedded_budget", "run_shards", "WorkersLost",
+           "actor_capacity"]
 
 _PASSED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "DFC_EMBEDDED_HOME", "XDG_CACHE_HOME",
                "TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS")
@@ -44,7 +45,7 @@ def start_ray(run: RunConfig) -> tuple[bool, float]:
         ray.init(address="local", num_cpus=run.num_cpus, include_dashboard=False, configure_logging=False,
                  log_to_driver=True, runtime_env={"env_vars": env})
     else:  # cluster nodes run their own install of this package (see docs/pipeline.md)
-        _check_reachable(run.ray_address)
+        check_reachable(run.ray_address)
         try:
             ray.init(address=run.ray_address, runtime_env={"env_vars": env})
         except ConnectionError as exc:
@@ -54,12 +55,29 @@ def start_ray(run: RunConfig) -> tuple[bool, float]:
     return True, time.perf_counter() - start
 
 
-def _check_reachable(address: str, *, timeout: float = 10.0) -> None:
-    """A `host:port` or `ray://host:port` where nothing accepts a TCP connection is a `ConfigError` now:
-    `ray.init` itself retries such an address for many minutes (measured: still retrying after 5)."""
-    if address == "auto":  # Ray reads the local cluster's address file and fails at once without one
+def _auto_address(address: str) -> str:
+    """The `host:port` Ray connects to for `auto` (RAY_ADDRESS, the address file `ray start` leaves, a
+    running GCS: Ray's own discovery), a `ConfigError` when there is none; `address` as given when the
+    discovery fails otherwise (then `ray.init` reports it)."""
+    from ray._private import services
+
+    try:
+        return services.canonicalize_bootstrap_address_or_die(address)
+    except ConnectionError as exc:
+        raise ConfigError(f"cannot connect to the Ray cluster at ray_address={address!r}: {exc} (start one with "
+                          "`ray start --head`, or leave ray_address unset for an embedded Ray)") from None
+    except Exception:  # noqa: BLE001 - Ray's private helper changed or choked: ray.init decides
+        return address
+
+
+def check_reachable(address: str, *, timeout: float = 10.0) -> None:
+    """A cluster address where nothing accepts a TCP connection (or `auto` with no cluster to find) is a
+    `ConfigError` now: `ray.init` itself retries such an address for many minutes (measured: still
+    retrying after 5). `pipeline.driver` calls this before the store is written, `start_ray` again."""
+    target = _auto_address(address) if address == "auto" else address
+    if target == "auto":
         return
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    host, _, port = target.split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"ray_address={address!r} is not auto, HOST:PORT (the head's GCS, `ray start --head "
                           "--port`) or ray://HOST:PORT (Ray Client)")

@@ -2,9 +2,10 @@
 
 A key is the `image` value exactly as written in the JSON (`00453/004539375.jpg`,
 `coco/train2017/000000033471.jpg`). Samples without `image` are text-only and have no features.
-Keys that escape the image root are refused and keys without a file are reported as missing, both up
-front and with a reason, so that only the rest enters the shard plan: a missing image that appears
-later is simply a new key on the next run.
+Keys that escape the image root or that no file system can hold (a NUL byte, a component over 255
+bytes) are refused and keys without a file are reported as missing, each one up front and with a
+reason (one bad key is one entry, never a failed manifest), so that only the rest enters the shard
+plan: a missing image that appears later is simply a new key on the next run.
 """
 from __future__ import annotations
 
@@ -56,10 +57,12 @@ def _check(root: Path, key: object) -> tuple[str, str | None]:
         return "refused", f"image entry {key!r} is not a non-empty path string"
     try:
         path = safe_image_path(root, key)
+        if not path.is_file():
+            return "missing", f"missing image file {path}"
     except ImageError as exc:
         return "refused", str(exc)
-    if not path.is_file():
-        return "missing", f"missing image file {path}"
+    except (OSError, ValueError) as exc:  # one key the file system refuses is one entry, not a failed manifest
+        return "refused", f"image path {key!r} cannot be looked up: {exc}"
     return "ok", None
 
 

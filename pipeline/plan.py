@@ -35,7 +35,7 @@ from stages.store import DEFAULT_SHARD_SIZE, StoreMeta, encode_key
 from stages.store.repair import cheap_problems
 
 __all__ = ["DECODE_RESULTS", "FALLBACK_DECODE_RATE", "DecodeRate", "ShardWork", "ExtractPlan", "plan_extract",
-           "write_plan",
+           "write_plan", "pending_work", "extractor_memory",
            "zarr_shard_bytes", "tar_shard_bytes", "load_decode_rate"]
 
 DECODE_RESULTS = REPO / "benchmarks" / "results" / "decode.json"
@@ -222,6 +222,23 @@ def _work(meta: StoreMeta | None, manifest: Manifest, array_ids: Sequence[str],
         work.append(ShardWork(len(plans) + offset // shard_size, tuple(keys) + (None,) * (shard_size - len(keys)),
                               tuple(array_ids), False))
     return work, counts
+
+
+def pending_work(config: ExtractConfig, manifest: Manifest) -> tuple[StoreMeta | None, int, list[ShardWork]]:
+    """The store `config` writes into (read-only; None when it does not exist yet), its shard size and the
+    shards a run would compute: what `plan_extract` prices, and what `pipeline.driver` checks before the
+    run writes anything."""
+    meta = _existing_meta(config, config.spec, reference=False)
+    shard_size = meta.shard_size if meta is not None else config.run.shard_size or DEFAULT_SHARD_SIZE
+    return meta, shard_size, _work(meta, manifest, config.spec.array_ids(), shard_size)[0]
+
+
+def extractor_memory(shapes: Mapping[str, tuple[Sequence[int], str]], *, shard_size: int, batch_size: int) -> int:
+    """Bytes an extractor actor holds for its results (`shapes`: array id -> (sample shape, stored dtype)):
+    one shard of every array, buffered whole before it is written (`pipeline.worker`), plus one batch of
+    pooled float32 features. The models and the U-Net's activations come on top."""
+    per_row = {a: int(np.prod(shape, dtype=np.int64)) for a, (shape, _) in shapes.items()}
+    return sum(n * (shard_size * np.dtype(shapes[a][1]).itemsize + batch_size * 4) for a, n in per_row.items())
 
 
 def _sum_parts(parts: Iterable[tuple[int, Mapping[str, float]]]) -> dict[str, float]:

@@ -86,28 +86,58 @@ class Summary:
                 "interrupted": self.interrupted}
 
 
+def _json_line(row: Mapping[str, str]) -> str:
+    """One row as a JSON line, non-ASCII as is; a key that is not valid Unicode (a lone surrogate, escaped
+    in the LLaVA JSON: refused by the manifest) stays escaped, so that the file is UTF-8."""
+    line = json.dumps(dict(row), ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(dict(row))
+    return line + "\n"
+
+
 class ErrorLog:
     """`<store>/errors-<data hash>.jsonl` (one per data set, see `driver.errors_file_name`): one
     `{"key", "kind", "reason"}` object per line; rewritten at the start of a run of that data set
-    (up-front problems + failures recorded by its complete shards), appended per shard."""
+    (up-front problems + failures recorded by its complete shards), appended per shard.
+
+    A listing for people: the completion records hold every failure. So writing it never fails a run
+    (a full disk): the first `OSError` is kept in `error`, the file removed, and nothing more is written."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.error: str | None = None
+
+    def _give_up(self, exc: OSError) -> None:
+        self.error = f"{self.path} could not be written ({exc.strerror or exc}); the completion records list the failures"
+        for path in (self.path, self.path.with_name(f".{self.path.name}.tmp")):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
 
     def reset(self, rows: list[Mapping[str, str]]) -> None:
         """Rewrite the file with `rows` (left alone when it holds them already: a cache hit writes nothing)."""
-        text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows)
-        if self.path.is_file() and self.path.read_text(encoding="utf-8") == text:
-            return
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(self.path)
+        text = "".join(_json_line(r) for r in rows)
+        try:
+            if self.path.is_file() and self.path.read_text(encoding="utf-8") == text:
+                return
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(self.path)
+        except OSError as exc:
+            self._give_up(exc)
 
     def append_failed(self, failed: Mapping[str, str]) -> None:
-        if failed:
+        if not failed or self.error is not None:
+            return
+        try:
             with self.path.open("a", encoding="utf-8") as fh:
                 for key, reason in sorted(failed.items()):
-                    fh.write(json.dumps({"key": key, "kind": "failed", "reason": reason}, ensure_ascii=False) + "\n")
+                    fh.write(_json_line({"key": key, "kind": "failed", "reason": reason}))
+        except OSError as exc:
+            self._give_up(exc)
 
 
 class Progress:

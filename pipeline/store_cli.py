@@ -10,6 +10,7 @@ from typing import Sequence
 from stages.errors import UserError, print_user_error
 from stages.locations import DEFAULT_CACHE_ROOT
 from stages.store import CacheStore, StoreMeta, list_caches
+from stages.store.meta import is_store
 from stages.store.repair import Problem, repair
 from stages.store.verify import check_store
 
@@ -74,7 +75,9 @@ def caches_main(argv: Sequence[str] | None = None) -> int:
               f"  timesteps: {', '.join(map(str, info.timesteps)) or '-'}")
         for array_id in info.array_ids:
             print(f"  {array_id:<40} {info.n_done[array_id]:>9} / {info.n_planned} done")
-        if not info.array_ids:
+        for problem in info.problems:
+            print(f"  damaged: {problem} (just verify {info.path} names the fix)")
+        if not info.array_ids and not info.problems:
             print(f"  (no arrays yet; {info.n_planned} keys planned)")
     return 0
 
@@ -112,10 +115,23 @@ def _fix_advice(store: str, problems: Sequence[Problem], *, repaired: bool) -> l
     return lines
 
 
+def _refuse_cache_root(path: Path) -> None:
+    """A cache root given where a store is expected (`just verify cache`): a `UserError` listing its stores.
+    A directory that is neither a store nor holds one is left to `check_store` (a store whose metadata
+    is damaged is a problem it reports, not a usage error)."""
+    if is_store(path):
+        return
+    stores = sorted(p.name for p in path.iterdir() if p.is_dir() and is_store(p))
+    if stores:
+        shown = ", ".join(stores[:5]) + (f" and {len(stores) - 5} more" if len(stores) > 5 else "")
+        raise UserError(f"{path} is a cache root, not a store: it holds {len(stores)} store(s) ({shown}); verify one "
+                        f"with `just verify {path / stores[0]}`, and list them with `just caches {path}`")
+
+
 def verify_main(argv: Sequence[str] | None = None) -> int:
     """Check every shard of STORE (completeness, checksums, shape, dtype, NaN/Inf) and say the command that
     fixes what was found; 1 on any problem (with --repair: on any it could not fix), 2 (usage) when STORE
-    is not a directory."""
+    is not a directory, or is a cache root (its stores are named)."""
     parser = argparse.ArgumentParser(prog="verify", description=verify_main.__doc__)
     parser.add_argument("store", help="a store directory (<cache root>/<fingerprint>)")
     parser.add_argument("--allow-incomplete", action="store_true",
@@ -127,6 +143,10 @@ def verify_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.store).is_dir():
         parser.error(f"{args.store} is not a directory")  # exit status 2, as for any bad argument
+    try:
+        _refuse_cache_root(Path(args.store))
+    except UserError as exc:
+        return print_user_error("verify", exc)
     problems = check_store(args.store, require_complete=not args.allow_incomplete, progress=not args.no_progress)
     for problem in problems:
         print(problem.message, file=sys.stderr)

@@ -4,11 +4,12 @@ Both `pipeline/` and `train/` describe their settings as frozen dataclasses; thi
 place that reads YAML, applies overrides (dotted keys reach into nested mappings, values are parsed
 as YAML so `trials=2`, `features=[a,b]` and `pad_color=[0,0,0]` work), rejects unknown fields and
 checks every value against its field's type, naming the field (a single value where a list is expected
-is a one-element list: `data=x.json`).
+is a one-element list: `data=x.json`; a number is finite: `lr=.inf` and `nan` are refused).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -86,6 +87,10 @@ class _Mismatch(Exception):
     """A value that is not of the annotated type (turned into a `ConfigError` naming the field)."""
 
 
+class _NotFinite(_Mismatch):
+    """An infinite or NaN number where a number is expected: no setting means "no limit" by infinity."""
+
+
 def _convert(value: Any, annotation: Any) -> Any:
     """`value` as `annotation`'s type: YAML lists -> tuples (a single value -> a one-element tuple),
     ints -> float, integral floats -> int (never a bool: only YAML's true/false are bools). Raises
@@ -94,12 +99,15 @@ def _convert(value: Any, annotation: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        error: _Mismatch = _Mismatch()
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _convert(value, arg)
+            except _NotFinite as exc:
+                error = exc
             except _Mismatch:
                 pass
-        raise _Mismatch
+        raise error
     if origin is tuple:
         variable = len(args) == 2 and args[1] is Ellipsis
         if variable and not isinstance(value, (list, tuple, Mapping, type(None))):
@@ -120,6 +128,8 @@ def _convert(value: Any, annotation: Any) -> Any:
         except ValueError:
             raise _Mismatch from None
         if annotation is float:
+            if not math.isfinite(number):
+                raise _NotFinite
             return number
         if number.is_integer():
             return int(value) if isinstance(value, int) else int(number)
@@ -132,6 +142,8 @@ def _coerce(value: Any, annotation: Any, where: str, field: str) -> Any:
         return build_dataclass(annotation, value, where=where, prefix=f"{field}.")
     try:
         return _convert(value, annotation)
+    except _NotFinite:
+        raise ConfigError(f"{where}: {field} must be a finite number, got {value!r}") from None
     except _Mismatch:
         raise ConfigError(f"{where}: {field} must be {_expected(annotation)}, got {value!r}") from None
 

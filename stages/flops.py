@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -236,7 +237,7 @@ class ComputeBudget:
     utilization: float = DEFAULT_UTILIZATION
 
     def __post_init__(self) -> None:
-        if self.peak_tflops <= 0 or not 0 < self.utilization <= 1:
+        if not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0) or not 0 < self.utilization <= 1:
             raise ConfigError(f"peak TFLOP/s must be > 0 and utilisation in (0, 1], got {self.peak_tflops} "
                               f"and {self.utilization}")
 

@@ -31,8 +31,25 @@ class ImageError(UserError, ValueError):
         self.stamp = stamp
 
 
+NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+
+
+def _shown(key: str) -> str:
+    return repr(key) if len(key) <= 80 else f"{key[:60]!r}...({len(key)} characters)"
+
+
 def safe_image_path(root: str | Path, key: str) -> Path:
-    """`root/key`, refusing absolute keys, `..` and symlinks that resolve outside `root`."""
+    """`root/key`, refusing absolute keys, `..`, symlinks that resolve outside `root`, and keys no file
+    system has a file for (a NUL byte, a component over `NAME_MAX` bytes, text that is not UTF-8)."""
+    if "\x00" in key:
+        raise ImageError(f"image path {_shown(key)} contains a NUL byte, which no file name can hold")
+    try:
+        longest = max((len(part.encode("utf-8")) for part in key.split("/")), default=0)
+    except UnicodeEncodeError as exc:  # a lone surrogate (an escaped `\ud800` in the JSON)
+        raise ImageError(f"image path {_shown(key)} is not valid Unicode text ({exc.reason})") from None
+    if longest > NAME_MAX:
+        raise ImageError(f"image path {_shown(key)} has a component of {longest} bytes; file names are at most "
+                         f"{NAME_MAX} bytes")
     if not key or os.path.isabs(key) or key.startswith("~") or ".." in Path(key).parts:
         raise ImageError(f"image path {key!r} escapes the image root")
     root_real = Path(root).resolve()

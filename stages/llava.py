@@ -30,8 +30,17 @@ def load_llava_json(path: str | Path, *, error: type[Exception] = DataError) -> 
             records = json.load(fh)
     except FileNotFoundError:
         raise error(f"LLaVA JSON {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"LLaVA JSON {path} is a directory; name the JSON file in it") from None
+    except UnicodeDecodeError as exc:  # (a ValueError, like JSONDecodeError: caught first)
+        raise error(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); LLaVA JSON files are "
+                    "UTF-8: convert it (e.g. `iconv -t UTF-8`)") from None
     except json.JSONDecodeError as exc:
         raise error(f"{path} is not valid JSON: {exc}") from exc
+    except OSError as exc:  # unreadable: permissions, a FIFO that errors, an I/O error
+        raise error(f"LLaVA JSON {path} cannot be read: {exc.strerror or exc}") from None
+    except RecursionError:  # nesting deeper than Python's JSON parser goes
+        raise error(f"{path} nests JSON too deeply to be a LLaVA file") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise error(f"{path} must hold a JSON list of sample objects (LLaVA format)")
     for i, record in enumerate(records):

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 if __name__ == "__main__":  # `python -m train.cli`: run the module as imported, so that a Ctrl-C during the
     from stages.errors import run_main  # imports below (seconds) is one line and exit status 130 too
 
-    run_main("train.cli", prog="train")
+    run_main("train.cli", prog="train", fast_exit=True)
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from stages.config import ConfigError, build_dataclass, load_config  # noqa: E402
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error  # noqa: E402
 from stages.llava import load_llava_json  # noqa: E402
+from stages.writable import check_writable_dir  # noqa: E402
 from train.collate import collate  # noqa: E402
 from train.conditioning import GuidedFeatures, encoder_builder, guidance_applies, required_arrays  # noqa: E402
 from train.config import STAGES, TrainConfig, VisionConfig, save_run_config  # noqa: E402
@@ -176,6 +177,7 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
     `source` replaces the cache stores of `config.data` (e.g. `train.stores.OnTheFlyFeatures`); it needs
     `read`, `__contains__`, `sample_shape(array_id)` and `cache_spec(array_id)`.
     """
+    check_writable_dir(config.output_dir, setting="output_dir")
     _check_adapter(config)
     check_engine_config(config)
     vision, guidance = config.vision, config.guidance
@@ -222,14 +224,16 @@ def run(prepared: Prepared) -> RunResult:
     if is_main_process():
         _say_how_it_starts(prepared)
         save_run_config(config)
+    with_llm = not config.freeze_llm
+
+    def save_tokenizer(final: Path) -> None:  # part of the final save: a Ctrl-C there is an interruption too
+        prepared.tokenizer.save_pretrained(final / LLM_DIR)
+
     history = train(config=config, model=prepared.model, sampler=prepared.sampler,
-                    make_loader=prepared.make_loader, prepare_features=prepared.prepare_features)
+                    make_loader=prepared.make_loader, prepare_features=prepared.prepare_features,
+                    finish_final=save_tokenizer if with_llm else None)
     final = Path(config.output_dir) / FINAL_DIR
-    saved = [final / ADAPTER_FILE]
-    if not config.freeze_llm:
-        if is_main_process():
-            prepared.tokenizer.save_pretrained(final / LLM_DIR)
-        saved.append(final / LLM_DIR)
+    saved = [final / ADAPTER_FILE, *([final / LLM_DIR] if with_llm else [])]
     return RunResult(stage=config.stage, history=tuple(history), saved=tuple(saved),
                      skipped_images=prepared.dataset.num_skipped)
 
@@ -244,6 +248,9 @@ def _interrupted(prepared: Prepared, exc: TrainingInterrupted) -> int:
                         skipped_images=prepared.dataset.num_skipped).summary())
     if exc.checkpoint is None:
         how = "no checkpoint was saved yet (save_every sets how often): run the same command to start again"
+    elif exc.step == exc.total and exc.checkpoint.name.endswith(f"{exc.total:08d}"):  # in the final save
+        how = (f"the final save ({FINAL_DIR}/) was cut short: run the same command"
+               f"{' without overwrite=true' if config.overwrite else ''} to write it from {exc.checkpoint.name}")
     else:  # run again with overwrite=true, it would start over
         how = (f"run the same command{' without overwrite=true' if config.overwrite else ''} to resume from "
                f"{exc.checkpoint.name}")

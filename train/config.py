@@ -6,6 +6,7 @@ CLI builds it; validation happens here, once, and nothing mutates it afterwards.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,12 @@ RESUMABLE_CHANGES = ("output_dir", "resume", "overwrite", "save_every", "keep_ch
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _check_finite(**values: float) -> None:
+    """Every float setting is a finite number (`lr=.inf` and NaN pass `> 0` or fail it by accident)."""
+    for name, value in values.items():
+        _check(math.isfinite(value), f"{name} must be a finite number, got {value}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class GuidanceConfig:
     prompt_source: str = "question"
 
     def __post_init__(self) -> None:
+        _check_finite(**{"guidance.scale": self.scale, "guidance.prompt_dropout": self.prompt_dropout})
         _check(self.scale >= 0, f"guidance.scale must be >= 0, got {self.scale}")
         _check(0 <= self.prompt_dropout <= 1, f"guidance.prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
         _check(self.prompt_source in GUIDANCE_PROMPTS,
@@ -136,6 +144,8 @@ class TrainConfig:
         _check(self.stage in STAGES, f"stage {self.stage!r} is not one of {STAGES}")
         _check(self.precision in PRECISIONS, f"precision {self.precision!r} is not one of {PRECISIONS}")
         _check(self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        _check_finite(lr=self.lr, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
+                      max_grad_norm=self.max_grad_norm)
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be >= 0")

@@ -114,7 +114,13 @@ def deepspeed_config(config: TrainConfig) -> dict[str, Any]:
     path = Path(config.deepspeed_config)
     if not path.is_file():
         raise ConfigError(f"DeepSpeed config {path} does not exist (see configs/deepspeed/)")
-    ds = json.loads(path.read_text())
+    try:
+        ds = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        raise ConfigError(f"DeepSpeed config {path} is not readable JSON: {exc} (see configs/deepspeed/)") from None
+    if not isinstance(ds, dict) or not isinstance(ds.get("bf16", {}), dict):
+        raise ConfigError(f"DeepSpeed config {path} must hold a JSON object (with `bf16` an object, if given); "
+                          "see configs/deepspeed/")
     ds.pop("train_batch_size", None)  # DeepSpeed derives it from micro batch × accumulation × world
     _fill(ds, "train_micro_batch_size_per_gpu", config.per_device_batch_size, path.name)
     _fill(ds, "gradient_accumulation_steps", config.gradient_accumulation_steps, path.name)

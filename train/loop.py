@@ -267,6 +267,7 @@ def train(
     *, config: TrainConfig, model: LlavaModel, sampler: ResumableSampler,
     make_loader: Callable[[ResumableSampler], Iterable[Batch]],
     prepare_features: Callable[[Batch], Mapping[str, Tensor]] = default_prepare_features,
+    finish_final: Callable[[Path], None] | None = None,
 ) -> list[StepMetrics]:
     """Train `model` for the configured steps; returns the metrics of the steps this call ran.
 
@@ -274,7 +275,8 @@ def train(
     the earlier run's outputs (`run_outputs`) are removed first. `make_loader(sampler)` builds the batch
     iterable (a DataLoader with `sampler=sampler`, `batch_size=config.per_device_batch_size` and the
     padding collate) after the sampler has been positioned; it is called once per epoch and once on
-    resume. A Ctrl-C from the engine's start to the final save raises `TrainingInterrupted`.
+    resume. `finish_final(final_dir)` (the main process) adds to the final save, e.g. the tokenizer. A Ctrl-C
+    from the engine's start to the end of the final save raises `TrainingInterrupted`.
     """
     seed_everything(config.seed)
     _position(sampler, epoch=0, consumed=0)
@@ -296,6 +298,8 @@ def train(
                start=start, per_epoch=per_epoch, total=total, rng=rng, history=history)
         if is_main_process():
             engine.module.save_pretrained(Path(config.output_dir) / FINAL_DIR, with_llm=not config.freeze_llm)
+            if finish_final is not None:
+                finish_final(Path(config.output_dir) / FINAL_DIR)
     except KeyboardInterrupt:
         raise TrainingInterrupted(step=history[-1].step if history else start, total=total, history=history,
                                   checkpoint=latest_checkpoint(config.output_dir)) from None

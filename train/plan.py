@@ -38,6 +38,7 @@ from stages.flops import (ComputeBudget, add_budget_arguments, architecture_dir,
                           image_gflop)
 from stages.llava import load_llava_json
 from stages.models import resolve_model_dir
+from stages.writable import check_writable_file
 from train.cli import load_stage_config, make_sampler
 from train.conditioning import guidance_applies, required_arrays
 from train.config import TrainConfig
@@ -263,11 +264,12 @@ def main(stage: str, argv: Sequence[str]) -> int:
         if args.world_size < 1:
             raise ConfigError(f"--world-size must be >= 1, got {args.world_size}")
         config = load_stage_config(stage, args.overrides)
+        path = Path(args.plan_json or Path(config.output_dir) / f"train-{stage}-plan.json")
+        check_writable_file(path, setting="--plan-json" if args.plan_json else "the plan file (in output_dir)")
         plan = plan_training(config, world_size=args.world_size, budget=budget_from_arguments(args))
     except UserError as exc:
         return print_user_error(f"train {stage}", exc)
     print(plan.render())
-    path = Path(args.plan_json or Path(config.output_dir) / f"train-{stage}-plan.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **plan.as_dict()}
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

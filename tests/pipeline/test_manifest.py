@@ -92,3 +92,15 @@ def test_shipped_configs_parse_with_their_encoder_features_and_shard_size(name):
     assert config.spec.encoder == ("clip" if name == "sample-clip" else "sd")
     if name.startswith("llava"):
         assert config.spec.features == SIX_FEATURES and config.run.shard_size == 256
+
+
+@pytest.mark.parametrize("key, reason", [
+    ("a/\x00.jpg", "contains a NUL byte"),
+    ("a/" + "x" * 252 + ".jpg", "has a component of 256 bytes; file names are at most 255 bytes"),
+    ("a/\ud800.jpg", "is not valid Unicode text"),
+])
+def test_a_key_no_file_system_can_hold_is_refused_alone_and_the_manifest_goes_on(key, reason, root, tmp_path):
+    data = write_json(tmp_path / "m.json", [sample("a/1.jpg"), sample(key), sample("b/3.png")])
+    manifest = build_manifest([data], image_root=root)
+    assert manifest.keys == ("a/1.jpg", "b/3.png") and list(manifest.refused) == [key]
+    assert reason in manifest.refused[key] and not manifest.missing
