@@ -40,13 +40,14 @@ class RunConfig:
     num_actors: int = 1  # extractor actors (one GPU each on CUDA hosts)
     cpus_per_actor: float = 1.0  # CPU actors: also the torch thread count
     actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor ({"a100": 1})
-    retries: int = 2  # re-runs of the shards left when the cluster loses an actor or a node
+    retries: int = 2  # re-runs in a row, with no shard completing, when the cluster loses an actor or a node
     ray_address: str | None = None  # None: embedded ray.init(); "auto" or "ray://host:10001": a cluster
     num_cpus: int | None = None  # CPUs of the embedded Ray (None: all)
     device: str = "auto"  # auto: cuda if available, else cpu
     compute_dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     write_webdataset: bool = True
     max_pixels: int = ImageSpec.max_pixels  # decompression-bomb limit
+    retry_failed: bool = False  # decode again the images an earlier run recorded as failed
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or (self.shard_size is not None and self.shard_size < 1) or self.num_actors < 1:
@@ -74,6 +75,12 @@ class RunConfig:
                               "--head --port`) or ray://HOST:PORT (Ray Client); null starts an embedded Ray")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
+
+    @property
+    def decode_limits(self) -> dict[str, int]:
+        """The settings that decide which images fail to decode, recorded with every shard (a later run with
+        other limits tries the recorded failures again)."""
+        return {"max_pixels": self.max_pixels}
 
 
 @dataclass(frozen=True)

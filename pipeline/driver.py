@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from pipeline.config import ExtractConfig, check_setup, resolve_data
+from pipeline.config import ExtractConfig, RunConfig, check_setup, resolve_data
 from pipeline.errors import ExtractionError
 from pipeline.manifest import Manifest, build_manifest
 from pipeline.progress import ErrorLog, Progress, Summary
@@ -51,6 +51,7 @@ class Plan:
     created: tuple[str, ...] = ()  # arrays this run created (dropped again if it fails before writing them)
     repairs: tuple[str, ...] = ()  # what the cheap checks of the existing store found and repaired
     changed_images: Mapping[str, int] = field(default_factory=dict)  # key -> shard withdrawn: its file changed
+    retried: Mapping[int, str] = field(default_factory=dict)  # shard -> why its recorded failures are tried again
 
 
 def errors_file_name(json_paths: Sequence[Path], image_root: Path) -> str:
@@ -88,17 +89,34 @@ def _task(plan: ShardPlan, *, meta: StoreMeta, manifest: Manifest, array_ids: li
     return ShardTask(shard=plan.index, keys=tuple(plan.keys), prompts=prompts, reuse_latents=reuse)
 
 
-def _withdraw_changed_images(store: CacheStore, meta: StoreMeta, plans: Sequence[ShardPlan],
-                             manifest: Manifest) -> dict[str, int]:
+def _retry_reason(meta: StoreMeta, plan: ShardPlan, usable: set[str], run: RunConfig) -> str | None:
+    """Why the failures recorded in complete shard `plan` are tried again, or None: `retry_failed`, or
+    decode limits (`max_pixels`) other than this run's, which decide which images fail."""
+    records = [r[plan.index] for r in meta.records.values() if plan.index in r]
+    failed = {k for record in records for k in record.failed if k in usable}
+    if not failed:
+        return None
+    if run.retry_failed:
+        return "retry_failed"
+    other = next((r.decode_limits for r in records if r.failed and r.decode_limits
+                  and r.decode_limits != run.decode_limits), None)
+    return None if other is None else f"decoded with {other}, this run with {dict(run.decode_limits)}"
+
+
+def _withdraw_stale_shards(store: CacheStore, meta: StoreMeta, plans: Sequence[ShardPlan], manifest: Manifest,
+                           run: RunConfig) -> tuple[dict[str, int], dict[int, str]]:
     """Withdraw every shard of `plans` holding a key whose image file no longer has the bytes its values
-    were computed from (DESIGN §8: a changed image is a miss); returns key -> shard of those keys."""
-    usable, changed = set(manifest.keys), {}
+    were computed from (DESIGN §8: a changed image is a miss), or recorded failures to try again
+    (`_retry_reason`). Returns (key -> shard of the changed images, shard -> reason of the retried)."""
+    usable, changed, retried = set(manifest.keys), {}, {}
     for plan in plans:
         keys = changed_keys(manifest.image_root, [k for k in plan.keys if k in usable], meta.image_stamps(plan.index))
-        if keys:
+        changed.update((k, plan.index) for k in keys)
+        if not keys and (reason := _retry_reason(meta, plan, usable, run)) is not None:
+            retried[plan.index] = reason
+        if keys or plan.index in retried:
             store.withdraw_shard(plan.index)
-            changed.update((k, plan.index) for k in keys)
-    return changed
+    return changed, retried
 
 
 def _manifest(config: ExtractConfig) -> Manifest:
@@ -126,8 +144,8 @@ def plan_run(config: ExtractConfig, *, manifest: Manifest | None = None) -> Plan
     meta = store.refresh()
     ours = {*manifest.keys, *manifest.missing, *manifest.refused}
     mine = [p for p in meta.plans if all(k is None or k in ours for k in p.keys)]
-    changed = _withdraw_changed_images(store, meta, mine, manifest)
-    if changed:
+    changed, retried = _withdraw_stale_shards(store, meta, mine, manifest, run)
+    if changed or retried:
         meta = store.refresh()
     shapes = {a: (meta.infos[a].sample_shape, meta.infos[a].dtype.name) for a in array_ids}
     missing = set(meta.missing_shards(array_ids))
@@ -147,7 +165,7 @@ def plan_run(config: ExtractConfig, *, manifest: Manifest | None = None) -> Plan
                 planned=sum(k is not None for p in mine for k in p.keys), reused_images=reused,
                 recorded_failures=tuple(failures), errors_file=store.path / errors_file_name(json_paths, image_root),
                 foreign_shards=sum(p.index in missing for p in shards) - len(tasks), created=tuple(created),
-                repairs=tuple(repairs), changed_images=changed)
+                repairs=tuple(repairs), changed_images=changed, retried=retried)
 
 
 def worker_builder(config: ExtractConfig, plan: Plan) -> WorkerBuilder:
@@ -156,7 +174,8 @@ def worker_builder(config: ExtractConfig, plan: Plan) -> WorkerBuilder:
     return WorkerBuilder(spec=config.spec, store_path=str(plan.store.path), fingerprint=plan.store.fingerprint,
                          shapes=plan.shapes,
                          batch_size=run.batch_size, device=run.device, compute_dtype=run.compute_dtype,
-                         write_webdataset=run.write_webdataset, threads=max(1, int(run.cpus_per_actor)))
+                         write_webdataset=run.write_webdataset, threads=max(1, int(run.cpus_per_actor)),
+                         decode_limits=run.decode_limits)
 
 
 def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary:
@@ -179,6 +198,9 @@ def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary
         first = next(iter(plan.changed_images))
         summary.notes.append(f"{len(plan.changed_images)} images changed since they were extracted (e.g. {first}): "
                              f"their {len(set(plan.changed_images.values()))} shards are computed again")
+    if plan.retried:
+        summary.notes.append(f"{len(plan.retried)} shards with recorded failures are computed again "
+                             f"({next(iter(plan.retried.values()))})")
     if plan.foreign_shards:
         summary.notes.append(f"{plan.foreign_shards} incomplete shards hold images of other data files; "
                              "run with those files (and their image_root) to complete them")
@@ -263,8 +285,10 @@ def drop_unwritten(plan: Plan) -> None:
 
 def _run_job(config: ExtractConfig, plan: Plan, summary: Summary, log: ErrorLog, *, show_progress: bool) -> None:
     """The Ray job over `plan.tasks`, feeding the progress bar and `summary`. When the cluster loses an
-    actor or a node, the shards not yet complete run again (up to `retries` times) on the nodes alive:
-    the completed ones stay, and a shard's values do not depend on where it ran."""
+    actor or a node, the shards not yet complete run again on the nodes alive: the completed ones stay, and
+    a shard's values do not depend on where it ran. `retries` bounds the attempts in a row that complete no
+    shard: one lost node can cost two (Ray may still place the next actors on it until it is declared dead),
+    and a loss after progress starts the count again."""
     from pipeline import job  # imports Ray: only when there is work
 
     run = config.run
@@ -280,22 +304,24 @@ def _run_job(config: ExtractConfig, plan: Plan, summary: Summary, log: ErrorLog,
         progress.update(stats)
 
     try:
-        for attempt in range(run.retries + 1):
+        fruitless, retry = 0, 0
+        while True:
             try:
                 job.run_shards(tasks, builder=worker_builder(config, plan), run=run, on_stats=on_stats,
                                image_root=str(plan.manifest.image_root), image_spec=plan.image_spec,
-                               shrink=attempt > 0)
+                               shrink=retry > 0)
                 return
             except job.WorkersLost as exc:
                 lost = str(exc)
-            tasks = _left_after_loss(plan, tasks, reported, on_stats)
+            left = _left_after_loss(plan, tasks, reported, on_stats)
+            fruitless, tasks, retry = (fruitless + 1 if len(left) == len(tasks) else 0), left, retry + 1
             if not tasks:
                 return
-            if attempt == run.retries:
-                raise ExtractionError(f"the Ray cluster lost workers {attempt + 1} times, the last time: {lost}; "
-                                      f"{len(tasks)} shards are left: run the same command to finish them "
-                                      "(the completed shards are kept)")
-            summary.notes.append(f"retry {attempt + 1}: {lost}; ran the {len(tasks)} shards left again")
+            if fruitless > run.retries:
+                raise ExtractionError(f"the Ray cluster lost workers {fruitless} times in a row without a shard "
+                                      f"completing, the last time: {lost}; {len(tasks)} shards are left: run the "
+                                      "same command to finish them (the completed shards are kept)")
+            summary.notes.append(f"retry {retry}: {lost}; ran the {len(tasks)} shards left again")
             if started:  # (a Ray this process did not start is left alone: its lost pool's actors may linger)
                 job.restart_ray(run)
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from stages.errors import UserError, print_user_error
 from stages.locations import DEFAULT_CACHE_ROOT
 from stages.store import CacheStore, StoreMeta, list_caches
 from stages.store.meta import is_store
-from stages.store.repair import Problem, repair
+from stages.store.repair import Problem, repair_store
 from stages.store.verify import check_store
 
 __all__ = ["caches_main", "verify_main", "extract_command"]
@@ -105,7 +105,8 @@ def extract_command(store: str | Path) -> str:
 def _fix_advice(store: str, problems: Sequence[Problem], *, repaired: bool) -> list[str]:
     """The command that fixes what is left, and what it cannot fix."""
     fixes = {p.fix for p in problems}
-    steps = [] if repaired or not fixes & {"record", "shard", "index", "file"} else [f"just verify {store} --repair"]
+    repairable = {"record", "shard", "index", "file", "group"}
+    steps = [] if repaired or not fixes & repairable else [f"just verify {store} --repair"]
     if fixes & {"record", "shard", "index", "extract"}:
         steps.append(extract_command(store))
     lines = [f"to fix: {' && '.join(steps)}"] if steps else []
@@ -153,7 +154,7 @@ def verify_main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.store}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     repaired = args.repair and any(p.fix != "none" for p in problems)
     if repaired:
-        for line in repair(CacheStore(StoreMeta.load(args.store, expect=None)), problems):
+        for line in repair_store(args.store, problems):
             print(f"repaired: {line}")
     for line in _fix_advice(args.store, problems, repaired=repaired):
         print(line)

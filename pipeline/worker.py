@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -78,6 +78,7 @@ class WorkerBuilder:
     device: str = "auto"
     compute_dtype: str = "auto"
     write_webdataset: bool = True
+    decode_limits: Mapping[str, int] = field(default_factory=dict)  # recorded: they decide which images fail
     threads: int = 0  # torch CPU threads (0: leave torch's default)
 
     def build(self) -> "ShardProcessor":
@@ -143,14 +144,19 @@ class ShardProcessor:
         batches, encoded, before = self.batches, self.encoded, Counter(self.encoder.seconds)
         arrays, reused, failed = self.compute(decoded)
         start, shard = time.perf_counter(), decoded.task.shard
-        # the image files the values come from: read now, or those the reused latents were computed from
-        images = self.store.image_stamps(shard, [LATENTS]) if decoded.task.reuse_latents else decoded.stamps
+        # the image files the values come from, and how they were read: now, or for the reused latents
+        if decoded.task.reuse_latents:
+            source = self.store.record(LATENTS, shard)
+            images, limits = source.images, source.decode_limits
+        else:
+            images, limits = decoded.stamps, self.builder.decode_limits
         written = sum(a.nbytes for a in arrays.values())
         export = None
         if self.builder.write_webdataset:  # the tar holds every array of the shard
             have = {**reused, **arrays}
             export = {**self._stored(shard, [a for a in self.array_ids if a not in have]), **have}
-        tar = self.store.write_shard(shard, arrays, failed, export=export, images=images)  # tar, then zarr
+        tar = self.store.write_shard(shard, arrays, failed, export=export, images=images,  # tar, then zarr
+                                     decode_limits=limits)
         written += tar.stat().st_size if tar is not None else 0
         spent = self.encoder.seconds - before  # this shard's vae/unet/clip seconds
         seconds = {"decode": decoded.seconds, **{s: spent[s] for s in self.builder.spec.kind.time_stages},

@@ -29,7 +29,7 @@ from stages.store.fingerprint import Fingerprint, FingerprintMismatch
 from stages.store.layout import ShardPlan, StorePaths, read_json
 
 __all__ = ["StoreMeta", "CompletionRecord", "TarRecord", "DamagedArray", "StoreNotFound", "StoreDamaged",
-           "is_store", "read_header"]
+           "EditedShardSize", "is_store", "read_header"]
 
 
 class StoreNotFound(UserError, FileNotFoundError):
@@ -41,13 +41,23 @@ class StoreDamaged(UserError):
     it is repaired. The message names the file and field, and the fix."""
 
 
+class EditedShardSize(StoreDamaged):
+    """The group's `shard_size` differs from the one every array was created with (`shard_size`, which
+    `stages.store.repair.restore_shard_size` writes back)."""
+
+    def __init__(self, message: str, *, shard_size: int) -> None:
+        super().__init__(message)
+        self.shard_size = shard_size
+
+
 @dataclass(frozen=True)
 class CompletionRecord:
     """`done/<array_id>/NNNNNN.json`, written last: the proof that the shard file is whole (its size and
     sha256 as written), with the keys that failed (their rows are zeros), the count of valid rows, the
     stamp of each image file the values were computed from (`images`; empty in stores written before
-    stamps were recorded, whose rows cannot be checked against their files) and each row's identity
-    digest (`identity`, `stages.store.identity`; empty in records written before them)."""
+    stamps were recorded, whose rows cannot be checked against their files), each row's identity
+    digest (`identity`, `stages.store.identity`; empty in records written before them) and the limits
+    the images were decoded under (`decode_limits`: `max_pixels`, which decides failures; empty before)."""
 
     array_id: str
     shard: int
@@ -62,14 +72,16 @@ class CompletionRecord:
     written: str  # UTC, ISO 8601
     images: Mapping[str, ImageStamp] = field(default_factory=dict)  # key -> the file's bytes when read
     identity: tuple[int, ...] = ()  # per row of the shard: its identity digest (uint32)
+    decode_limits: Mapping[str, int] = field(default_factory=dict)  # limits the images were decoded under
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> "CompletionRecord":
-        values = {f.name: value[f.name] for f in fields(cls) if f.name not in ("images", "identity")}
+        values = {f.name: value[f.name] for f in fields(cls) if f.name not in ("images", "identity", "decode_limits")}
         return cls(**{**values, "rows": tuple(values["rows"]), "sample_shape": tuple(values["sample_shape"]),
                       "failed": dict(values["failed"]),
                       "images": {k: ImageStamp.from_json(v) for k, v in value.get("images", {}).items()},
-                      "identity": tuple(int(d) for d in value.get("identity", ()))})
+                      "identity": tuple(int(d) for d in value.get("identity", ())),
+                      "decode_limits": dict(value.get("decode_limits", {}))})
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -261,10 +273,11 @@ class StoreMeta:
             info = array_info(array_id, document)
             spec = sealed_spec(document, fingerprint=self.fingerprint.full)
             if spec is not None and spec.shard_size != self.shard_size:
-                raise StoreDamaged(
+                raise EditedShardSize(
                     f"store {self.paths.root}: zarr/zarr.json says shard_size {self.shard_size}, but array "
                     f"{array_id!r} was created with shard size {spec.shard_size} (its sealed spec); the group "
-                    f"metadata was edited: restore \"shard_size\": {spec.shard_size} in zarr/zarr.json")
+                    f"metadata was edited: `just verify {self.paths.root} --repair` restores it",
+                    shard_size=spec.shard_size)
             problem = (document_problem(document, spec) if spec is not None else legacy_problem(
                 info, shard_size=self.shard_size, recorded=[(r.dtype, r.sample_shape) for r in records.values()],
                 dtypes=self._dtypes))
@@ -277,6 +290,12 @@ class StoreMeta:
             reason = f"{where} is damaged: {exc}"
         recorded = tuple(sorted(int(p.stem) for p in (self.paths.done / array_id).glob("[0-9]*.json")))
         return DamagedArray(reason=reason, recorded=recorded, spec=spec)
+
+    def reread_plan(self, shard: int) -> None:
+        """Read shard `shard`'s index file again: a repair rewrote or removed it (plans are cached, as index
+        files never change otherwise)."""
+        if shard < len(self.plans):
+            self.plans[shard] = self._read_plan(shard)
 
     def _read_plan(self, shard: int) -> ShardPlan:
         """The plan in `index/<shard>.json`, or all padding with the reason in `damaged_index`."""

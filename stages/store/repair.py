@@ -17,6 +17,8 @@ record or tar beyond the last index file. `repair` applies the fixes:
   records and tar, and the next `extract` plans those keys again;
 - `file`: remove a leftover `*.partial` / `.*.tmp` file (a writer killed mid-write; never run a
   repair while an extraction writes to the store);
+- `group`: write back the group's `shard_size` that every array was created with (`restore_shard_size`:
+  an edit of `zarr/zarr.json`; until then the store does not open);
 - `extract`: nothing to repair, the next extraction completes it; `none`: no automatic fix.
 """
 from __future__ import annotations
@@ -27,14 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from stages.store.layout import file_sha256
-from stages.store.meta import StoreMeta
+from stages.store.layout import StorePaths, file_sha256, read_json, write_bytes_atomic
+from stages.store.meta import EditedShardSize, StoreMeta
 from stages.store.writer import CacheStore
 
 __all__ = ["Problem", "cheap_problems", "structural_problems", "index_disagreements", "leftover_problems",
-           "prove_index", "repair"]
+           "prove_index", "restore_shard_size", "repair_store", "repair"]
 
-FIXES = ("record", "shard", "index", "file", "extract", "none")
+FIXES = ("record", "shard", "index", "file", "group", "extract", "none")
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,12 @@ def leftover_problems(meta: StoreMeta) -> list[Problem]:
 
 
 def cheap_problems(meta: StoreMeta, array_ids: Sequence[str]) -> list[Problem]:
-    """`structural_problems` plus the completed shards of `array_ids` whose file is missing or not of
-    the recorded size."""
+    """`structural_problems`, the index files that disagree with their shard's records (a changed key: the
+    records name the keys they were computed for; the tars are not read here), and the completed shards
+    of `array_ids` whose file is missing or not of the recorded size."""
     problems = structural_problems(meta)
+    problems += [_disagreement(p.index) for p in meta.plans
+                 if p.index not in meta.damaged_index and not _agrees(meta, p.index, p.keys, None)]
     for array_id in array_ids:
         for shard, record in sorted(meta.records.get(array_id, {}).items()):
             path = meta.paths.zarr / array_id / record.chunk_key
@@ -88,11 +93,14 @@ def cheap_problems(meta: StoreMeta, array_ids: Sequence[str]) -> list[Problem]:
     return problems
 
 
+def _disagreement(shard: int) -> Problem:
+    return Problem(f"index/{shard:06d}.json disagrees with shard {shard}'s completion records or tar", "index",
+                   shard=shard)
+
+
 def index_disagreements(meta: StoreMeta) -> list[Problem]:
     """Intact-looking index files that disagree with their shard's records or tar (a changed key)."""
-    return [Problem(f"index/{p.index:06d}.json disagrees with shard {p.index}'s completion records or tar",
-                    "index", shard=p.index)
-            for p in meta.plans if p.index not in meta.damaged_index
+    return [_disagreement(p.index) for p in meta.plans if p.index not in meta.damaged_index
             and not _agrees(meta, p.index, p.keys, _tar_rows(meta, p.index))]
 
 
@@ -117,12 +125,13 @@ def _tar_rows(meta: StoreMeta, shard: int) -> dict[int, str] | None:
 
 
 def _agrees(meta: StoreMeta, shard: int, keys: Sequence[str | None], rows: dict[int, str] | None) -> bool:
-    """Whether the shard's records (key count, failed keys) and tar rows fit `keys` as its index."""
+    """Whether the shard's records (key count, failed keys, the keys whose images they stamped) and tar
+    rows fit `keys` as its index."""
     present = {k for k in keys if k is not None}
     for records in meta.records.values():
         record = records.get(shard)
         if record is not None and (record.n_valid + len(record.failed) != len(present)
-                                   or not set(record.failed) <= present):
+                                   or not set(record.failed) <= present or not set(record.images) <= present):
             return False
     first = shard * meta.shard_size
     return rows is None or all(0 <= r - first < len(keys) and keys[r - first] == k for r, k in rows.items())
@@ -181,6 +190,28 @@ def _repair_indexes(store: CacheStore, shards: list[int], keys: Sequence[str] | 
             done.append(f"index of shard {shard} rewritten from this run's keys; its records disagreed "
                         "and were withdrawn")
     return done
+
+
+def restore_shard_size(root: Path, shard_size: int) -> str:
+    """Write `shard_size` (the arrays' own, `EditedShardSize.shard_size`) back into the group attributes of
+    the store at `root`, as zarr writes `zarr/zarr.json`."""
+    path = StorePaths(root).zarr / "zarr.json"
+    document = read_json(path)
+    own = document["attributes"]["feature_cache"]
+    edited, own["shard_size"] = own["shard_size"], shard_size
+    write_bytes_atomic(path, json.dumps(document, indent=2, allow_nan=True).encode())
+    return f"zarr/zarr.json: shard_size {edited} restored to {shard_size}, the size every array was created with"
+
+
+def repair_store(path: str | Path, problems: Sequence[Problem]) -> list[str]:
+    """`repair` for `verify --repair`, which has no keys: an edited group `shard_size` first (the store
+    opens only once it is restored; what else `verify` finds then shows on its next run)."""
+    if any(p.fix == "group" for p in problems):
+        try:
+            StoreMeta.load(path, expect=None)
+        except EditedShardSize as exc:
+            return [restore_shard_size(Path(path), exc.shard_size)]
+    return repair(CacheStore(StoreMeta.load(path, expect=None)), problems)
 
 
 def repair(store: CacheStore, problems: Sequence[Problem], *, keys: Sequence[str] | None = None) -> list[str]:

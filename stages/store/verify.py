@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.store.keys import decode_key
-from stages.store.meta import StoreMeta
+from stages.store.meta import EditedShardSize, StoreMeta
 from stages.store.reader import StoreCorruption, StoreReader
 from stages.store.repair import Problem, index_disagreements, leftover_problems, structural_problems
 from stages.store.writer import file_sha256
@@ -132,6 +132,8 @@ def check_store(path: str | Path, *, require_complete: bool = True, progress: bo
     a problem too (fixed by extracting). `progress`: a bar over the shards on stderr."""
     try:  # inspection: the store is checked against itself; its damaged arrays are findings
         reader = StoreReader(path, expect=None, array_ids=StoreMeta.load(path, expect=None).array_ids)
+    except EditedShardSize as exc:
+        return [Problem(str(exc), "group")]
     except Exception as exc:  # noqa: BLE001
         return [Problem(f"cannot open store {path}: {exc}", "none")]
     meta = reader.meta

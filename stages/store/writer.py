@@ -283,6 +283,7 @@ class CacheStore:
                 self._write_index(shard, keys)
             else:
                 remove_durably(self.meta.paths.index_file(shard))
+            self.meta.reread_plan(shard)
 
     def drop_arrays(self, array_ids: Sequence[str]) -> None:
         """Remove arrays (damaged ones too): their completion records first (their shards turn invisible),
@@ -306,9 +307,9 @@ class CacheStore:
         """key -> reason for the keys of `shard` recorded as failed by `array_ids` (see `StoreMeta.failed`)."""
         return self.meta.refresh(shards=[shard]).failed(shard, array_ids)
 
-    def image_stamps(self, shard: int, array_ids: Sequence[str]) -> dict[str, ImageStamp]:
-        """key -> stamp of the image file `array_ids` of `shard` were computed from (`StoreMeta.image_stamps`)."""
-        return self.meta.refresh(shards=[shard]).image_stamps(shard, array_ids)
+    def record(self, array_id: str, shard: int) -> CompletionRecord:
+        """The completion record of (array, shard), read now (`KeyError` when the shard is not complete)."""
+        return self.meta.refresh(shards=[shard]).record(array_id, shard)
 
     def missing_shards(self, array_ids: Sequence[str]) -> list[int]:
         """Shards where any of `array_ids` has no completion record (work left to do)."""
@@ -344,10 +345,11 @@ class CacheStore:
 
     def write_shard(self, index: int, arrays: Mapping[str, np.ndarray], failed: Mapping[str, str] | None = None,
                     *, export: Mapping[str, np.ndarray] | None = None,
-                    images: Mapping[str, ImageStamp] | None = None) -> Path | None:
+                    images: Mapping[str, ImageStamp] | None = None,
+                    decode_limits: Mapping[str, int] | None = None) -> Path | None:
         """Write shard `index` of each array whole, make it durable, then record it complete (with the
-        sha256 of the shard file, the failed keys, whose rows are zeros, and `images`: the stamp of each
-        image file the values were computed from). With `export`, first write the shard's tar from it as
+        sha256 of the shard file, the failed keys, whose rows are zeros, `images`: the stamp of each
+        image file the values were computed from, and `decode_limits`: what those images were read under). With `export`, first write the shard's tar from it as
         `write_webdataset_shard` does, in the same hold of the shard lock (see the module docstring);
         returns the tar path, or None without `export`."""
         plan, failed, images = self._plan(index), dict(failed or {}), dict(images or {})
@@ -360,11 +362,11 @@ class CacheStore:
             tar = None if export is None else self._write_tar(plan, export, failed)
             for array_id, array in targets.items():
                 values = self._prepare(plan, array, arrays[array_id], failed)
-                self._write_one(plan, array_id, array, values, failed, images)
+                self._write_one(plan, array_id, array, values, failed, images, dict(decode_limits or {}))
         return tar
 
     def _write_one(self, plan: ShardPlan, array_id: str, array: zarr.Array, values: np.ndarray,
-                   failed: dict[str, str], images: dict[str, ImageStamp]) -> None:
+                   failed: dict[str, str], images: dict[str, ImageStamp], decode_limits: dict[str, int]) -> None:
         paths, info = self.meta.paths, self.meta.infos[array_id]
         record = paths.record(array_id, plan.index)
         shard_file = paths.shard_file(array_id, plan.index, values.ndim - 1)
@@ -391,7 +393,7 @@ class CacheStore:
             nbytes=nbytes, sha256=digest, dtype=info.dtype.str, sample_shape=info.sample_shape, failed=failed,
             n_valid=sum(k is not None and k not in failed for k in plan.keys),
             written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), images=images,
-            identity=self._identity(plan, array_id, values)).to_json())
+            identity=self._identity(plan, array_id, values), decode_limits=decode_limits).to_json())
 
     def _identity(self, plan: ShardPlan, array_id: str, values: np.ndarray) -> tuple[int, ...]:
         """The identity digest of each row of shard `plan` of `array_id` holding `values` (`stages.store.identity`)."""

@@ -9,6 +9,7 @@ import resource
 import shutil
 import signal
 
+import numpy as np
 import pytest
 
 import pipeline.driver as driver
@@ -85,8 +86,34 @@ def _flip_index_key(store):
     flip(path, path.read_text().index('"keys": ["') + 12)  # a character of the first key
 
 
-def _shard(store):
-    return store / "zarr" / FEATURE / "c/1/0/0"
+def _edit_shard_size(store):
+    path = store / "zarr" / "zarr.json"
+    path.write_text(path.read_text().replace('"shard_size": 4', '"shard_size": 3'))
+
+
+def _shard(store, shard=1):
+    return store / "zarr" / FEATURE / f"c/{shard}/0/0"
+
+
+def _swap_shards(store):
+    first, second = _shard(store, 0).read_bytes(), _shard(store, 1).read_bytes()
+    _shard(store, 0).write_bytes(second)
+    _shard(store, 1).write_bytes(first)
+
+
+def _swap_samples(store):
+    """Rows 0 and 1 of shard 0 trade places, each with its crc32c: every byte intact, two samples wrong."""
+    path = _shard(store, 0)
+    raw = bytearray(path.read_bytes())
+    index = np.frombuffer(bytes(raw[-(4 * 16 + 4):-4]), "<u8").reshape(4, 2)  # (offset, nbytes) per row
+    (a, n), (b, _) = index[0], index[1]
+    raw[a:a + n], raw[b:b + n] = raw[b:b + n], raw[a:a + n]
+    path.write_bytes(bytes(raw))
+
+
+def _edit_dtype(store):
+    path = store / "zarr" / FEATURE / "zarr.json"
+    path.write_text(path.read_text().replace('"data_type": "float16"', '"data_type": "int16"', 1))
 
 
 DAMAGE = {
@@ -97,13 +124,21 @@ DAMAGE = {
     "shard_truncated": lambda s: os.truncate(_shard(s), 1000),
     "index_truncated": lambda s: (s / "index/000001.json").write_text((s / "index/000001.json").read_text()[:40]),
     "record_deleted": lambda s: (s / "done" / FEATURE / "000001.json").unlink(),
+    "group_shard_size": _edit_shard_size,
+    "shards_swapped": _swap_shards,
+    "samples_swapped": _swap_samples,
+    "dtype_edited": _edit_dtype,
+    "array_deleted": lambda s: shutil.rmtree(s / "zarr" / FEATURE),
     "leftovers": lambda s: [(s / "zarr" / FEATURE / "c/0/0/0.1234.partial").write_bytes(b"x"),
                             (s / "index/.000001.json.99.tmp").write_text("{")],
 }
 NEEDS_REPAIR = {"shard_bytes", "index_bytes", "shard_deleted", "shard_index_bytes", "shard_truncated", "index_truncated",
-                "leftovers"}
-RECOMPUTED = {"shard_bytes", "shard_deleted", "shard_index_bytes", "shard_truncated", "record_deleted"}  # the index ones are proven from records and tar
-NEEDS_EXTRACT = RECOMPUTED | {"index_bytes", "index_truncated"}  # advice cannot know a repair will prove them
+                "leftovers", "group_shard_size", "shards_swapped", "samples_swapped", "array_deleted"}
+# shards the extract after the repair computes (the index ones are proven from records and tar, an edited
+# zarr.json is rewritten as it was created)
+RECOMPUTED = {"shard_bytes": 1, "shard_deleted": 1, "shard_index_bytes": 1, "shard_truncated": 1, "record_deleted": 1,
+              "shards_swapped": 2, "samples_swapped": 1, "array_deleted": 2}
+NEEDS_EXTRACT = {*RECOMPUTED, "index_bytes", "index_truncated", "dtype_edited"}  # advice cannot know what a repair proves
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -120,17 +155,18 @@ def test_verify_names_the_fix_and_repair_then_extract_restores_the_store_byte_id
 
     assert verify_main([str(store), "--repair", "--no-progress"]) == 0
     plan = extract(config(data, store.parent))
-    assert len(plan.tasks) == (damage in RECOMPUTED)
+    assert len(plan.tasks) == RECOMPUTED.get(damage, 0)
     assert verify_store(store) == [] and snapshot(store) == pristine[1]
 
 
-@pytest.mark.parametrize("damage", ["shard_deleted", "index_truncated", "record_deleted"])
+@pytest.mark.parametrize("damage", ["shard_deleted", "shard_truncated", "index_truncated", "index_bytes",
+                                    "record_deleted"])
 def test_extract_alone_repairs_what_its_cheap_checks_find(damage, store, pristine, data):
-    DAMAGE[damage](store)
+    DAMAGE[damage](store)  # index_bytes: a changed key, which a plan would give a new shard of its own
     plan = extract(config(data, store.parent))
     assert bool(plan.repairs) == (damage != "record_deleted")
-    assert len(plan.tasks) == (damage != "index_truncated")  # the index is rewritten, nothing recomputed
-    assert snapshot(store) == pristine[1]
+    assert len(plan.tasks) == (damage not in ("index_truncated", "index_bytes"))  # an index is proven, not recomputed
+    assert snapshot(store) == pristine[1] and len(plan.store.shards()) == 2
 
 
 def test_unprovable_index_is_removed_by_verify_and_planned_again_by_extract(store, pristine, data):
@@ -216,3 +252,14 @@ def test_a_full_disk_while_adding_a_timestep_leaves_the_store_as_it_was(store, d
     monkeypatch.undo()
     assert len(extract(config(data, store.parent, timesteps=[50, 200])).tasks) == 2  # the disk has room again
     assert verify_store(store) == []
+
+
+def test_failures_under_other_decode_limits_or_retry_failed_are_tried_again(data, pristine, tmp_path):
+    low = extract(config(data, tmp_path / "cache", shard_size=4, max_pixels=1))  # every image "too large"
+    assert low.tasks and not extract(config(data, tmp_path / "cache", max_pixels=1)).tasks  # recorded: a hit
+    again = extract(config(data, tmp_path / "cache", max_pixels=1, retry_failed=True))
+    assert set(again.retried.values()) == {"retry_failed"} and len(again.tasks) == 2
+    default = extract(config(data, tmp_path / "cache"))  # the default limit: the recorded failures are retried
+    assert len(default.tasks) == 2 and "max_pixels" in next(iter(default.retried.values()))
+    made = {k: v for k, v in snapshot(default.store.path).items() if k != "zarr/zarr.json"}  # its creation time
+    assert made == {k: v for k, v in pristine[1].items() if k != "zarr/zarr.json"}  # as if max_pixels=1 never ran
