@@ -32,21 +32,21 @@ train-ranks n stage *args:
 
 # answer and score the paper's benchmarks for a trained run (default: runs/sample-sft on the embedded fixtures)
 eval *args:
-    @python -m evaluate.cli eval "$@"
+    @python -m llava_eval.cli eval "$@"
 
-# cache the benchmark images a run's evaluation needs: `just extract` with each line `evaluate.cli export` prints
+# cache the benchmark images a run's evaluation needs: `just extract` with each line `llava_eval.cli export` prints
 eval-extract *args:
     #!/usr/bin/env bash
     set -euo pipefail
-    python -m evaluate.cli export "$@" | while IFS= read -r line; do eval "python -m pipeline.cli extract $line"; done
+    python -m llava_eval.cli export "$@" | while IFS= read -r line; do eval "python -m pipeline.cli extract $line"; done
 
 # compare runs' evaluations in the paper's Table 2 / Table 5 layouts (markdown + CSV; --out PREFIX)
 eval-table *args:
-    @python -m evaluate.cli table "$@"
+    @python -m llava_eval.cli table "$@"
 
 # LLaVA-Bench relative scores per category from judge review files (no judge runs here)
 llava-bench-score *args:
-    @python -m evaluate.cli llava-bench-score "$@"
+    @python -m llava_eval.cli llava-bench-score "$@"
 
 # the paper's feature analyses: itm | pca | pairs | attention | cka, files under runs/analysis/ (docs/analysis.md)
 analyze *args:

@@ -1,6 +1,6 @@
 """`just bench-eval`: generation throughput against Hugging Face `generate`, and diffusion compute per question.
 
-1. Generated tokens/s of `evaluate.generate.generate` (splice, left padding, prefill, KV-cache steps) vs a
+1. Generated tokens/s of `llava_eval.generate.generate` (splice, left padding, prefill, KV-cache steps) vs a
    bare `llm.generate(inputs_embeds=..., attention_mask=..., do_sample=False, max_new_tokens=N)` on the
    same model and the same spliced, left-padded batch (`left_padded_inputs`, built once and not timed for
    Hugging Face). eos is disabled in both, so every row gets N tokens; both must produce the same tokens.
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from benchmarks.bench_train import mid_llm  # noqa: E402
 from benchmarks.common import best_seconds_interleaved, markdown_table, write_results  # noqa: E402
-from evaluate.generate import generate, left_padded_inputs  # noqa: E402
+from llava_eval.generate import generate, left_padded_inputs  # noqa: E402
 from stages.flops import architecture_dir, text_encoder_gflop, unet_gflop  # noqa: E402
 from train.config import VisionConfig  # noqa: E402
 from train.conversation import tokenize_prompt  # noqa: E402
@@ -88,7 +88,7 @@ def measure(llm_spec: str, *, batch: int, new_tokens: int) -> dict[str, float]:
                                 pad_token_id=tokenizer.pad_token_id).tolist()
 
     if ours() != hugging_face():
-        raise AssertionError("evaluate.generate and Hugging Face generate disagree on the same inputs")
+        raise AssertionError("llava_eval.generate and Hugging Face generate disagree on the same inputs")
     seconds = best_seconds_interleaved({"ours": ours, "hf": hugging_face}, repeats=7)
     tokens = batch * new_tokens
     return {"prompt_tokens_max": int(mask.shape[1]), "ours_tokens_per_s": tokens / seconds["ours"],
@@ -113,7 +113,7 @@ def main() -> None:
                          f"{result['ours_tokens_per_s']:.0f}", f"{result['hf_tokens_per_s']:.0f}",
                          f"{result['ours_over_hf']:.2f}x"])
     print(markdown_table(["LLM (CPU, fp32)", "batch", "prompt tokens (max)", "new tokens",
-                          "evaluate.generate tok/s", "HF generate tok/s", "ours / HF"], rows))
+                          "llava_eval.generate tok/s", "HF generate tok/s", "ours / HF"], rows))
     gflop = gflop_per_question()
     print()
     print(markdown_table(["per evaluated question (512 px, SD 2.1-base)", "diffusion GFLOP"], [

@@ -32,7 +32,7 @@ PINNED = {
 
 def _builders() -> dict[str, Callable[[], str | Path]]:
     from analysis.fixtures import benchmark_root, tiny_clip_dir
-    from evaluate.embedded import ensure_eval_root
+    from llava_eval.embedded import ensure_eval_root
 
     registered = {name: (lambda name=name: resolve_model(f"embedded:{name}")) for name in registered_names()}
     return {**registered, "eval-benchmarks": ensure_eval_root, "analysis-tiny-clip": tiny_clip_dir,

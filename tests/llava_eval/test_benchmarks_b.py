@@ -10,13 +10,13 @@ from collections import Counter
 
 import pytest
 
-from evaluate.benchmarks.base import BenchmarkLayoutError, EvalItem
-from evaluate.benchmarks.coco import (CAPTION_PROMPT, KARPATHY, KARPATHY_TEST, CocoCaptions, JavaNotFoundError,
+from llava_eval.benchmarks.base import BenchmarkLayoutError, EvalItem
+from llava_eval.benchmarks.coco import (CAPTION_PROMPT, KARPATHY, KARPATHY_TEST, CocoCaptions, JavaNotFoundError,
                                       mismatched_partners, spice_available)
-from evaluate.benchmarks.gqa import GQA, QUESTIONS, SHORT_ANSWER, normalize_prediction
-from evaluate.benchmarks.llava_bench import (CONTEXT, REFERENCE_ANSWERS, LlavaBench, summarize_reviews,
+from llava_eval.benchmarks.gqa import GQA, QUESTIONS, SHORT_ANSWER, normalize_prediction
+from llava_eval.benchmarks.llava_bench import (CONTEXT, REFERENCE_ANSWERS, LlavaBench, summarize_reviews,
                                              write_answer_file)
-from evaluate.benchmarks.llava_bench import QUESTIONS as LLAVA_QUESTIONS
+from llava_eval.benchmarks.llava_bench import QUESTIONS as LLAVA_QUESTIONS
 from stages.errors import UserError
 
 BENCHMARKS = (GQA(), CocoCaptions(), LlavaBench())

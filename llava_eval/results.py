@@ -1,6 +1,6 @@
 """Where an evaluation's outputs live and how an interrupted one resumes.
 
-Each result has its own folder, named by its identity (`evaluate.identity.ResultIdentity`):
+Each result has its own folder, named by its identity (`llava_eval.identity.ResultIdentity`):
 `<run>/eval/<name>/<key>/`, where `<name>` is the benchmark, or `<benchmark>-<setting>` for a benchmark
 with several SD prompt settings (COCO's leakage study: `coco-none`, `coco-gt`, …), and `<key>` the first
 16 hex digits of the identity's sha256. The folder holds `predictions.jsonl`, whose first line records
@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from evaluate.identity import ResultIdentity
+from llava_eval.identity import ResultIdentity
 from stages.errors import UserError
 from stages.store.fingerprint import Fingerprint
 from stages.store.layout import write_json_atomic
 
 if TYPE_CHECKING:
-    from evaluate.benchmarks import Benchmark
+    from llava_eval.benchmarks import Benchmark
 
 __all__ = ["EVAL_DIR", "RESULT_FILE", "ResultMissing", "ResultConflict", "result_name", "ResultFiles",
            "StoredResult", "stored_results", "update_metrics"]

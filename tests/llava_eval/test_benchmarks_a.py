@@ -9,13 +9,13 @@ import json
 import pytest
 from PIL import Image
 
-from evaluate.benchmarks.base import BenchmarkLayoutError, EvalItem
-from evaluate.benchmarks.blink import MARGIN, Blink, compose_horizontally
-from evaluate.benchmarks.choices import extract_choice
-from evaluate.benchmarks.hf_local import iter_rows
-from evaluate.benchmarks.mmvp import MMVP
-from evaluate.benchmarks.naturalbench import NaturalBench, extract_answer
-from evaluate.export import write_llava_json
+from llava_eval.benchmarks.base import BenchmarkLayoutError, EvalItem
+from llava_eval.benchmarks.blink import MARGIN, Blink, compose_horizontally
+from llava_eval.benchmarks.choices import extract_choice
+from llava_eval.benchmarks.hf_local import iter_rows
+from llava_eval.benchmarks.mmvp import MMVP
+from llava_eval.benchmarks.naturalbench import NaturalBench, extract_answer
+from llava_eval.export import write_llava_json
 from pipeline.manifest import build_manifest
 from stages.errors import UserError
 from stages.llava import load_llava_json

@@ -1,4 +1,4 @@
-"""`python -m evaluate.cli {eval,export,table,llava-bench-score}` (the `just eval*` recipes).
+"""`python -m llava_eval.cli {eval,export,table,llava-bench-score}` (the `just eval*` recipes).
 
     eval [key=value ...]               answer and score the benchmarks for a trained run's final/ weights or
                                        one of its checkpoints (run=<run>/checkpoints/step-N); default
@@ -31,10 +31,10 @@ from stages.config import ConfigError, build_dataclass, load_config
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 
 if TYPE_CHECKING:
-    from evaluate.benchmarks import Benchmark, EvalItem
-    from evaluate.features import EvalFeatures
-    from evaluate.results import ResultFiles
-    from evaluate.run import Checkpoint
+    from llava_eval.benchmarks import Benchmark, EvalItem
+    from llava_eval.features import EvalFeatures
+    from llava_eval.results import ResultFiles
+    from llava_eval.run import Checkpoint
 
 __all__ = ["EvalConfig", "load_eval_config", "main"]
 
@@ -51,12 +51,12 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: int = 0  # 0 = each benchmark's own
     sd_settings: tuple[str, ...] = ()  # of a benchmark's SD prompt settings, those listed (all when none is)
-    mmvp_corrected: bool = True  # apply the known MMVP answer fixes (evaluate.benchmarks.mmvp)
+    mmvp_corrected: bool = True  # apply the known MMVP answer fixes (llava_eval.benchmarks.mmvp)
     force: bool = False  # evaluate again even when the result of this identity exists
     device: str = ""  # "" = cuda when available, else cpu
 
     def __post_init__(self) -> None:
-        from evaluate.benchmarks import BENCHMARKS
+        from llava_eval.benchmarks import BENCHMARKS
 
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
         if unknown:
@@ -78,13 +78,13 @@ def _eval_root(config: EvalConfig) -> Path:
         if not root.is_dir():
             raise ConfigError(f"eval_root {root} is not a folder (one sub-folder per benchmark; docs/evaluation.md)")
         return root
-    from evaluate.embedded import ensure_eval_root
+    from llava_eval.embedded import ensure_eval_root
 
     return ensure_eval_root()
 
 
 def _selected(config: EvalConfig) -> list[Benchmark]:
-    from evaluate.benchmarks import BENCHMARKS, MMVP
+    from llava_eval.benchmarks import BENCHMARKS, MMVP
 
     chosen = [BENCHMARKS[name] for name in (config.benchmarks or BENCHMARKS)]
     return [MMVP(corrected=False) if b.name == MMVP.name and not config.mmvp_corrected else b for b in chosen]
@@ -92,8 +92,8 @@ def _selected(config: EvalConfig) -> list[Benchmark]:
 
 def _export(config: EvalConfig, root: Path, run_dir: Path) -> list[tuple[Benchmark, list[EvalItem], Path]]:
     """Every selected benchmark with its items and the LLaVA JSON of their images (written now)."""
-    from evaluate.export import write_llava_json
-    from evaluate.results import EVAL_DIR
+    from llava_eval.export import write_llava_json
+    from llava_eval.results import EVAL_DIR
 
     loaded = []
     for benchmark in _selected(config):
@@ -105,7 +105,7 @@ def _export(config: EvalConfig, root: Path, run_dir: Path) -> list[tuple[Benchma
 
 def _extract_args(config: EvalConfig, root: Path) -> list[str]:
     """`extract` arguments (shell-quoted) that cache the selected benchmarks' images in the run's stores."""
-    from evaluate.run import Checkpoint
+    from llava_eval.run import Checkpoint
 
     checkpoint = Checkpoint.locate(config.run)
     train = checkpoint.config
@@ -120,9 +120,9 @@ def _planned(config: EvalConfig, checkpoint: Checkpoint, features: EvalFeatures,
              loaded: list[tuple[Benchmark, list[EvalItem], Path]]
              ) -> list[tuple[Benchmark, list[EvalItem], str, ResultFiles]]:
     """Each (benchmark, items, SD prompt setting) to answer, with the result files of its identity."""
-    from evaluate.identity import Generation, ResultIdentity, benchmark_digests, data_hash
-    from evaluate.results import ResultFiles, result_name
-    from evaluate.run import inference_dtype
+    from llava_eval.identity import Generation, ResultIdentity, benchmark_digests, data_hash
+    from llava_eval.results import ResultFiles, result_name
+    from llava_eval.run import inference_dtype
 
     weights = checkpoint.sha256()  # once per invocation; refuses a checkpoint without weights
     dtype = str(inference_dtype(checkpoint.config, features.device)).removeprefix("torch.")
@@ -143,9 +143,9 @@ def _planned(config: EvalConfig, checkpoint: Checkpoint, features: EvalFeatures,
 
 def run_eval(config: EvalConfig, *, progress: bool = True) -> list[dict]:
     """Evaluate every selected benchmark and setting; returns the result of each (existing ones as found)."""
-    from evaluate.evaluator import evaluate_benchmark
-    from evaluate.features import EvalFeatures
-    from evaluate.run import Checkpoint, TrainedRun, default_device
+    from llava_eval.evaluator import evaluate_benchmark
+    from llava_eval.features import EvalFeatures
+    from llava_eval.run import Checkpoint, TrainedRun, default_device
 
     root, checkpoint = _eval_root(config), Checkpoint.locate(config.run)  # every refusal before any weights load
     loaded = _export(config, root, checkpoint.run_dir)
@@ -180,7 +180,7 @@ def _option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
 
 
 def _table(argv: list[str]) -> int:
-    from evaluate.table import comparison_tables
+    from llava_eval.table import comparison_tables
 
     out, runs = _option(argv, "--out")
     out = out or "runs/eval-table"
@@ -200,8 +200,8 @@ def _table(argv: list[str]) -> int:
 
 def _llava_bench_result(target: Path) -> Path:
     """The LLaVA-Bench result file of `target`: a result folder, or a run with exactly one such result."""
-    from evaluate.benchmarks.llava_bench import LlavaBench
-    from evaluate.results import RESULT_FILE, ResultMissing, stored_results
+    from llava_eval.benchmarks.llava_bench import LlavaBench
+    from llava_eval.results import RESULT_FILE, ResultMissing, stored_results
 
     if (target / RESULT_FILE).is_file():
         return target / RESULT_FILE
@@ -216,8 +216,8 @@ def _llava_bench_result(target: Path) -> Path:
 
 
 def _llava_bench_score(argv: list[str]) -> int:
-    from evaluate.benchmarks.llava_bench import summarize_reviews
-    from evaluate.results import update_metrics
+    from llava_eval.benchmarks.llava_bench import summarize_reviews
+    from llava_eval.results import update_metrics
 
     run, reviews = _option(argv, "--run")
     if not reviews or (run and len(reviews) != 1):

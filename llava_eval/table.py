@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from evaluate.results import stored_results
+from llava_eval.results import stored_results
 from stages.store.fingerprint import Fingerprint
 
 __all__ = ["Column", "Row", "TABLE2", "TABLE5", "run_rows", "comparison_tables"]
@@ -23,7 +23,7 @@ SHORT = 12  # hex digits of a hash shown
 
 class Column(NamedTuple):
     header: str
-    results: tuple[str, ...]  # result names (`evaluate.results.result_name`), the first present is read
+    results: tuple[str, ...]  # result names (`llava_eval.results.result_name`), the first present is read
     metric: str  # key in that result's metrics
     percent: bool = True  # a fraction shown ×100
 

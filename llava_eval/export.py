@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from evaluate.benchmarks.base import EvalItem
+from llava_eval.benchmarks.base import EvalItem
 from stages.store.layout import write_json_atomic
 
 __all__ = ["llava_records", "write_llava_json"]

@@ -1,5 +1,5 @@
 """One benchmark under one SD prompt setting, for one checkpoint: prompts -> cached (and guided) features
--> greedy answers -> the benchmark's scorer -> the result file of its identity (`evaluate.results`)."""
+-> greedy answers -> the benchmark's scorer -> the result file of its identity (`llava_eval.results`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,11 +9,11 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from evaluate.benchmarks.base import Benchmark, EvalItem
-from evaluate.features import EvalFeatures
-from evaluate.generate import generate
-from evaluate.results import ResultFiles
-from evaluate.run import TrainedRun
+from llava_eval.benchmarks.base import Benchmark, EvalItem
+from llava_eval.features import EvalFeatures
+from llava_eval.generate import generate
+from llava_eval.results import ResultFiles
+from llava_eval.run import TrainedRun
 from train.conversation import tokenize_prompt
 
 __all__ = ["answer", "evaluate_benchmark"]

@@ -25,9 +25,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from evaluate.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
-from evaluate.benchmarks.fixtures import hub_image, photo_jpeg, write_parquet
-from evaluate.benchmarks.hf_local import (column_names, image_bytes, image_suffix, iter_rows, require_columns,
+from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
+from llava_eval.benchmarks.fixtures import hub_image, photo_jpeg, write_parquet
+from llava_eval.benchmarks.hf_local import (column_names, image_bytes, image_suffix, iter_rows, require_columns,
                                           write_once)
 
 __all__ = ["NaturalBench", "SUFFIXES", "extract_answer"]

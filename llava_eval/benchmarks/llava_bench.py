@@ -25,8 +25,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from evaluate.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
-from evaluate.benchmarks.fixtures import photo_jpeg
+from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
+from llava_eval.benchmarks.fixtures import photo_jpeg
 
 __all__ = ["LlavaBench", "write_answer_file", "summarize_reviews", "QUESTIONS", "CONTEXT", "REFERENCE_ANSWERS"]
 

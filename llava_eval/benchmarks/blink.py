@@ -21,10 +21,10 @@ import io
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from evaluate.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
-from evaluate.benchmarks.choices import extract_choice, option_letters
-from evaluate.benchmarks.fixtures import hub_image, photo_jpeg, write_parquet
-from evaluate.benchmarks.hf_local import image_bytes, image_suffix, iter_rows, require_columns, write_once
+from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
+from llava_eval.benchmarks.choices import extract_choice, option_letters
+from llava_eval.benchmarks.fixtures import hub_image, photo_jpeg, write_parquet
+from llava_eval.benchmarks.hf_local import image_bytes, image_suffix, iter_rows, require_columns, write_once
 
 __all__ = ["Blink", "SUBTASKS", "MARGIN", "compose_horizontally"]
 

@@ -17,11 +17,11 @@ import pytest
 import torch
 import yaml
 
-from evaluate.benchmarks import BENCHMARKS
-from evaluate.cli import load_eval_config, main, run_eval
-from evaluate.export import write_llava_json
-from evaluate.features import EvalFeatures
-from evaluate.results import ResultFiles, stored_results
+from llava_eval.benchmarks import BENCHMARKS
+from llava_eval.cli import load_eval_config, main, run_eval
+from llava_eval.export import write_llava_json
+from llava_eval.features import EvalFeatures
+from llava_eval.results import ResultFiles, stored_results
 from stages.cache_spec import CacheSpec, array_shapes_for, image_spec_for, spec_summary
 from stages.encoders import SDFeatureEncoder
 from stages.extractor import amplify
@@ -52,7 +52,7 @@ def one_thread():
 def coco_without_java(monkeypatch):
     """COCO's scorer starts Java for METEOR (~13 s of CPU per call); test_benchmarks_b checks it against
     hand-computed metrics. Here, where only the plumbing around it is under test, it counts answers."""
-    from evaluate.benchmarks.coco import CocoCaptions
+    from llava_eval.benchmarks.coco import CocoCaptions
 
     monkeypatch.setattr(CocoCaptions, "score", lambda self, items, predictions: {"images": len(predictions)})
 

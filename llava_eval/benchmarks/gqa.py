@@ -23,8 +23,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from evaluate.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
-from evaluate.benchmarks.fixtures import photo_jpeg
+from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
+from llava_eval.benchmarks.fixtures import photo_jpeg
 
 __all__ = ["GQA", "SHORT_ANSWER", "QUESTIONS", "normalize_prediction"]
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from evaluate.benchmarks.base import BenchmarkLayoutError
+from llava_eval.benchmarks.base import BenchmarkLayoutError
 
 __all__ = ["iter_rows", "column_names", "require_columns", "image_bytes", "image_suffix", "write_once"]
 

@@ -23,9 +23,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from evaluate.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
-from evaluate.benchmarks.choices import extract_choice, format_options, option_letters
-from evaluate.benchmarks.fixtures import photo_jpeg
+from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
+from llava_eval.benchmarks.choices import extract_choice, format_options, option_letters
+from llava_eval.benchmarks.fixtures import photo_jpeg
 
 __all__ = ["MMVP", "CORRECTED_ANSWERS", "INSTRUCTION"]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from evaluate.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
-from evaluate.benchmarks.blink import Blink
-from evaluate.benchmarks.coco import CocoCaptions
-from evaluate.benchmarks.gqa import GQA
-from evaluate.benchmarks.llava_bench import LlavaBench
-from evaluate.benchmarks.mmvp import MMVP
-from evaluate.benchmarks.naturalbench import NaturalBench
+from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
+from llava_eval.benchmarks.blink import Blink
+from llava_eval.benchmarks.coco import CocoCaptions
+from llava_eval.benchmarks.gqa import GQA
+from llava_eval.benchmarks.llava_bench import LlavaBench
+from llava_eval.benchmarks.mmvp import MMVP
+from llava_eval.benchmarks.naturalbench import NaturalBench
 
 __all__ = ["BENCHMARKS", "Benchmark", "BenchmarkLayoutError", "EvalItem", "MMVP"]
 

@@ -1,6 +1,6 @@
 """What an evaluation result is keyed by (DESIGN §8): the checkpoint's weights, the benchmark and its
 options, the bytes of every file its loader reads under the eval root, the SD prompt setting, and the
-generation and feature settings. A different identity is a different result (`evaluate.results` keeps
+generation and feature settings. A different identity is a different result (`llava_eval.results` keeps
 each in a folder named by its key); paths (the run's, the eval root's) are recorded, never keyed.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from evaluate.benchmarks.base import Benchmark, EvalItem
+from llava_eval.benchmarks.base import Benchmark, EvalItem
 from stages.store.fingerprint import Fingerprint
 from stages.store.layout import file_sha256
 
@@ -37,7 +37,7 @@ def data_hash(digests: Mapping[str, str]) -> str:
 
 @dataclass(frozen=True)
 class Generation:
-    """How answers are generated: greedy decoding (`evaluate.generate`), up to `max_new_tokens`, from
+    """How answers are generated: greedy decoding (`llava_eval.generate`), up to `max_new_tokens`, from
     prompts in the run's `template`, with the LLM in `dtype`."""
 
     max_new_tokens: int
@@ -50,7 +50,7 @@ class Generation:
 class ResultIdentity:
     """The key of one evaluation result; `fingerprint.short` names its folder."""
 
-    checkpoint: str  # sha256 of the weights loaded (`evaluate.run.Checkpoint.sha256`)
+    checkpoint: str  # sha256 of the weights loaded (`llava_eval.run.Checkpoint.sha256`)
     benchmark: str
     options: Mapping[str, Any]  # `Benchmark.options()`: MMVP's answer corrections, COCO's derangement seed
     data: str  # `data_hash` of the benchmark's files under the eval root

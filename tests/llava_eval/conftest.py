@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from evaluate.benchmarks import BENCHMARKS
+from llava_eval.benchmarks import BENCHMARKS
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def loaded(eval_root):
 def make_identity():
     """`make_identity(name, weights="a", data="d")`: a result identity with made-up hashes (one hex digit
     repeated), for tests of result files and tables that need no evaluation."""
-    from evaluate.identity import Generation, ResultIdentity
+    from llava_eval.identity import Generation, ResultIdentity
 
     def make(name: str, *, weights: str = "a", data: str = "d") -> ResultIdentity:
         return ResultIdentity(checkpoint=weights * 64, benchmark=name.split("-")[0], options={}, data=data * 64,

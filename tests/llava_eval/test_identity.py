@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from evaluate.benchmarks import BENCHMARKS
-from evaluate.identity import benchmark_digests
-from evaluate.results import ResultConflict, ResultFiles
+from llava_eval.benchmarks import BENCHMARKS
+from llava_eval.identity import benchmark_digests
+from llava_eval.results import ResultConflict, ResultFiles
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))

@@ -34,8 +34,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from evaluate.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
-from evaluate.benchmarks.fixtures import photo_jpeg
+from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
+from llava_eval.benchmarks.fixtures import photo_jpeg
 from stages.errors import UserError
 
 __all__ = ["CocoCaptions", "JavaNotFoundError", "CAPTION_PROMPT", "SD_NONE", "SD_GT", "SD_MISMATCHED",

@@ -14,7 +14,7 @@ import itertools
 import pytest
 import torch
 
-from evaluate.generate import generate
+from llava_eval.generate import generate
 from train.config import VisionConfig
 from train.conversation import (
     IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, tokenize_conversation, tokenize_prompt,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluate.benchmarks import BENCHMARKS
+from llava_eval.benchmarks import BENCHMARKS
 from stages.embedded import embedded_home, materialize
 
 __all__ = ["VERSION", "ensure_eval_root"]
