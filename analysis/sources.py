@@ -88,7 +88,7 @@ class FeatureSource:
         the feature names, timesteps and prompt sources it lacks (none of them changes the fingerprint)."""
         parts = ["just extract"] + ([f"config={self.yaml_path}"] if self.yaml_path else [])
         parts.append(f"cache_root={self.cache_root}")
-        has_latents = LATENTS in self.spec.array_ids()  # an SD spec: its arrays are NAME@tT[:SOURCE]
+        has_latents = self.spec.kind.has_latents  # an SD spec: its arrays are NAME@tT[:SOURCE]
         ids = [ArrayId.parse(a) for a in sorted(self.computed_ids) if a != LATENTS] if has_latents else []
         wanted = {"features": list(self.spec.features), "timesteps": list(self.spec.timesteps),
                   "prompt_sources": list(self.spec.prompt_sources)}
@@ -144,7 +144,7 @@ class FeatureSource:
         encoder = self.encoder
         if latents is None:
             images = np.stack([view(self.image_root, k, self.image_spec) for k in keys])  # (B, R, R, 3) uint8
-            if LATENTS not in self.spec.array_ids():  # a backbone without latents (CLIP): its arrays at once
+            if not self.spec.kind.has_latents:  # a backbone without latents (CLIP): its arrays at once
                 arrays = encoder.encode(images, keys, {})
                 self._count_computed(keys, ids)
                 return {a: v.astype(np.float32) for a, v in encoder.stored({a: arrays[a] for a in ids}).items()}

@@ -79,12 +79,12 @@ def _open_store(config: ExtractConfig, manifest: Manifest) -> tuple[CacheStore, 
     return store, repairs
 
 
-def _task(plan: ShardPlan, *, meta: StoreMeta, manifest: Manifest, array_ids: list[str],
-          usable: set[str]) -> ShardTask:
+def _task(plan: ShardPlan, *, meta: StoreMeta, manifest: Manifest, has_latents: bool, usable: set[str]) -> ShardTask:
     """A missing shard's task. Keys missing or refused now are decoded, so they fail with their
-    reason; stored latents are reused only when every key is `usable` (its prompts are known)."""
+    reason; stored latents (of a backbone that `has_latents`) are reused only when every key is `usable`
+    (its prompts are known)."""
     prompts = {source: tuple(texts.get(k) for k in plan.keys) for source, texts in manifest.prompts.items()}
-    reuse = (LATENTS in array_ids and meta.is_complete(LATENTS, plan.index)
+    reuse = (has_latents and meta.is_complete(LATENTS, plan.index)
              and all(k is None or k in usable for k in plan.keys))
     return ShardTask(shard=plan.index, keys=tuple(plan.keys), prompts=prompts, reuse_latents=reuse)
 
@@ -151,7 +151,7 @@ def plan_run(config: ExtractConfig, *, manifest: Manifest | None = None) -> Plan
     missing = set(meta.missing_shards(array_ids))
     shards = meta.plans
     usable = set(manifest.keys)
-    tasks = [_task(p, meta=meta, manifest=manifest, array_ids=array_ids, usable=usable)
+    tasks = [_task(p, meta=meta, manifest=manifest, has_latents=spec.kind.has_latents, usable=usable)
              for p in mine if p.index in missing]
     reported = {*manifest.missing, *manifest.refused}  # already in the manifest's problems
     failures, reused = [], 0

@@ -178,7 +178,7 @@ class OnTheFlyFeatures:
     """
 
     def __init__(self, spec: CacheSpec, *, image_root: str | Path, device: str | None = None) -> None:
-        if LATENTS not in spec.array_ids():
+        if not spec.kind.has_latents:
             raise ValueError(f"on-the-fly features need a backbone with latents (sd), got encoder {spec.encoder!r}")
         # no prompt-conditioned arrays: the unconditional pass runs alone, as a store without them has it
         self.spec, self.image_root, self.device = replace(spec, prompt_sources=()), Path(image_root), device

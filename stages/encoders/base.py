@@ -69,6 +69,7 @@ class EncoderKind(abc.ABC):
 
     name: str
     time_stages: tuple[str, ...]  # the `FeatureEncoder.seconds` keys it reports
+    has_latents: bool  # stores VAE latents (`LATENTS`), from which its feature arrays are computed
 
     @abc.abstractmethod
     def validate(self, spec: "CacheSpec") -> None:

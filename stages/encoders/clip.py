@@ -71,6 +71,7 @@ class ClipKind(EncoderKind):
 
     name = "clip"
     time_stages = ("clip",)
+    has_latents = False
 
     def validate(self, spec: "CacheSpec") -> None:
         if spec.prompt_sources:

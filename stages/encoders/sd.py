@@ -130,6 +130,7 @@ class SDKind(EncoderKind):
 
     name = "sd"
     time_stages = ("vae", "unet")
+    has_latents = True
     components: tuple[str, ...] = ("vae", "unet", "text_encoder", "tokenizer")  # hashed (+ scheduler config)
     layout = "Stable Diffusion"
 
