@@ -69,7 +69,7 @@ def test_an_edited_group_shard_size_is_refused_before_any_index_is_judged(store:
     with pytest.raises(StoreDamaged, match=r"says shard_size 3, but array .* was created with shard size 4"):
         StoreReader(store.path, expect=store.fingerprint)
     [problem] = check_store(store.path)
-    assert problem.fix == "none" and "shard_size 3" in problem.message  # nothing to withdraw or rewrite
+    assert problem.fix == "group" and "shard_size 3" in problem.message  # written back by `verify --repair`
 
 
 def test_an_edited_dtype_of_a_store_written_before_specs_is_refused_by_its_records(tmp_path: Path) -> None:
