@@ -11,7 +11,8 @@ import numpy as np
 from stages.config import ConfigError
 from stages.llava import first_reply, load_llava_json
 from stages.locations import is_sample_data, resolve_sample_data
-from stages.preprocess import ImageSpec, load_image, preprocess
+from stages.preprocess import ImageSpec
+from stages.serving import load_images
 
 __all__ = ["DEFAULT_DATA", "ImageSet", "image_set", "view"]
 
@@ -56,4 +57,4 @@ def image_set(data: str = DEFAULT_DATA, *, image_root: str | Path | None = None,
 def view(image_root: Path, key: str, spec: ImageSpec) -> np.ndarray:
     """`(R, R, 3)` uint8: the image as a backbone receives it (`image_spec_for(cache_spec)`: padded or
     cropped, resized)."""
-    return np.asarray(preprocess(load_image(image_root, key, max_pixels=spec.max_pixels), spec))
+    return load_images(image_root, [key], spec)[0]

@@ -29,6 +29,8 @@ import torch  # noqa: E402
 from benchmarks.bench_train import mid_llm  # noqa: E402
 from benchmarks.common import best_seconds_interleaved, markdown_table, write_results  # noqa: E402
 from llava_eval.generate import generate, left_padded_inputs  # noqa: E402
+from stages.cache_spec import CacheSpec  # noqa: E402
+from stages.encoders.sd import SD  # noqa: E402
 from stages.flops import architecture_dir, text_encoder_gflop, unet_gflop  # noqa: E402
 from train.config import VisionConfig  # noqa: E402
 from train.conversation import tokenize_prompt  # noqa: E402
@@ -60,10 +62,12 @@ def _batch(tokenizer: Any, size: int) -> tuple[list[list[int]], dict[str, torch.
 
 def gflop_per_question() -> dict[str, float]:
     """Diffusion GFLOP per question at eval time, 512 px, SD 2.1-base (the architecture only, no weights)."""
-    model_dir = str(architecture_dir(SD21_BASE)[0])
-    text, unet = text_encoder_gflop(model_dir), unet_gflop(model_dir, 512, (TAP,))
-    return {"without_guidance": 0.0, "with_question_guidance": text + unet, "text_encoder": text,
-            "unet_to_tap": unet}
+    model_dir = architecture_dir(SD21_BASE)[0]
+    spec = CacheSpec(model=SD21_BASE, resolution=512, features=(TAP,), timesteps=(50,))
+    text, unet = text_encoder_gflop(str(model_dir), SD.text_encoders), unet_gflop(str(model_dir), 512, (TAP,))
+    return {"without_guidance": 0.0, "with_question_guidance": SD.guided_gflop(spec, model_dir, SD_ARRAY,
+                                                                                source="question"),
+            "text_encoder": text, "unet_to_tap": unet}
 
 
 def measure(llm_spec: str, *, batch: int, new_tokens: int) -> dict[str, float]:

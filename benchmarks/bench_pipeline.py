@@ -1,12 +1,13 @@
-"""`python -m benchmarks.bench_pipeline`: Ray overhead, i.e. the Ray Data job's images/s versus a bare
-loop calling the job's own work units (`decode_shard`, then `ShardProcessor.process`: encode,
-features, tar and zarr shard writes) shard by shard in one process, into a store of its own.
+"""`python -m benchmarks.bench_pipeline`: Ray overhead, i.e. the Ray Data job's images/s versus the
+sequential runner (`runner=sequential`: the job's own work units, `decode_shard` then
+`ShardProcessor.process`: encode, features, tar and zarr shard writes, shard by shard in one process),
+into a store of its own.
 
 Tiny SD at 512 px, the paper's six feature names, batch 8: one extractor call takes ~3 s on one core,
 so the ratio measures what Ray adds (decode tasks, object store, actor scheduling) rather than
 start-up. Both sides use one torch thread and write the same files. Reported separately: Ray
 start-up, the first shard (actor start: importing torch/diffusers and loading the model), and the
-steady state after it; the bare loop's model load is not timed.
+steady state after it; the sequential runner's model load is not timed.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from pipeline.config import split_config  # noqa: E402
-from pipeline.driver import plan_run, run_extract, worker_builder  # noqa: E402
-from pipeline.worker import decode_shard  # noqa: E402
+from pipeline.driver import plan_run, run_extract  # noqa: E402
+from pipeline.runner import worker_builder  # noqa: E402
+from pipeline.sequential import run_sequential  # noqa: E402
 from stages.embedded.sample import bundled_sample_dir, ensure_sample  # noqa: E402
 
 N_IMAGES, BATCH, SHARD, RESOLUTION = 64, 8, 16, 512
@@ -54,31 +56,29 @@ def config(data: Path, root: Path, cache: Path):
                          "shard_size": SHARD, "num_actors": 1, "cpus_per_actor": 1, "write_webdataset": True})
 
 
-def bare_loop(cfg) -> float:
-    """images/s of the job's work units called shard by shard without Ray (model load not timed)."""
+def sequential_images_per_s(cfg) -> float:
+    """images/s of the sequential runner (the job's work units, no Ray; model load not timed)."""
     plan = plan_run(cfg)
     processor = worker_builder(cfg, plan).build()  # cpus_per_actor=1: one torch thread, as the actor
+    stats = []
     start = time.perf_counter()
-    n_images = 0
-    for task in plan.tasks:
-        stats = processor.process(decode_shard(task, image_root=str(plan.manifest.image_root),
-                                               image_spec=plan.image_spec))
-        n_images += stats.n_images
-    return n_images / (time.perf_counter() - start)
+    run_sequential(plan.tasks, processor=processor, image_root=str(plan.manifest.image_root),
+                   image_spec=plan.image_spec, on_stats=stats.append)
+    return sum(s.n_images for s in stats) / (time.perf_counter() - start)
 
 
 def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
         data, root = make_data(base)
-        bare = bare_loop(config(data, root, base / "bare-cache"))
+        bare = sequential_images_per_s(config(data, root, base / "bare-cache"))
         cfg = config(data, root, base / "cache")
         summary = run_extract(cfg, show_progress=False)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     (t_first, n_first), (t_last, _) = summary.completions[0], summary.completions[-1]
     steady = (summary.done + summary.failed - n_first) / (t_last - t_first)
-    rows = [["bare loop (same work units and writes, no Ray)", f"{bare:.2f}", "1.00"],
+    rows = [["sequential runner (same work units and writes, no Ray)", f"{bare:.2f}", "1.00"],
             ["pipeline, steady state (after the first shard)", f"{steady:.2f}", f"{steady / bare:.2f}"],
             ["pipeline, whole job incl. actor start", f"{summary.images_per_s:.2f}",
              f"{summary.images_per_s / bare:.2f}"]]

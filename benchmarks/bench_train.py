@@ -84,7 +84,8 @@ def _loader_rate(prepared: Any, *, epochs: int = 2) -> float:
 
 
 def measure(stage: str, *, model: str, on_the_fly: bool, cache_root: str, steps: int, out: Path) -> dict[str, float]:
-    from train.cli import load_stage_config, prepare, run
+    from train.cli import prepare, run
+    from train.config import load_stage_config
     from train.stores import OnTheFlyFeatures, cache_spec_from_yaml, resolve_data_path
 
     overrides = [f"model={model}", f"max_steps={steps}", "save_every=0", f"output_dir={out}",

@@ -150,9 +150,9 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> list[dict]:
     root, checkpoint = _eval_root(config), Checkpoint.locate(config.run)  # every refusal before any weights load
     loaded = _export(config, root, checkpoint.run_dir)
     device = torch.device(config.device) if config.device else default_device()
-    features = EvalFeatures(checkpoint.config, cache_root=config.cache_root, device=device)
+    features = EvalFeatures(checkpoint.config, cache_root=config.cache_root, device=device, image_root=root)
     for _, items, data_json in loaded:
-        features.check_cached([i.image for i in items if i.image is not None], data_json=data_json, image_root=root)
+        features.check_cached([i.image for i in items if i.image is not None], data_json=data_json)
     run, results = None, []
     for benchmark, items, setting, files in _planned(config, checkpoint, features, root, loaded):
         if config.force:

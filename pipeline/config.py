@@ -19,12 +19,13 @@ from stages.models import resolve_model_dir
 from stages.preprocess import ImageSpec
 from stages.writable import check_writable_dir
 
-__all__ = ["RunConfig", "ExtractConfig", "DEFAULT_CONFIG", "load_extract_config", "split_config", "resolve_data",
-           "check_setup"]
+__all__ = ["RunConfig", "ExtractConfig", "DEFAULT_CONFIG", "RUNNERS", "load_extract_config", "split_config",
+           "resolve_data", "check_setup"]
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "extract" / "sample.yaml"
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # stages.models.resolve_dtype
+RUNNERS = ("ray", "sequential")  # pipeline.runner
 RAY_ADDRESS = r"auto|(ray://)?\[?[\w.:-]*[\w\]]:\d+"  # auto, HOST:PORT, ray://HOST:PORT ([::1]:PORT too)
 
 
@@ -48,6 +49,7 @@ class RunConfig:
     write_webdataset: bool = True
     max_pixels: int = ImageSpec.max_pixels  # decompression-bomb limit
     retry_failed: bool = False  # decode again the images an earlier run recorded as failed
+    runner: str = "ray"  # ray: the Ray Data job; sequential: the same work units in this process, no Ray
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or (self.shard_size is not None and self.shard_size < 1) or self.num_actors < 1:
@@ -75,6 +77,11 @@ class RunConfig:
                               "--head --port`) or ray://HOST:PORT (Ray Client); null starts an embedded Ray")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
+        if self.runner not in RUNNERS:
+            raise ConfigError(f"runner {self.runner!r} is not one of {RUNNERS}")
+        if self.runner == "sequential" and (self.ray_address is not None or self.num_actors > 1):
+            raise ConfigError("runner=sequential computes the shards one after another in this process: it takes "
+                              "no ray_address and one actor (num_actors=1); use runner=ray for a cluster or a pool")
 
     @property
     def decode_limits(self) -> dict[str, int]:

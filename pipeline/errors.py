@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 import traceback
+from pathlib import Path
 from typing import Iterator, Sequence
 
-__all__ = ["ExtractionError", "WorkerError", "reported"]
+__all__ = ["ExtractionError", "WorkerError", "reported", "logged_failure"]
 
 
 class ExtractionError(RuntimeError):
@@ -42,3 +45,18 @@ def reported(*, shard: int | None = None, keys: Sequence[str] = ()) -> Iterator[
         lines = str(exc).strip().splitlines()
         error = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
         raise WorkerError(error, shard=shard, keys=keys, details=traceback.format_exc()) from exc
+
+
+def logged_failure(raised: BaseException, cause: WorkerError | None, *, log_dir: Path,
+                   root_cause: str = "") -> ExtractionError:
+    """One line for the user (the worker's exception type and message, its shard and keys; else
+    `root_cause`) and a log file `log_dir/extract-<time>-<pid>.log` with the worker's traceback and the
+    error `raised` as the driver saw it."""
+    line = (f"extraction worker failed at {cause.where()}: {cause.error}" if cause is not None
+            else f"extraction worker failed: {root_cause}")
+    log_dir.mkdir(exist_ok=True)
+    log = log_dir / f"extract-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    worker = f"worker traceback:\n{cause.details}\n" if cause is not None else ""
+    log.write_text(f"{line}\n\n{worker}as raised in the driver ({type(raised).__name__}):\n{raised}\n",
+                   encoding="utf-8")
+    return ExtractionError(f"{line}; tracebacks in {log}")

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import ray
 
 from pipeline.config import REPO, RunConfig
-from pipeline.errors import ExtractionError, WorkerError
+from pipeline.errors import ExtractionError, WorkerError, logged_failure
 from pipeline.rows import ShardStats, ShardTask
 from pipeline.worker import ShardWorker, WorkerBuilder, decode_row
 from stages.config import ConfigError
@@ -264,13 +264,5 @@ def _cause(exc: BaseException, wanted: Callable[[BaseException], bool]) -> BaseE
 
 
 def _failure(exc: BaseException, *, log_dir: Path) -> ExtractionError:
-    """One line for the user (the worker's exception type and message, its shard and keys) and a log
-    file `log_dir/extract-<time>.log` with the worker's traceback and Ray's."""
-    cause = _worker_error(exc)
-    line = (f"extraction worker failed at {cause.where()}: {cause.error}" if cause is not None
-            else f"extraction worker failed: {_root_cause(exc)}")
-    log_dir.mkdir(exist_ok=True)
-    log = log_dir / f"extract-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    worker = f"worker traceback:\n{cause.details}\n" if cause is not None else ""
-    log.write_text(f"{line}\n\n{worker}as raised in the driver ({type(exc).__name__}):\n{exc}\n", encoding="utf-8")
-    return ExtractionError(f"{line}; tracebacks in {log}")
+    """The run's one-line error for a Ray error, the tracebacks in a log file (`logged_failure`)."""
+    return logged_failure(exc, _worker_error(exc), log_dir=log_dir, root_cause=_root_cause(exc))

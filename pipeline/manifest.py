@@ -13,23 +13,19 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from stages.config import ConfigError
-from stages.llava import DataError, first_reply, load_llava_json
+from stages.llava import PROMPT_TEXT, DataError, load_llava_json
 from stages.image_files import ImageError, safe_image_path
 
-__all__ = ["Manifest", "ManifestError", "PROMPT_TEXT", "build_manifest"]
+__all__ = ["Manifest", "ManifestError", "build_manifest"]
 
 _STAT_THREADS = 32  # file checks are I/O-bound; on network filesystems parallel stats help a lot
 
 
 class ManifestError(DataError):
     """Data files or an image root that cannot be used: missing, not a list of LLaVA sample objects."""
-
-
-# prompt source name -> the function taking its text from a LLaVA sample (an image's first sample supplies it)
-PROMPT_TEXT: dict[str, Callable[[Mapping[str, Any]], str]] = {"caption": lambda s: first_reply(s["conversations"])}
 
 
 @dataclass(frozen=True)

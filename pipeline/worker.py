@@ -5,9 +5,10 @@
   itself; failures are returned with their reasons, never raised.
 - `ShardWorker(builder)(batch)`: the extractor actor, wrapping one `ShardProcessor`. Built once from a
   `WorkerBuilder` (a picklable description, not a live model); per shard (`ShardProcessor.process`)
-  it encodes through the spec's `FeatureEncoder` (or reads the stored latents and computes only the
-  missing names x timesteps), in deterministic mini-batches of `batch_size` in row order, casts to
-  the stored dtypes, writes the shard whole (webdataset tar, then zarr with its completion records)
+  it computes through the spec's `FeatureEncoder` (`stages.serving.compute_arrays`: from the images, or
+  from the stored latents only the missing names x timesteps), in deterministic mini-batches of
+  `batch_size` in row order, in the stored dtypes, writes the shard whole (webdataset tar, then zarr
+  with its completion records)
   and returns its `ShardStats` (images decoded and encoded from pixels are counted, so a run that
   reuses stored latents can be seen to touch no image; the seconds of each stage are reported).
 
@@ -31,6 +32,7 @@ from stages.cache_spec import LATENTS, CacheSpec
 from stages.models import default_device, resolve_dtype
 from stages.image_files import ImageError
 from stages.preprocess import ImageSpec, preprocess, read_image
+from stages.serving import compute_arrays
 from stages.store import CacheStore, Fingerprint, StoreReader
 
 __all__ = ["decode_shard", "decode_row", "WorkerBuilder", "ShardProcessor", "ShardWorker"]
@@ -130,12 +132,13 @@ class ShardProcessor:
             with reported(shard=task.shard, keys=keys):
                 if task.reuse_latents:
                     latents = torch.from_numpy(reused[LATENTS][rows]).float()
-                    out = self.encoder.features(latents, keys, prompts=prompts, array_ids=todo)
+                    out = compute_arrays(self.encoder, keys, array_ids=todo, latents=latents, prompts=prompts)
                 else:
-                    out = self.encoder.encode(decoded.images[start:start + size], keys, prompts)
+                    out = compute_arrays(self.encoder, keys, array_ids=todo,
+                                         images=decoded.images[start:start + size], prompts=prompts)
                     self.encoded += len(rows)
             self.batches += 1
-            for array_id, values in self.encoder.stored({a: out[a] for a in todo}).items():
+            for array_id, values in out.items():
                 arrays[array_id][rows] = values
         return arrays, reused, failed
 

@@ -136,10 +136,6 @@ class SDExtractor:
         """What the U-Net is conditioned on for `prompts` ("" = unconditional; cached)."""
         return self.text(prompts)
 
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(B, 77, D) `encoder_hidden_states` for `prompts` (SDXL: both encoders, D = D1 + D2)."""
-        return self.condition(prompts).hidden_states
-
     @torch.inference_mode()
     def features(self, latents: torch.Tensor, keys: Sequence[str], *, prompts: Sequence[str] | None = None,
                  source: str | None = None) -> dict[str, torch.Tensor]:

@@ -7,14 +7,14 @@ adds the timestep and, for conditioned features, the prompt source: `U-L1-R1-B0-
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 from torch import nn
 
 from stages.errors import UserError
 
-__all__ = ["FeatureName", "FeatureNameError", "ArrayId", "LATENTS", "valid_feature_names"]
+__all__ = ["FeatureName", "FeatureNameError", "ArrayId", "LATENTS", "valid_feature_names", "conditioned_id"]
 
 LATENTS = "latents"  # the array id of the VAE latents an SD store keeps beside its features
 
@@ -133,3 +133,8 @@ class ArrayId:
     def __str__(self) -> str:
         source = "" if self.source is None else f":{self.source}"
         return f"{self.feature}@t{self.timestep}{source}"
+
+
+def conditioned_id(array_id: str, source: str) -> str:
+    """`NAME@tT:SOURCE`: the id of `array_id`'s feature and timestep conditioned on prompt source `source`."""
+    return str(replace(ArrayId.parse(array_id), source=source))

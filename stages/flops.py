@@ -8,8 +8,10 @@ floating-point operations; a multiply-add is 2) for one image or one prompt; eve
 in the batch, so per-image numbers multiply.
 
 The U-Net is counted through the extractor's own forward (`SDExtractor`, early exit after the deepest
-tap), so a plan costs exactly the pass the pipeline and the trainer run. `GPUS` holds dense peak rates
-for turning GFLOP into GPU-hours at a stated utilisation (`ComputeBudget`).
+tap), so a plan costs exactly the pass the pipeline and the trainer run. These are the parts; which
+passes a backbone runs for an image is its registry entry's answer (`EncoderKind.image_gflop`,
+`guided_gflop`). `GPUS` holds dense peak rates for turning GFLOP into GPU-hours at a stated utilisation
+(`ComputeBudget`).
 """
 from __future__ import annotations
 
@@ -19,22 +21,19 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stages.config import ConfigError
-from stages.features import LATENTS, ArrayId
-from stages.models import ModelLoadError, SDComponents, is_sdxl_layout, resolve_model_dir, vae_scale_factor
-
-if TYPE_CHECKING:
-    from stages.cache_spec import CacheSpec
+from stages.models import ModelLoadError, SDComponents, resolve_model_dir, vae_scale_factor
+from stages.text_conditioning import N_TIME_IDS, TextEmbedding
 
 __all__ = ["SD21_BASE_UNET", "SD21_BASE_VAE", "SD21_BASE_TEXT", "SD21_BASE_SCHEDULER", "REFERENCE_MODELS",
-           "architecture_dir", "count_gflop", "vae_encode_gflop", "unet_gflop", "text_encoder_gflop",
-           "clip_vision_gflop", "image_gflop", "GPU", "GPUS", "DEFAULT_GPU", "DEFAULT_UTILIZATION", "ComputeBudget",
-           "add_budget_arguments", "budget_from_arguments"]
+           "architecture_dir", "count_gflop", "meta_unet", "meta_text", "vae_encode_gflop", "unet_gflop",
+           "text_encoder_gflop", "clip_vision_gflop", "GPU", "GPUS", "DEFAULT_GPU", "DEFAULT_UTILIZATION",
+           "ComputeBudget", "add_budget_arguments", "budget_from_arguments"]
 
 # Stable Diffusion 2.1-base (DESIGN §6): the configs of stabilityai/stable-diffusion-2-1-base
 SD21_BASE_UNET = dict(
@@ -107,12 +106,22 @@ def _config(model_dir: str | Path, name: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-@functools.lru_cache(maxsize=None)
-def _meta_unet(model_dir: str) -> Any:
+def meta_unet(model_dir: str | Path) -> Any:
+    """The U-Net of `model_dir` built from its config on the meta device (no weights, no memory)."""
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
         return UNet2DConditionModel.from_config(_config(model_dir, "unet/config.json")).eval()
+
+
+def meta_text(unet_config: Mapping[str, Any]) -> TextEmbedding:
+    """Placeholder text conditioning of one sample for a meta forward: cross-attention states and, for
+    a U-Net with SDXL's `text_time` added embedding, the pooled text the rest of its input holds."""
+    text = torch.empty(1, 77, unet_config["cross_attention_dim"], device="meta")
+    if unet_config.get("addition_embed_type") != "text_time":
+        return TextEmbedding(text)
+    pooled = unet_config["projection_class_embeddings_input_dim"] - N_TIME_IDS * unet_config["addition_time_embed_dim"]
+    return TextEmbedding(text, torch.empty(1, pooled, device="meta"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,13 +139,12 @@ def vae_encode_gflop(model_dir: str, resolution: int) -> float:
 def unet_gflop(model_dir: str, resolution: int, names: tuple[str, ...] | None) -> float:
     """One U-Net forward of one image, stopped after the deepest of the feature `names` as the extractor
     stops it (None: the full forward)."""
-    from stages.encoders.sd import _meta_text  # the placeholder conditioning `sample_shapes` uses too
     from stages.extractor import ExtractionSpec, SDExtractor
 
-    unet = _meta_unet(model_dir)
+    unet = meta_unet(model_dir)
     factor = vae_scale_factor(_config(model_dir, "vae/config.json"))
     side = resolution // factor
-    text = _meta_text(unet.config)
+    text = meta_text(unet.config)
     with torch.device("meta"):
         latents, t = torch.empty(1, unet.config.in_channels, side, side), torch.full((1,), 1)
     if names is None:
@@ -148,18 +156,16 @@ def unet_gflop(model_dir: str, resolution: int, names: tuple[str, ...] | None) -
 
 
 @functools.lru_cache(maxsize=None)
-def text_encoder_gflop(model_dir: str) -> float:
-    """One prompt (padded to the encoder's 77 positions) through the text encoder(s): SDXL runs two."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+def text_encoder_gflop(model_dir: str, encoders: tuple[tuple[str, str], ...]) -> float:
+    """One prompt (padded to the encoder's 77 positions) through each of `encoders`, (component directory,
+    transformers class name) pairs: the registry entry's `text_encoders` (SDXL runs two)."""
+    import transformers
 
-    parts = [("text_encoder", CLIPTextModel)]
-    if is_sdxl_layout(model_dir):
-        parts.append(("text_encoder_2", CLIPTextModelWithProjection))
     total = 0.0
-    for part, cls in parts:
-        config = CLIPTextConfig.from_dict(_config(model_dir, f"{part}/config.json"))
+    for part, class_name in encoders:
+        config = transformers.CLIPTextConfig.from_dict(_config(model_dir, f"{part}/config.json"))
         with torch.device("meta"):
-            encoder = cls(config).eval()
+            encoder = getattr(transformers, class_name)(config).eval()
             ids = torch.zeros(1, config.max_position_embeddings, dtype=torch.long)
         total += count_gflop(lambda: encoder(ids))
     return total
@@ -175,44 +181,6 @@ def clip_vision_gflop(model_dir: str, resolution: int) -> float:
         model = CLIPVisionModel(config).eval()
         pixels = torch.empty(1, 3, resolution, resolution)
     return count_gflop(lambda: model(pixels, output_hidden_states=True))
-
-
-def _sd_image_gflop(spec: "CacheSpec", model_dir: str, array_ids: Sequence[str], *, encode: bool,
-                    early_exit: bool) -> dict[str, float]:
-    """The passes `SDFeatureEncoder` runs for `array_ids` of one image: the unconditional half shares one
-    batched pass with the spec's first prompt source, every other source has a pass of its own; each
-    pass covers every timestep and trial; the empty prompt's embedding is computed once per worker."""
-    ids = [ArrayId.parse(a) for a in array_ids if a != LATENTS]
-    sources = {i.source for i in ids}
-    paired = spec.prompt_sources[0] if spec.prompt_sources else None
-    shared = paired is not None and (None in sources or paired in sources)
-    halves = (2 if shared else int(None in sources)) + len(sources - {None, paired})
-    prompts = int(shared) + len(sources - {None, paired})
-    names = tuple(sorted({str(i.feature) for i in ids}))
-    forward = unet_gflop(model_dir, spec.resolution, names if early_exit else None) if ids else 0.0
-    return {"vae_encode": vae_encode_gflop(model_dir, spec.resolution) if encode else 0.0,
-            "unet": spec.trials * len({i.timestep for i in ids}) * halves * forward,
-            "text_encoder": prompts * text_encoder_gflop(model_dir)}
-
-
-def _clip_image_gflop(spec: "CacheSpec", model_dir: str, array_ids: Sequence[str], *, encode: bool,
-                      early_exit: bool) -> dict[str, float]:
-    resolution = spec.kind.image_spec(spec, Path(model_dir)).resolution
-    return {"clip_vision": clip_vision_gflop(model_dir, resolution) if array_ids else 0.0}
-
-
-_IMAGE_GFLOP = {"sd": _sd_image_gflop, "sdxl": _sd_image_gflop, "clip": _clip_image_gflop}
-
-
-def image_gflop(spec: "CacheSpec", model_dir: str | Path, *, array_ids: Sequence[str] | None = None,
-                encode: bool = True, early_exit: bool = True) -> dict[str, float]:
-    """GFLOP per image, by part, of computing `array_ids` (default: every array of `spec`) with the model
-    whose configs are in `model_dir`: `encode=False` starts from stored latents (no VAE), `early_exit=False`
-    runs whole U-Net forwards (what a pipeline without taps would)."""
-    if spec.encoder not in _IMAGE_GFLOP:
-        raise ConfigError(f"no FLOP count for encoder {spec.encoder!r}; counted: {sorted(_IMAGE_GFLOP)}")
-    ids = spec.array_ids() if array_ids is None else list(array_ids)
-    return _IMAGE_GFLOP[spec.encoder](spec, str(model_dir), ids, encode=encode, early_exit=early_exit)
 
 
 @dataclass(frozen=True)

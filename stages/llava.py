@@ -1,17 +1,19 @@
-"""LLaVA JSON records (558k pretrain, mix665k SFT): reading them and the caption rule.
+"""LLaVA JSON records (558k pretrain, mix665k SFT): reading them, the caption rule and the prompt sources
+an extraction takes from a record.
 
-Shared by the extraction manifest (which caption conditions an image's cached features) and the
-trainer (which caption a sample carries), so both read the same records and the same caption.
+Shared by the extraction manifest (which caption conditions an image's cached features), feature serving
+(which prompt sources a store can hold) and the trainer (which caption a sample carries), so all read the
+same records and the same caption.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from stages.errors import UserError
 
-__all__ = ["DataError", "load_llava_json", "first_reply"]
+__all__ = ["DataError", "load_llava_json", "first_reply", "PROMPT_TEXT"]
 
 
 class DataError(UserError, ValueError):
@@ -55,3 +57,7 @@ def first_reply(conversations: Sequence[Mapping[str, Any]]) -> str:
         if isinstance(turn, Mapping) and turn.get("from") == "gpt":
             return str(turn.get("value", ""))
     return ""
+
+
+# prompt source name -> the function taking its text from a LLaVA sample (an image's first sample supplies it)
+PROMPT_TEXT: Mapping[str, Callable[[Mapping[str, Any]], str]] = {"caption": lambda s: first_reply(s["conversations"])}

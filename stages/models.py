@@ -8,6 +8,7 @@ matmuls on CPUs without bf16 units are two orders of magnitude slower).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,9 @@ import torch
 
 from stages.config import ConfigError
 from stages.errors import UserError
-from stages.text_conditioning import force_zeros_for_empty_prompt
 
 __all__ = ["SDComponents", "ModelLoadError", "load_sd_components", "resolve_model_dir", "default_device",
-           "default_dtype", "resolve_dtype", "is_sdxl_layout", "vae_scale_factor"]
+           "default_dtype", "resolve_dtype", "is_sdxl_layout", "vae_scale_factor", "force_zeros_for_empty_prompt"]
 
 
 class ModelLoadError(UserError, OSError):
@@ -93,6 +93,15 @@ def resolve_model_dir(model: str) -> Path:
 def is_sdxl_layout(model_dir: str | Path) -> bool:
     """A diffusers pipeline with a second text encoder: SDXL's conditioning (DESIGN §3a)."""
     return (Path(model_dir) / "text_encoder_2").is_dir()
+
+
+def force_zeros_for_empty_prompt(model_dir: str | Path) -> bool:
+    """The SDXL pipeline's unconditional-prompt convention from its `model_index.json` (diffusers'
+    `StableDiffusionXLPipeline` default, True, when the file or the key is absent)."""
+    index = Path(model_dir) / "model_index.json"
+    if not index.is_file():
+        return True
+    return bool(json.loads(index.read_text(encoding="utf-8")).get("force_zeros_for_empty_prompt", True))
 
 
 def vae_scale_factor(vae_config: Any) -> int:

@@ -14,9 +14,7 @@ with no prompt text has `X_c == X_u`.
 from __future__ import annotations
 
 import abc
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -25,7 +23,7 @@ if TYPE_CHECKING:
     from stages.models import SDComponents
 
 __all__ = ["TextEmbedding", "ClipTextConditioning", "SDXLTextConditioning", "TextConditioning",
-           "text_conditioning_for", "force_zeros_for_empty_prompt", "time_ids", "N_TIME_IDS", "SDXL_TEXT_LAYER"]
+           "text_conditioning_for", "time_ids", "N_TIME_IDS", "SDXL_TEXT_LAYER"]
 
 SDXL_TEXT_LAYER = -2  # hidden_states index: the penultimate layer of each encoder (diffusers' SDXL, no clip skip)
 N_TIME_IDS = 6
@@ -35,15 +33,6 @@ def time_ids(height: int, width: int) -> list[int]:
     """SDXL's size conditioning for an uncropped `height x width` image: original size, crop top-left,
     target size."""
     return [height, width, 0, 0, height, width]
-
-
-def force_zeros_for_empty_prompt(model_dir: str | Path) -> bool:
-    """The SDXL pipeline's unconditional-prompt convention from its `model_index.json` (diffusers'
-    `StableDiffusionXLPipeline` default, True, when the file or the key is absent)."""
-    index = Path(model_dir) / "model_index.json"
-    if not index.is_file():
-        return True
-    return bool(json.loads(index.read_text(encoding="utf-8")).get("force_zeros_for_empty_prompt", True))
 
 
 @dataclass(frozen=True)

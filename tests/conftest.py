@@ -1,8 +1,8 @@
 """Shared fixtures: offline hub, the embedded tiny models, the bundled sample, and feature stores.
 
 Feature stores are written by the extraction pipeline's own code without Ray: `build_store` runs an
-extraction YAML through the pipeline's plan and shard work units in this process (what each Ray actor
-runs), so the trainer, evaluation and analysis tests read stores the pipeline wrote. They are tiny
+extraction YAML through `run_extract` with the sequential runner (the Ray job's work units in this
+process), so the trainer, evaluation and analysis tests read stores the pipeline wrote. They are tiny
 (128 px, 4x4 token grid, a few images of the bundled sample) and built once per session.
 """
 from __future__ import annotations
@@ -20,8 +20,7 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from pipeline.config import split_config  # noqa: E402
-from pipeline.driver import plan_run, worker_builder  # noqa: E402
-from pipeline.worker import decode_shard  # noqa: E402
+from pipeline.driver import run_extract  # noqa: E402
 from stages.cache_spec import CacheSpec, spec_summary  # noqa: E402
 
 
@@ -74,14 +73,9 @@ def pretrain_subset(sample, folder: Path, n: int) -> dict[str, str]:
 
 
 def build_store(extract_yaml: Path) -> Path:
-    """Run the extraction of `extract_yaml` in this process: the pipeline's plan and its shard work units
-    (`decode_shard`, `ShardProcessor.process`), as each Ray actor runs them."""
-    config = split_config(yaml.safe_load(extract_yaml.read_text()))
-    plan = plan_run(config)
-    processor = worker_builder(config, plan).build()
-    for task in plan.tasks:
-        processor.process(decode_shard(task, image_root=str(plan.manifest.image_root), image_spec=plan.image_spec))
-    return plan.store.path
+    """Run the extraction of `extract_yaml` in this process (`runner=sequential`)."""
+    config = split_config({**yaml.safe_load(extract_yaml.read_text()), "runner": "sequential"})
+    return run_extract(config, show_progress=False).store
 
 
 def _subsets(sample, folder: Path) -> tuple[Path, Path]:

@@ -34,28 +34,21 @@ if __name__ == "__main__":  # `python -m train.cli`: run the module as imported,
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from stages.config import ConfigError, build_dataclass, load_config  # noqa: E402
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error  # noqa: E402
 from stages.llava import load_llava_json  # noqa: E402
 from stages.writable import check_writable_dir  # noqa: E402
 from train.collate import collate  # noqa: E402
-from train.conditioning import GuidedFeatures, encoder_builder, guidance_applies, required_arrays  # noqa: E402
-from train.config import STAGES, TrainConfig, VisionConfig, save_run_config  # noqa: E402
+from train.conditioning import GuidedFeatures, required_arrays  # noqa: E402
+from train.config import STAGES, TrainConfig, VisionConfig, load_stage_config, save_run_config  # noqa: E402
 from train.data import LlavaDataset  # noqa: E402
 from train.engine import check_engine_config, ensure_distributed, is_main_process, seed_everything  # noqa: E402
 from train.loop import FINAL_DIR, NonFiniteLoss, TrainingInterrupted, check_resume, run_outputs, train  # noqa: E402
 from train.metrics import StepMetrics  # noqa: E402
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model, load_tokenizer  # noqa: E402
-from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler  # noqa: E402
+from train.sampler import make_sampler  # noqa: E402
 from train.stores import CachedFeatures, locate_stores, resolve_data_path  # noqa: E402
 
-__all__ = ["DEFAULT_CONFIGS", "SetupError", "Prepared", "RunResult", "load_stage_config", "make_sampler",
-           "prepare", "run", "main"]
-
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIGS = {"pretrain": REPO / "configs/train/sample-pretrain.yaml",
-                   "sft": REPO / "configs/train/sample-sft.yaml"}
-
+__all__ = ["SetupError", "Prepared", "RunResult", "prepare", "run", "main"]
 
 class SetupError(UserError, RuntimeError):
     """Something the user has to do before this stage can run (the message says what)."""
@@ -102,15 +95,6 @@ class RunResult:
                 f"{last.loss:.4f}, {self.samples_per_s:.1f} samples/s{skipped}{saved}")
 
 
-def load_stage_config(stage: str, overrides: Sequence[str] = ()) -> TrainConfig:
-    """The stage's YAML (`config=` or the sample default) + overrides; the YAML's `stage` must match."""
-    values = load_config(DEFAULT_CONFIGS[stage], overrides)
-    declared = values.setdefault("stage", stage)
-    if declared != stage:
-        raise ConfigError(f"the config is for stage {declared!r}, but `{stage}` was run; use `train.cli {declared}`")
-    return build_dataclass(TrainConfig, values, where="train config")
-
-
 def _check_adapter(config: TrainConfig) -> None:
     path = config.pretrained_adapter
     if path and not Path(path).is_file():
@@ -130,16 +114,6 @@ def _check_token_counts(vision: VisionConfig, source: Any) -> None:
 def _world() -> tuple[int, int]:
     dist = torch.distributed
     return (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-
-
-def make_sampler(config: TrainConfig, dataset: LlavaDataset, *, world_size: int, rank: int) -> Any:
-    """Rank `rank`'s sampler of a world of `world_size` (`train.sampler`), sharding whole micro-batches."""
-    if config.data.group_by_modality_length:
-        batch = config.per_device_batch_size * config.gradient_accumulation_steps * world_size  # one optimizer step
-        return ModalityLengthGroupedSampler(dataset.modality_lengths, batch_size=batch, seed=config.seed,
-                                            world_size=world_size, rank=rank, micro_batch=config.per_device_batch_size)
-    return SeededRandomSampler(len(dataset), seed=config.seed, world_size=world_size, rank=rank,
-                               micro_batch=config.per_device_batch_size)
 
 
 def _loader_factory(config: TrainConfig, dataset: LlavaDataset, pad_token_id: int) -> Callable[[Any], DataLoader]:
@@ -174,8 +148,8 @@ def _device() -> torch.device:
 def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
     """Stores, tokenizer, dataset, sampler, model and feature hook; raises before any training on a bad setup.
 
-    `source` replaces the cache stores of `config.data` (e.g. `train.stores.OnTheFlyFeatures`); it needs
-    `read`, `__contains__`, `sample_shape(array_id)` and `cache_spec(array_id)`.
+    `source` replaces the cache stores of `config.data` (a `stages.serving.FeatureSource`, e.g. `SpecFeatures`
+    computing the arrays from the images).
     """
     check_writable_dir(config.output_dir, setting="output_dir")
     _check_adapter(config)
@@ -198,10 +172,7 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
     resume_from = check_resume(config, sampler)
     seed_everything(config.seed)  # the adapter's initial weights
     model = build_model(config, feature_dims={a: source.sample_shape(a)[-1] for a in vision.array_ids})
-    question_guided = guidance_applies(vision, guidance) and guidance.prompt_source == "question"
-    builder = (encoder_builder(source.cache_spec(vision.sd_array), vision.sd_array, device=_device())
-               if question_guided else None)  # only question guidance runs the U-Net (and reads cache_spec)
-    hook = GuidedFeatures(vision=vision, guidance=guidance, build_encoder=builder)
+    hook = GuidedFeatures(vision=vision, guidance=guidance, source=source, device=_device())  # U-Net: on first use
     return Prepared(config=config, model=model, sampler=sampler, prepare_features=hook, tokenizer=tokenizer,
                     make_loader=_loader_factory(config, dataset, tokenizer.pad_token_id), dataset=dataset,
                     resume_from=resume_from)

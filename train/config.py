@@ -1,7 +1,7 @@
 """The trainer's settings: one frozen dataclass tree, read from YAML plus `key=value` overrides.
 
-`train.cli.load_stage_config("pretrain", ["lr=2e-3", "vision.mode=sd+clip-concat"])` is the only way the
-CLI builds it; validation happens here, once, and nothing mutates it afterwards.
+`load_stage_config("pretrain", ["lr=2e-3", "vision.mode=sd+clip-concat"])` is the only way the
+commands (`train.cli`, `train.plan`) build it; validation happens here, once, and nothing mutates it afterwards.
 """
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-from stages.config import ConfigError, build_dataclass
+from stages.config import ConfigError, build_dataclass, load_config
 from stages.store.layout import write_json_atomic
 from train.vision_modes import VISION_MODES, VisionMode
 
 __all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGES", "PRECISIONS", "OPTIMIZERS",
            "GUIDANCE_PROMPTS", "STAGE_TEMPLATES", "RUN_CONFIG_FILE", "RESUMABLE_CHANGES", "save_run_config",
-           "load_run_config"]
+           "load_run_config", "REPO", "DEFAULT_CONFIGS", "load_stage_config"]
 
 STAGES = ("pretrain", "sft")
 STAGE_TEMPLATES = {"pretrain": "plain", "sft": "v1"}  # DESIGN §6: plain for stage 1, Vicuna v1 for stage 2
@@ -24,6 +25,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adamw", "fused_adam")
 GUIDANCE_PROMPTS = ("question", "caption")  # where guidance takes X_c's prompt from
 RUN_CONFIG_FILE = "train_config.json"  # beside a run's checkpoints: what evaluation rebuilds the run from
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIGS = {"pretrain": REPO / "configs/train/sample-pretrain.yaml",
+                   "sft": REPO / "configs/train/sample-sft.yaml"}
 # how a run is executed and logged, not what it computes: the only fields a resumed run may change
 RESUMABLE_CHANGES = ("output_dir", "resume", "overwrite", "save_every", "keep_checkpoints", "tensorboard",
                      "on_nonfinite", "gradient_checkpointing", "data.num_workers")
@@ -186,3 +190,12 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
         raise ConfigError(f"{run_dir} holds no {RUN_CONFIG_FILE}: not a training run directory, or trained "
                           "before runs recorded their config (train it again)")
     return build_dataclass(TrainConfig, json.loads(path.read_text()), where=str(path))
+
+
+def load_stage_config(stage: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The stage's YAML (`config=` or the sample default) + overrides; the YAML's `stage` must match."""
+    values = load_config(DEFAULT_CONFIGS[stage], overrides)
+    declared = values.setdefault("stage", stage)
+    if declared != stage:
+        raise ConfigError(f"the config is for stage {declared!r}, but `{stage}` was run; use `train.cli {declared}`")
+    return build_dataclass(TrainConfig, values, where="train config")

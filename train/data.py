@@ -2,7 +2,8 @@
 
 Records are LLaVA's: `{"id": ..., "image": "coco/train2017/x.jpg" (optional), "conversations": [...]}`.
 The image key is the `image` string exactly as written (DESIGN §3). Features are read through a
-`FeatureSource` — the cache store's reader provides it — one sample at a time, as float32.
+`stages.serving.FeatureSource` (the feature-serving room: the cache stores, or the images computed), one
+sample at a time, as float32.
 Text is tokenized lazily in `__getitem__` (cheap, and it keeps start-up fast on 665k records), but
 every conversation's structure is checked against the template up front (string work, no tokenizer),
 as is membership of every image key in the store, so malformed data or a missing image fails before
@@ -10,7 +11,7 @@ training starts (`missing="error"`) or is dropped and counted (`missing="skip"`)
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,21 +22,10 @@ from stages.errors import UserError
 from stages.llava import DataError, first_reply
 from train.conversation import IMAGE_TOKEN_INDEX, first_human_text, get_template, tokenize_conversation
 
-__all__ = ["FeatureSource", "MissingImageError", "LlavaDataset"]
+if TYPE_CHECKING:
+    from stages.serving import FeatureSource
 
-
-class FeatureSource(Protocol):
-    """What the dataset needs from a feature store (the cache reader implements it)."""
-
-    def __contains__(self, key: object) -> bool: ...
-
-    def why_missing(self, key: str) -> str:
-        """Why `key` is not `in` the source (failed images say so, with the reason)."""
-        ...
-
-    def read(self, keys: list[str], array_ids: list[str]) -> dict[str, np.ndarray]:
-        """`{array_id: (len(keys), T, C)}` in the order of `keys`."""
-        ...
+__all__ = ["MissingImageError", "LlavaDataset"]
 
 
 class MissingImageError(UserError, KeyError):

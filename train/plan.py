@@ -21,6 +21,7 @@ Token lengths are measured on up to `TOKEN_SAMPLE` records drawn evenly (all of 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -30,22 +31,20 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from stages.cache_spec import LATENTS, CacheSpec, cache_spec_from, cache_spec_from_yaml
+from stages.cache_spec import CacheSpec, cache_spec_from, cache_spec_from_yaml
 from stages.config import ConfigError
 from stages.errors import UserError, print_user_error
-from stages.features import ArrayId
-from stages.flops import (ComputeBudget, add_budget_arguments, architecture_dir, budget_from_arguments, count_gflop,
-                          image_gflop)
+from stages.flops import ComputeBudget, add_budget_arguments, architecture_dir, budget_from_arguments, count_gflop
 from stages.llava import load_llava_json
 from stages.models import resolve_model_dir
 from stages.writable import check_writable_file
-from train.cli import load_stage_config, make_sampler
 from train.conditioning import guidance_applies, required_arrays
-from train.config import TrainConfig
+from train.config import TrainConfig, load_stage_config
 from train.conversation import IMAGE_TOKEN_INDEX
 from train.data import LlavaDataset
 from train.loop import total_steps
 from train.model import load_tokenizer
+from train.sampler import make_sampler
 from train.stores import CachedFeatures, locate_stores, resolve_data_path
 
 __all__ = ["TOKEN_SAMPLE", "TrainPlan", "plan_training", "llm_parameters", "main"]
@@ -138,14 +137,11 @@ def _diffusion_gflop(config: TrainConfig, arrays: _Arrays) -> tuple[float, float
     spec = replace(arrays.specs[vision.sd_array], prompt_sources=())
     model_dir, _ = architecture_dir(spec.model)
     question = guidance_applies(vision, guidance) and guidance.prompt_source == "question"
-    prompted = str(replace(ArrayId.parse(vision.sd_array), source="question"))
-    cached = 0.0
-    if question:
-        cached = (1 - guidance.prompt_dropout) * sum(image_gflop(spec, model_dir, array_ids=[prompted],
-                                                                  encode=False).values())
-    naive_ids = [LATENTS, vision.sd_array, *([prompted] if question else [])]
-    naive = sum(image_gflop(spec, model_dir, array_ids=naive_ids, early_exit=False).values())
-    return cached, naive
+    naive = sum(spec.kind.image_gflop(spec, model_dir, array_ids=[vision.sd_array], early_exit=False).values())
+    if not question:
+        return 0.0, naive
+    guided = functools.partial(spec.kind.guided_gflop, spec, model_dir, vision.sd_array, source="question")
+    return (1 - guidance.prompt_dropout) * guided(), naive + guided(early_exit=False)
 
 
 @dataclass

@@ -22,14 +22,18 @@ megabatch whose size is not a multiple of `world_size` repeats its first samples
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
 
 from stages.config import ConfigError
+from train.config import TrainConfig
 
-__all__ = ["ModalityLengthGroupedSampler", "SeededRandomSampler"]
+if TYPE_CHECKING:
+    from train.data import LlavaDataset
+
+__all__ = ["ModalityLengthGroupedSampler", "SeededRandomSampler", "make_sampler"]
 
 
 def _pad_to_multiple(order: np.ndarray, multiple: int) -> np.ndarray:
@@ -149,3 +153,14 @@ class ModalityLengthGroupedSampler(_ShardedSampler):
     def _global_order(self) -> np.ndarray:
         parts = [_pad_to_multiple(chunk, self.world_size) for chunk in self.megabatches()]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def make_sampler(config: TrainConfig, dataset: "LlavaDataset", *, world_size: int,
+                 rank: int) -> ModalityLengthGroupedSampler | SeededRandomSampler:
+    """Rank `rank`'s sampler of a world of `world_size`, sharding whole micro-batches."""
+    if config.data.group_by_modality_length:
+        batch = config.per_device_batch_size * config.gradient_accumulation_steps * world_size  # one optimizer step
+        return ModalityLengthGroupedSampler(dataset.modality_lengths, batch_size=batch, seed=config.seed,
+                                            world_size=world_size, rank=rank, micro_batch=config.per_device_batch_size)
+    return SeededRandomSampler(len(dataset), seed=config.seed, world_size=world_size, rank=rank,
+                               micro_batch=config.per_device_batch_size)

@@ -13,8 +13,9 @@ from analysis.commands.common import add_common, add_images, array_ids, open_run
 from analysis.inputs import image_set
 from analysis.outputs import RunDir
 from analysis.plots import heatmap, line_plot
-from analysis.sources import FeatureSource
+from analysis.sources import AnalysisFeatures
 from stages.extractor import amplify
+from stages.features import conditioned_id
 
 HELP = "linear CKA between arrays at guidance s, and uncond vs amplified-cond per array (Figs. 5c, 9)"
 SOURCE = "caption"
@@ -35,17 +36,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="gram: exact, blockwise; minibatch: unbiased HSIC averaged over --block batches")
 
 
-def _fetcher(source: FeatureSource, keys: list[str], captions: list[str], arrays: list[str]) -> Fetch:
+def _fetcher(source: AnalysisFeatures, keys: list[str], captions: list[str], arrays: list[str]) -> Fetch:
     """Rows -> the unconditional and caption-conditioned arrays of those images."""
     def fetch(rows: slice) -> dict[str, np.ndarray]:
-        return source.read(keys[rows], [*arrays, *(f"{a}:{SOURCE}" for a in arrays)], prompts={SOURCE: captions[rows]})
+        ids = [*arrays, *(conditioned_id(a, SOURCE) for a in arrays)]
+        return source.read(keys[rows], ids, prompts={SOURCE: captions[rows]})
     return fetch
 
 
 def _scaled_grams(fetch: Fetch, n: int, arrays: list[str], *, scales: list[float],
                   block: int) -> dict[tuple[str, float], np.ndarray]:
     """Gram matrix of `X_u + s(X_c − X_u)` for every array and scale, from three accumulated products."""
-    cond = {a: f"{a}:{SOURCE}" for a in arrays}
+    cond = {a: conditioned_id(a, SOURCE) for a in arrays}
     products = [p for a in arrays for p in ((a, a), (a, cond[a]), (cond[a], cond[a]))]
     grams = gram_matrices(fetch, n, products, block=block)
     return {(a, s): amplified_gram(grams[a, a], grams[a, cond[a]], grams[cond[a], cond[a]], s)
@@ -57,7 +59,7 @@ def _minibatch(fetch: Fetch, n: int, arrays: list[str], *, scales: list[float], 
     def batches():
         for start in range(0, n, block):
             values = fetch(slice(start, start + block))
-            yield {(a, s): amplify(values[a], values[f"{a}:{SOURCE}"], s) for a in arrays for s in scales}
+            yield {(a, s): amplify(values[a], values[conditioned_id(a, SOURCE)], s) for a in arrays for s in scales}
 
     return minibatch_cka(batches(), pairs)
 

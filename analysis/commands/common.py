@@ -9,7 +9,7 @@ from typing import Sequence
 from analysis.fixtures import EMBEDDED, benchmark_root
 from analysis.inputs import DEFAULT_DATA
 from analysis.outputs import DEFAULT_OUT, RunDir
-from analysis.sources import FeatureSource
+from analysis.sources import AnalysisFeatures
 from stages.features import ArrayId, FeatureName
 
 __all__ = ["DEFAULT_EXTRACT", "add_common", "add_images", "add_benchmark_roots", "benchmark_root_of", "open_source",
@@ -50,8 +50,8 @@ def benchmark_root_of(args: argparse.Namespace, name: str) -> Path:
 
 
 def open_source(args: argparse.Namespace, *, image_root: str | Path, extract_config: str | None = None
-                ) -> FeatureSource:
-    return FeatureSource.from_yaml(extract_config or args.extract_config, image_root=image_root,
+                ) -> AnalysisFeatures:
+    return AnalysisFeatures.from_yaml(extract_config or args.extract_config, image_root=image_root,
                                    cache_root=args.cache_root, device=args.device)
 
 
@@ -59,7 +59,7 @@ def open_run(args: argparse.Namespace) -> RunDir:
     return RunDir(args.out, args.name)
 
 
-def array_ids(source: FeatureSource, *, features: Sequence[str] | None = None,
+def array_ids(source: AnalysisFeatures, *, features: Sequence[str] | None = None,
               timesteps: Sequence[int] | None = None) -> list[str]:
     """Unconditional `NAME@tT` ids: the given names and timesteps, each defaulting to the spec's."""
     names = [FeatureName.parse(n) for n in (features or source.spec.features)]

@@ -12,7 +12,7 @@ from analysis.commands.common import (add_benchmark_roots, add_common, array_ids
 from analysis.mmvp_vlm import MMVP_VLM
 from analysis.outputs import RunDir
 from analysis.plots import line_plot
-from analysis.sources import FeatureSource, write_llava_manifest
+from analysis.sources import AnalysisFeatures, write_llava_manifest
 from stages.features import ArrayId
 
 HELP = "mean cosine similarity between the two images of each MMVP-VLM pair, per array and CLIP (Fig. 2c)"
@@ -36,7 +36,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def pair_similarities(source: FeatureSource, pairs: list[tuple[str, str]], arrays: list[str], *,
+def pair_similarities(source: AnalysisFeatures, pairs: list[tuple[str, str]], arrays: list[str], *,
                       batch: int) -> dict[str, np.ndarray]:
     """`{array: (n_pairs,) cosine}`, reading `batch` pairs at a time."""
     out: dict[str, list[np.ndarray]] = defaultdict(list)

@@ -13,7 +13,7 @@ from analysis.pca import pca_rgb
 from analysis.plots import image_grid
 from stages.config import ConfigError
 from stages.extractor import amplify
-from stages.features import ArrayId
+from stages.features import ArrayId, conditioned_id
 
 HELP = "joint PCA maps (first 3 components as RGB) of uncond / cond / delta features and a guidance sweep"
 SOURCE = "caption"  # conditioned ids NAME@tT:caption: read from the store when it has them, else computed
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> RunDir:
         raise ConfigError(f"--sweep-array {sweep_array!r} must be an unconditional id like {uncond[0]}")
     # a store's caption arrays hold the captions of --data; other prompts are never read from a store
     source_name = SOURCE if args.prompts is None else "prompt"
-    cond = {a: f"{a}:{source_name}" for a in dict.fromkeys([*uncond, sweep_array])}
+    cond = {a: conditioned_id(a, source_name) for a in dict.fromkeys([*uncond, sweep_array])}
     values = source.read(images.keys, [*cond, *cond.values()], prompts={source_name: prompts})
     out = open_run(args)
     thumbnails = [view(images.image_root, k, source.image_spec) for k in images.keys]

@@ -1,5 +1,6 @@
-"""The encoder registry: `ENCODERS[spec.encoder]` knows a backbone's arrays, shapes, preprocessing and
-fingerprint fields, and loads the `FeatureEncoder` that computes them. A new backbone is a new entry."""
+"""The encoder registry: `ENCODERS[spec.encoder]` knows a backbone's arrays, shapes, preprocessing,
+fingerprint fields, whether it stores latents, its pass layout and FLOPs, and loads the `FeatureEncoder`
+that computes them. A new backbone is a new entry."""
 from __future__ import annotations
 
 from typing import Mapping

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from stages.config import ConfigError
-from stages.encoders.base import EncoderKind, FeatureEncoder, Prompts
+from stages.encoders.base import EncoderKind, FeatureEncoder, Prompts, Spec
 from stages.extractor import pool_to_grid
+from stages.flops import clip_vision_gflop
 from stages.models import ModelLoadError, default_device, default_dtype, resolve_model_dir
 from stages.preprocess import ImageSpec
 from stages.store.fingerprint import contract_fields
 
-if TYPE_CHECKING:
-    from stages.cache_spec import CacheSpec
 
 __all__ = ["CLIP", "CLIP_ARRAY_ID", "CLIP_LAYER", "ClipKind", "ClipFeatureEncoder"]
 
@@ -35,7 +34,7 @@ CLIP_ARRAY_ID = "CLIP-L-2"
 class ClipFeatureEncoder(FeatureEncoder):
     """A `CLIPVisionModel` and its `CLIPImageProcessor`, ready for inference."""
 
-    def __init__(self, spec: "CacheSpec", *, model: Any, processor: Any) -> None:
+    def __init__(self, spec: Spec, *, model: Any, processor: Any) -> None:
         super().__init__(spec)
         self.model, self.processor = model, processor
 
@@ -73,12 +72,12 @@ class ClipKind(EncoderKind):
     time_stages = ("clip",)
     has_latents = False
 
-    def validate(self, spec: "CacheSpec") -> None:
+    def validate(self, spec: Spec) -> None:
         if spec.prompt_sources:
             raise ValueError("prompt_sources apply to the U-Net encoders (sd, sdxl) only: CLIP vision features "
                              "take no text")
 
-    def image_spec(self, spec: "CacheSpec", model_dir: Path, **extra: Any) -> ImageSpec:
+    def image_spec(self, spec: Spec, model_dir: Path, **extra: Any) -> ImageSpec:
         """LLaVA-1.5's expand2square + resize to the processor's crop size (its own resize and centre
         crop are then no-ops)."""
         native = _native_resolution(model_dir)
@@ -86,10 +85,10 @@ class ClipKind(EncoderKind):
             raise ConfigError(f"CLIP model {spec.model} takes {native} px images, not resolution={spec.resolution}")
         return ImageSpec(resolution=native, resize_mode=spec.resize_mode, pad_color=tuple(spec.pad_color), **extra)
 
-    def array_ids(self, spec: "CacheSpec") -> list[str]:
+    def array_ids(self, spec: Spec) -> list[str]:
         return [CLIP_ARRAY_ID]
 
-    def sample_shapes(self, spec: "CacheSpec", model_dir: Path) -> dict[str, tuple[int, ...]]:
+    def sample_shapes(self, spec: Spec, model_dir: Path) -> dict[str, tuple[int, ...]]:
         """(T, C): the native patch grid or `grid * grid` tokens, hidden-size channels."""
         from transformers import CLIPVisionConfig
 
@@ -97,14 +96,21 @@ class ClipKind(EncoderKind):
         side = spec.grid if spec.grid is not None else config.image_size // config.patch_size
         return {CLIP_ARRAY_ID: (side * side, config.hidden_size)}
 
-    def fingerprint_fields(self, spec: "CacheSpec", model_dir: Path, *, preprocess: Mapping[str, Any],
+    def fingerprint_fields(self, spec: Spec, model_dir: Path, *, preprocess: Mapping[str, Any],
                            pooling: Mapping[str, Any], memo_path: str | Path | None) -> dict[str, Any]:
         fields = contract_fields(components={"vision": model_dir}, scheduler_config={}, preprocess=preprocess,
                                  noise={}, pooling=pooling, dtypes={"features": spec.feature_dtype},
                                  memo_path=memo_path)
         return {**fields, "encoder": self.name, "clip_layer": CLIP_LAYER}
 
-    def load(self, spec: "CacheSpec", *, device: torch.device | str | None = None,
+    def image_gflop(self, spec: Spec, model_dir: Path, *, array_ids: Sequence[str] | None = None,
+                    encode: bool = True, early_exit: bool = True) -> dict[str, float]:
+        """One forward of the vision tower at its input resolution (there are no latents to start from)."""
+        resolution = self.image_spec(spec, model_dir).resolution
+        computed = spec.array_ids() if array_ids is None else array_ids
+        return {"clip_vision": clip_vision_gflop(str(model_dir), resolution) if computed else 0.0}
+
+    def load(self, spec: Spec, *, device: torch.device | str | None = None,
              dtype: torch.dtype | None = None) -> ClipFeatureEncoder:
         from transformers import CLIPImageProcessor, CLIPVisionModel
 

@@ -9,56 +9,39 @@ Restricting `array_ids` restricts the names and timesteps computed, never the la
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from stages.config import ConfigError
-from stages.encoders.base import EncoderKind, FeatureEncoder, Prompts
+from stages.encoders.base import EncoderKind, FeatureEncoder, Prompts, Spec
 from stages.extractor import SDExtractor, check_resolution
 from stages.features import LATENTS, ArrayId, FeatureName
+from stages.flops import meta_text, meta_unet, text_encoder_gflop, unet_gflop, vae_encode_gflop
 from stages.models import ModelLoadError, SDComponents, is_sdxl_layout, load_sd_components, resolve_model_dir
 from stages.preprocess import ImageSpec, to_tensor
 from stages.store.fingerprint import contract_fields
-from stages.text_conditioning import N_TIME_IDS, TextEmbedding
-
-if TYPE_CHECKING:
-    from stages.cache_spec import CacheSpec
-
-__all__ = ["SD", "SDKind", "SDFeatureEncoder"]
-
-def _meta_unet(model_dir: Path) -> Any:
-    """The U-Net of `model_dir` built from its config on the meta device (no weights, no memory)."""
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(model_dir / "unet"))
 
 
-def _meta_text(unet_config: Mapping[str, Any]) -> TextEmbedding:
-    """Placeholder text conditioning of one sample for a meta forward: cross-attention states and, for
-    a U-Net with SDXL's `text_time` added embedding, the pooled text the rest of its input holds."""
-    text = torch.empty(1, 77, unet_config["cross_attention_dim"], device="meta")
-    if unet_config.get("addition_embed_type") != "text_time":
-        return TextEmbedding(text)
-    pooled = unet_config["projection_class_embeddings_input_dim"] - N_TIME_IDS * unet_config["addition_time_embed_dim"]
-    return TextEmbedding(text, torch.empty(1, pooled, device="meta"))
+__all__ = ["SD", "SDKind", "SDFeatureEncoder", "Pass"]
 
+Pass = tuple[str | None, ...]  # the sources one batched U-Net pass conditions on (None: the empty prompt)
 
 class SDFeatureEncoder(FeatureEncoder):
-    """`latents(images)` and `features(latents, keys, prompts=..., array_ids=...)` for one `CacheSpec`."""
+    """`latents(images)` and `features(latents, keys, prompts=..., array_ids=...)` for one `CacheSpec` (`Spec`)."""
 
-    def __init__(self, spec: "CacheSpec", components: SDComponents) -> None:
+    def __init__(self, spec: Spec, components: SDComponents) -> None:
         super().__init__(spec)
         self.components = components
         self._latents_dtype = getattr(torch, spec.latents_dtype)
         self._extractors: dict[tuple[tuple[str, ...], tuple[int, ...]], SDExtractor] = {}
 
     @classmethod
-    def load(cls, spec: "CacheSpec", *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+    def load(cls, spec: Spec, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
              with_vae: bool = True) -> "SDFeatureEncoder":
         """`with_vae=False`: U-Net only, for features of cached latents (SFT question conditioning)."""
         model_dir = resolve_model_dir(spec.model)
@@ -108,16 +91,15 @@ class SDFeatureEncoder(FeatureEncoder):
         missing = [s for s in sources if s is not None and s not in prompts]
         if missing:
             raise KeyError(f"no prompts for source(s) {missing}; given {sorted(prompts)}")
-        paired = self.spec.prompt_sources[0] if self.spec.prompt_sources else None
         out: dict[str, torch.Tensor] = {}
         with self.timed("unet"):
-            if paired is not None and (None in sources or paired in sources):
-                out.update(extractor.conditional_pair(latents, keys, prompts=prompts[paired], source=paired))
-            elif None in sources:
-                out.update(extractor.features(latents, keys))
-            for source in sources:
-                if source not in (None, paired):
-                    out.update(extractor.features(latents, keys, prompts=prompts[source], source=source))
+            for batch in self.spec.kind.passes(self.spec, sources):
+                if batch == (None,):
+                    out.update(extractor.features(latents, keys))
+                elif batch[0] is None:  # (None, source): both halves share one batched pass and its x_t
+                    out.update(extractor.conditional_pair(latents, keys, prompts=prompts[batch[1]], source=batch[1]))
+                else:
+                    out.update(extractor.features(latents, keys, prompts=prompts[batch[0]], source=batch[0]))
         return {str(i): out[str(i)] for i in ids}
 
     def encode(self, images: np.ndarray, keys: Sequence[str], prompts: Prompts) -> dict[str, torch.Tensor]:
@@ -132,9 +114,42 @@ class SDKind(EncoderKind):
     time_stages = ("vae", "unet")
     has_latents = True
     components: tuple[str, ...] = ("vae", "unet", "text_encoder", "tokenizer")  # hashed (+ scheduler config)
+    text_encoders: tuple[tuple[str, str], ...] = (("text_encoder", "CLIPTextModel"),)  # (directory, class)
     layout = "Stable Diffusion"
 
-    def validate(self, spec: "CacheSpec") -> None:
+    def passes(self, spec: Spec, sources: Sequence[str | None]) -> list[Pass]:
+        """The pass layout (module docstring) computing arrays of `sources` (None: unconditional): the
+        unconditional half shares one batched pass with the spec's first prompt source, every other source
+        has a pass of its own. Each pass covers every timestep and trial."""
+        paired = spec.prompt_sources[0] if spec.prompt_sources else None
+        shared = paired is not None and (None in sources or paired in sources)
+        layout: list[Pass] = [(None, paired)] if shared else [(None,)] if None in sources else []
+        return layout + [(s,) for s in dict.fromkeys(sources) if s not in (None, paired)]
+
+    def image_gflop(self, spec: Spec, model_dir: Path, *, array_ids: Sequence[str] | None = None,
+                    encode: bool = True, early_exit: bool = True) -> dict[str, float]:
+        """The VAE once (`encode`), each pass of `passes` once per timestep and trial (one U-Net forward
+        per half), each prompt through the text encoder(s) once (the empty prompt's embedding is computed
+        once per worker)."""
+        ids = [ArrayId.parse(a) for a in (spec.array_ids() if array_ids is None else array_ids) if a != LATENTS]
+        layout = self.passes(spec, list(dict.fromkeys(i.source for i in ids)))
+        names = tuple(sorted({str(i.feature) for i in ids}))
+        forward = unet_gflop(str(model_dir), spec.resolution, names if early_exit else None) if ids else 0.0
+        prompts = sum(s is not None for batch in layout for s in batch)
+        return {"vae_encode": vae_encode_gflop(str(model_dir), spec.resolution) if encode else 0.0,
+                "unet": spec.trials * len({i.timestep for i in ids}) * sum(map(len, layout)) * forward,
+                "text_encoder": prompts * text_encoder_gflop(str(model_dir), self.text_encoders)}
+
+    def guided_gflop(self, spec: Spec, model_dir: Path, array_id: str, *, source: str,
+                     early_exit: bool = True) -> float:
+        """A pass of its own on the stored latents (a source other than the spec's paired first one) and
+        the prompt through the text encoder(s)."""
+        guided = str(dataclasses.replace(ArrayId.parse(array_id), source=source))
+        alone = dataclasses.replace(spec, prompt_sources=())
+        return sum(self.image_gflop(alone, model_dir, array_ids=[guided], encode=False,
+                                    early_exit=early_exit).values())
+
+    def validate(self, spec: Spec) -> None:
         if spec.resolution is None or spec.grid is None:
             raise ValueError(f"encoder {self.name} needs an explicit resolution and grid")
         if not spec.features or not spec.timesteps:
@@ -158,7 +173,7 @@ class SDKind(EncoderKind):
         """Fingerprint fields of the text conditioning beyond the weights (none for SD 1.x / 2.x)."""
         return {}
 
-    def check_model(self, spec: "CacheSpec", model_dir: Path) -> None:
+    def check_model(self, spec: Spec, model_dir: Path) -> None:
         """Timesteps inside the scheduler's `num_train_timesteps`; feature names that exist in this U-Net."""
         self.check_layout(model_dir)
         scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
@@ -167,28 +182,28 @@ class SDKind(EncoderKind):
         if outside:
             raise ConfigError(f"timesteps {outside} are outside the range 0..{steps - 1} of the scheduler of "
                               f"{spec.model} (num_train_timesteps={steps})")
-        unet = _meta_unet(model_dir)
+        unet = meta_unet(model_dir)
         for name in spec.features:
             FeatureName.parse(name).resolve(unet)  # a FeatureNameError listing the valid names
 
-    def image_spec(self, spec: "CacheSpec", model_dir: Path, **extra: Any) -> ImageSpec:
+    def image_spec(self, spec: Spec, model_dir: Path, **extra: Any) -> ImageSpec:
         return ImageSpec(resolution=spec.resolution, resize_mode=spec.resize_mode, pad_color=tuple(spec.pad_color),
                          **extra)
 
-    def array_ids(self, spec: "CacheSpec") -> list[str]:
+    def array_ids(self, spec: Spec) -> list[str]:
         """`latents`, then `NAME@tT` and `NAME@tT:SOURCE` for every name, timestep and prompt source."""
         return [LATENTS] + [str(ArrayId(FeatureName.parse(n), t, source)) for source in (None, *spec.prompt_sources)
                             for n in spec.features for t in spec.timesteps]
 
-    def sample_shapes(self, spec: "CacheSpec", model_dir: Path) -> dict[str, tuple[int, ...]]:
+    def sample_shapes(self, spec: Spec, model_dir: Path) -> dict[str, tuple[int, ...]]:
         """Tap channels from a U-Net forward on the meta device (no weights, no compute)."""
         from diffusers import AutoencoderKL
 
         vae_config = AutoencoderKL.load_config(model_dir / "vae")
         side = spec.resolution // 2 ** (len(vae_config["block_out_channels"]) - 1)
-        unet = _meta_unet(model_dir)
+        unet = meta_unet(model_dir)
         latents = torch.empty(1, unet.config.in_channels, side, side, device="meta")
-        text = _meta_text(unet.config).unet_kwargs(image_size=(spec.resolution, spec.resolution))
+        text = meta_text(unet.config).unet_kwargs(image_size=(spec.resolution, spec.resolution))
         names = [FeatureName.parse(n) for n in spec.features]
         channels: dict[str, int] = {}
 
@@ -210,7 +225,7 @@ class SDKind(EncoderKind):
             shapes[array_id] = (spec.grid * spec.grid, channels[str(ArrayId.parse(array_id).feature)])
         return shapes
 
-    def fingerprint_fields(self, spec: "CacheSpec", model_dir: Path, *, preprocess: Mapping[str, Any],
+    def fingerprint_fields(self, spec: Spec, model_dir: Path, *, preprocess: Mapping[str, Any],
                            pooling: Mapping[str, Any], memo_path: str | Path | None) -> dict[str, Any]:
         self.check_layout(model_dir)
         scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
@@ -222,7 +237,7 @@ class SDKind(EncoderKind):
             dtypes={"features": spec.feature_dtype, "latents": spec.latents_dtype}, memo_path=memo_path)
         return {**fields, "encoder": self.name, **self.conditioning_fields(model_dir)}
 
-    def load(self, spec: "CacheSpec", *, device: torch.device | str | None = None,
+    def load(self, spec: Spec, *, device: torch.device | str | None = None,
              dtype: torch.dtype | None = None) -> SDFeatureEncoder:
         return SDFeatureEncoder.load(spec, device=device, dtype=dtype)
 

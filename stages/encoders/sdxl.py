@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from stages.encoders.sd import SDKind
-from stages.models import ModelLoadError
-from stages.text_conditioning import N_TIME_IDS, SDXL_TEXT_LAYER, force_zeros_for_empty_prompt
+from stages.models import ModelLoadError, force_zeros_for_empty_prompt
+from stages.text_conditioning import N_TIME_IDS, SDXL_TEXT_LAYER
 
 __all__ = ["SDXL", "SDXLKind"]
 
@@ -30,6 +30,7 @@ class SDXLKind(SDKind):
 
     name = "sdxl"
     components = (*SDKind.components, "text_encoder_2", "tokenizer_2")
+    text_encoders = (*SDKind.text_encoders, ("text_encoder_2", "CLIPTextModelWithProjection"))
     layout = "SDXL"
 
     def check_conditioning(self, model_dir: Path) -> None:

@@ -10,7 +10,8 @@ from stages.store.fingerprint import (Fingerprint, FingerprintMismatch, contract
                                       weights_hash)
 from stages.store.keys import decode_key, encode_key
 from stages.store.layout import ShardPlan
-from stages.store.meta import CompletionRecord, StoreDamaged, StoreMeta, StoreNotFound, TarRecord
+from stages.store.meta import StoreDamaged, StoreMeta, StoreNotFound
+from stages.store.records import CompletionRecord, TarRecord
 from stages.store.reader import KeyNotInStore, StoreCorruption, StoreReader
 from stages.store.registry import CacheInfo, find_store, list_caches
 from stages.store.verify import verify_store

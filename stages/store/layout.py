@@ -16,13 +16,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import google_crc32c
 import numpy as np
 
-__all__ = ["ShardPlan", "StorePaths", "remove_durably", "clear_stale_temps", "stage_bytes", "stage_json",
-           "write_bytes_atomic", "write_json_atomic", "read_json", "fsync_path", "shard_chunk_key",
+__all__ = ["ShardPlan", "new_shard_plans", "StorePaths", "remove_durably", "clear_stale_temps", "stage_bytes",
+           "stage_json", "write_bytes_atomic", "write_json_atomic", "read_json", "fsync_path", "shard_chunk_key",
            "read_shard_index", "read_raw_rows", "empty_aligned", "file_sha256", "ChunkCorruption", "MISSING"]
 
 MISSING = np.uint64(2**64 - 1)  # zarr's shard-index marker for an inner chunk that was never written
@@ -47,6 +47,19 @@ class ShardPlan:
     index: int
     rows: range
     keys: tuple[str | None, ...]
+
+
+def new_shard_plans(plans: Sequence[ShardPlan], keys: Sequence[str], *, shard_size: int) -> list[ShardPlan]:
+    """The shards `CacheStore.add_keys` appends for the `keys` that `plans` do not hold: from the next shard
+    boundary, in order, `shard_size` keys each, the last padded with None (completed shards never change)."""
+    known = {k for plan in plans for k in plan.keys if k is not None}
+    new = [k for k in dict.fromkeys(keys) if k not in known]
+    out = []
+    for offset in range(0, len(new), shard_size):
+        index, chunk = len(plans) + offset // shard_size, new[offset:offset + shard_size]
+        out.append(ShardPlan(index=index, rows=range(index * shard_size, (index + 1) * shard_size),
+                             keys=(*chunk, *[None] * (shard_size - len(chunk)))))
+    return out
 
 
 class StorePaths:

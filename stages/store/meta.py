@@ -2,7 +2,8 @@
 
 The fingerprint (`fingerprint.json`), the group attributes (`zarr/zarr.json`), the shard plans
 (`index/NNNNNN.json`), the array infos (`zarr/<array>/zarr.json`), the completion records
-(`done/<array>/NNNNNN.json`) and the webdataset tars' digest records (`wds/NNNNNN.json`). The writer,
+(`done/<array>/NNNNNN.json`) and the webdataset tars' digest records (`wds/NNNNNN.json`); the records'
+types and the queries over plans and records are `stages.store.records`. The writer,
 the reader, the registry and `verify` ask this object; nobody else reads those files. Every load
 names the fingerprint it expects (`None` only for inspection: `verify`, `caches`), so a store made from
 other inputs is refused where it is opened.
@@ -18,18 +19,18 @@ complete shards while the driver holds its `CacheStore`, and a rewrite removes a
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from stages.errors import UserError
-from stages.image_files import ImageStamp
 from stages.store.arrays import ArrayInfo, ArraySpec, array_info, document_problem, legacy_problem, sealed_spec
 from stages.store.fingerprint import Fingerprint, FingerprintMismatch
 from stages.store.layout import ShardPlan, StorePaths, read_json
+from stages.store.records import CompletionRecord, ShardRecords, TarRecord
 
-__all__ = ["StoreMeta", "CompletionRecord", "TarRecord", "DamagedArray", "StoreNotFound", "StoreDamaged",
-           "EditedShardSize", "is_store", "read_header"]
+__all__ = ["StoreMeta", "DamagedArray", "StoreNotFound", "StoreDamaged", "EditedShardSize", "is_store",
+           "read_header"]
 
 
 class StoreNotFound(UserError, FileNotFoundError):
@@ -48,61 +49,6 @@ class EditedShardSize(StoreDamaged):
     def __init__(self, message: str, *, shard_size: int) -> None:
         super().__init__(message)
         self.shard_size = shard_size
-
-
-@dataclass(frozen=True)
-class CompletionRecord:
-    """`done/<array_id>/NNNNNN.json`, written last: the proof that the shard file is whole (its size and
-    sha256 as written), with the keys that failed (their rows are zeros), the count of valid rows, the
-    stamp of each image file the values were computed from (`images`; empty in stores written before
-    stamps were recorded, whose rows cannot be checked against their files), each row's identity
-    digest (`identity`, `stages.store.identity`; empty in records written before them) and the limits
-    the images were decoded under (`decode_limits`: `max_pixels`, which decides failures; empty before)."""
-
-    array_id: str
-    shard: int
-    rows: tuple[int, int]  # [start, stop) of the shard's rows
-    chunk_key: str  # the shard file, relative to the array's directory
-    nbytes: int
-    sha256: str
-    dtype: str
-    sample_shape: tuple[int, ...]
-    failed: Mapping[str, str]  # key -> reason
-    n_valid: int
-    written: str  # UTC, ISO 8601
-    images: Mapping[str, ImageStamp] = field(default_factory=dict)  # key -> the file's bytes when read
-    identity: tuple[int, ...] = ()  # per row of the shard: its identity digest (uint32)
-    decode_limits: Mapping[str, int] = field(default_factory=dict)  # limits the images were decoded under
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> "CompletionRecord":
-        values = {f.name: value[f.name] for f in fields(cls) if f.name not in ("images", "identity", "decode_limits")}
-        return cls(**{**values, "rows": tuple(values["rows"]), "sample_shape": tuple(values["sample_shape"]),
-                      "failed": dict(values["failed"]),
-                      "images": {k: ImageStamp.from_json(v) for k, v in value.get("images", {}).items()},
-                      "identity": tuple(int(d) for d in value.get("identity", ())),
-                      "decode_limits": dict(value.get("decode_limits", {}))})
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class TarRecord:
-    """`wds/NNNNNN.json`, written after `wds/NNNNNN.tar` is in place: its size and sha256 as written.
-    (Each sample's `.json` member also carries the sha256 of its `.npy` members.)"""
-
-    shard: int
-    nbytes: int
-    sha256: str
-    written: str  # UTC, ISO 8601
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> "TarRecord":
-        return cls(**{f.name: value[f.name] for f in fields(cls)})
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -181,7 +127,7 @@ def _parse_plan(entry: Any, shard: int, size: int) -> ShardPlan:
     return ShardPlan(index=shard, rows=range(shard * size, (shard + 1) * size), keys=tuple(keys))
 
 
-class StoreMeta:
+class StoreMeta(ShardRecords):
     """One store's metadata. Use `StoreMeta.load(path, expect=fingerprint)`.
 
     `plans[i]` is shard `i`; `infos[array_id]` its zarr array; `records[array_id][shard]` the completion
@@ -202,9 +148,8 @@ class StoreMeta:
         self.shard_size: int = attrs["feature_cache"]["shard_size"]
         dtypes = fingerprint.fields.get("dtypes")
         self._dtypes: tuple[str, ...] = tuple(map(str, dtypes.values())) if isinstance(dtypes, dict) else ()
-        self.plans: list[ShardPlan] = []
+        super().__init__([], {})
         self.infos: dict[str, ArrayInfo] = {}
-        self.records: dict[str, dict[int, CompletionRecord]] = {}
         self.damaged_index: dict[int, str] = {}
         self.bad_records: dict[tuple[str, int], str] = {}
         self.damaged_arrays: dict[str, DamagedArray] = {}
@@ -344,55 +289,7 @@ class StoreMeta:
                    f"{root} --repair`, then `just extract` (same config) creates the array again and computes them")
             raise StoreDamaged(f"store {root}: array {array_id!r} cannot be trusted: {damaged.reason}; {fix}")
 
-    @property
-    def n_keys(self) -> int:
-        """Keys planned (padding rows excluded)."""
-        return sum(k is not None for plan in self.plans for k in plan.keys)
-
     def record(self, array_id: str, shard: int) -> CompletionRecord:
         if not self.is_complete(array_id, shard):
             raise KeyError(f"shard {shard} of array {array_id!r} has no completion record in {self.paths.root}")
         return self.records[array_id][shard]
-
-    def is_complete(self, array_id: str, shard: int) -> bool:
-        return shard in self.records.get(array_id, {})
-
-    def complete_shards(self, array_ids: Sequence[str]) -> list[int]:
-        """Planned shards with a completion record for every one of `array_ids`, in order."""
-        return [p.index for p in self.plans if all(self.is_complete(a, p.index) for a in array_ids)]
-
-    def missing_shards(self, array_ids: Sequence[str]) -> list[int]:
-        """Planned shards where some of `array_ids` has no completion record (work left to do)."""
-        done = set(self.complete_shards(array_ids))
-        return [p.index for p in self.plans if p.index not in done]
-
-    def failed(self, shard: int, array_ids: Sequence[str]) -> dict[str, str]:
-        """key -> reason for the keys of `shard` that failed in the recorded arrays among `array_ids` (the
-        first array listing a key gives its reason)."""
-        out: dict[str, str] = {}
-        for array_id in array_ids:
-            record = self.records.get(array_id, {}).get(shard)
-            if record is not None:
-                for key, reason in record.failed.items():
-                    out.setdefault(key, reason)
-        return out
-
-    def image_stamps(self, shard: int, array_ids: Sequence[str] | None = None) -> dict[str, ImageStamp]:
-        """key -> the stamp of the image file the recorded arrays (all when None) of `shard` were
-        computed from; keys of records written before stamps existed are absent."""
-        out: dict[str, ImageStamp] = {}
-        for array_id in self.array_ids if array_ids is None else array_ids:
-            record = self.records.get(array_id, {}).get(shard)
-            if record is not None:
-                for key, stamp in record.images.items():
-                    out.setdefault(key, stamp)
-        return out
-
-    def valid_keys(self, plan: ShardPlan, array_ids: Sequence[str]) -> list[str]:
-        """The keys of `plan` that failed in none of `array_ids`, in row order (padding excluded)."""
-        failed = self.failed(plan.index, array_ids)
-        return [k for k in plan.keys if k is not None and k not in failed]
-
-    def n_valid(self, array_id: str) -> int:
-        """Valid keys in the planned shards `array_id` has completed."""
-        return sum(self.records[array_id][s].n_valid for s in self.complete_shards([array_id]))

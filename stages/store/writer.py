@@ -34,9 +34,10 @@ from stages.store.arrays import DEFAULT_COMPRESSION, ArraySpec, array_document, 
 from stages.store.fingerprint import Fingerprint
 from stages.store.identity import row_tags, values_crc32c
 from stages.store.keys import check_array_id, check_key
-from stages.store.layout import (ShardPlan, StorePaths, file_sha256, fsync_path, remove_durably, stage_json,
-                                  write_bytes_atomic, write_json_atomic)
-from stages.store.meta import CompletionRecord, StoreDamaged, StoreMeta, TarRecord
+from stages.store.layout import (ShardPlan, StorePaths, file_sha256, fsync_path, new_shard_plans, remove_durably,
+                                  stage_json, write_bytes_atomic, write_json_atomic)
+from stages.store.meta import StoreDamaged, StoreMeta
+from stages.store.records import CompletionRecord, TarRecord
 from stages.store.reader import StoreCorruption, StoreReader
 from stages.store.webdataset_shards import stage_tar_shard
 
@@ -199,13 +200,11 @@ class CacheStore:
         if not self._new_keys(keys) and all(i.n_rows >= self.n_rows for i in self.meta.infos.values()):
             return []
         with self._locked():
-            first_new = len(self._plans())
-            new, size = self._new_keys(keys), self.shard_size
-            for offset in range(0, len(new), size):
-                chunk = new[offset:offset + size]
-                self._write_index(first_new + offset // size, chunk + [None] * (size - len(chunk)))
+            plans = new_shard_plans(self._plans(), self._new_keys(keys), shard_size=self.shard_size)
+            for plan in plans:
+                self._write_index(plan.index, plan.keys)
             self._grow_arrays()
-        return list(range(first_new, len(self._plans())))
+        return [plan.index for plan in plans]
 
     def _write_index(self, shard: int, keys: Sequence[str | None]) -> None:
         write_json_atomic(self.meta.paths.index_file(shard),

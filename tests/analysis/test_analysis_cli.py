@@ -107,3 +107,28 @@ def test_a_folder_without_the_official_layout_fails_with_one_line(analysis_env, 
     assert main(["itm", *common(analysis_env, tmp_path), "--benchmarks", "winoground",
                  "--winoground", str(tmp_path)]) == 2
     assert "examples.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, overrides", [
+    (["itm", "--trials", "1", "--timesteps", "189", "589", "--mmvp-vlm", "/data/mmvp"],
+     ["itm", "trials=1", "timesteps=[189,589]", "mmvp_vlm=/data/mmvp"]),
+    (["inspect", "--extract-config", "x.yaml", "--keys", "a.jpg", "b.jpg"],
+     ["inspect", "extract_config=x.yaml", "keys=[a.jpg,b.jpg]"]),
+    (["cka", "--scales", "0", "4", "--device", "cpu"], ["cka", "--device", "cpu", "scales=[0,4]"]),  # mixed
+])
+def test_every_option_is_also_a_key_value_override_as_in_every_other_command(flags, overrides):
+    from analysis.cli import as_flags, build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(as_flags(overrides)) == parser.parse_args(flags)
+
+
+def test_a_config_file_gives_options_that_overrides_replace_and_nesting_is_one_line(tmp_path, capsys):
+    from analysis.cli import as_flags, build_parser
+
+    path = tmp_path / "itm.yaml"
+    path.write_text("trials: 2\nseed: 7\n")
+    args = build_parser().parse_args(as_flags(["itm", f"config={path}", "trials=1"]))
+    assert (args.trials, args.seed) == (1, 7)
+    assert main(["itm", "trials.x=1"]) == 2
+    assert capsys.readouterr().err.strip().startswith("analyze itm: error: analysis options are not nested")

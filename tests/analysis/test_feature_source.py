@@ -1,17 +1,17 @@
-"""`FeatureSource`: the store's values where it has them, the extraction's own computation elsewhere."""
+"""`AnalysisFeatures`: the store's values where it has them, the extraction's own computation elsewhere."""
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-from analysis.sources import FeatureSource
+from analysis.sources import AnalysisFeatures
 from stages.encoders import SDFeatureEncoder
 from stages.store import StoreReader
 
 
 def test_store_arrays_are_read_and_the_rest_computed_from_the_cached_latents(analysis_env):
     env = analysis_env
-    source = FeatureSource.from_yaml(env.extract_yaml, image_root=env.image_root, device="cpu")
+    source = AnalysisFeatures.from_yaml(env.extract_yaml, image_root=env.image_root, device="cpu")
     assert source.reader is not None and source.reader.paths.root == env.store
     keys = list(env.keys[::-1])  # any order
     ids = ["U-L1-R1-B0-Cross-Q@t50", "U-L1-R1-B0-Cross-Q@t50:caption", "U-L1-R1-B0-Cross-Q@t500"]
@@ -30,7 +30,7 @@ def test_store_arrays_are_read_and_the_rest_computed_from_the_cached_latents(ana
 
 def test_keys_the_store_lacks_are_computed_as_the_extraction_would_store_them(analysis_env):
     env = analysis_env
-    source = FeatureSource.from_yaml(env.extract_yaml, image_root=env.image_root, device="cpu")
+    source = AnalysisFeatures.from_yaml(env.extract_yaml, image_root=env.image_root, device="cpu")
     held, extra = env.keys[0], "00010/000100155.jpg"  # a sample image the small store never planned
     got = source.read([extra, held], ["latents", "U-L1-R1-B0-Cross-Q@t50"])
     stored = StoreReader(env.store, expect=source.fingerprint).read([held])

@@ -22,10 +22,10 @@ from llava_eval.cli import load_eval_config, main, run_eval
 from llava_eval.export import write_llava_json
 from llava_eval.features import EvalFeatures
 from llava_eval.results import ResultFiles, stored_results
-from stages.cache_spec import CacheSpec, array_shapes_for, image_spec_for, spec_summary
-from stages.encoders import SDFeatureEncoder
+from stages.cache_spec import CacheSpec, array_shapes_for, spec_summary
 from stages.extractor import amplify
-from stages.preprocess import load_image, preprocess
+from stages.features import ArrayId
+from stages.serving import SpecFeatures
 from stages.store import StoreReader
 from stages.store.fingerprint import Fingerprint
 from train.config import (DataConfig, GuidanceConfig, TrainConfig, VisionConfig, load_run_config,
@@ -202,11 +202,11 @@ def test_other_pictures_under_the_cached_names_get_their_own_features(env, tmp_p
     config = load_run_config(_run(env, "other-pictures"))
     data_json = write_llava_json(env["items"]["mmvp"], tmp_path / "mmvp.json")
 
-    features = EvalFeatures(config, device=torch.device("cpu"))
-    features.check_cached(keys, data_json=data_json, image_root=other)
+    features = EvalFeatures(config, device=torch.device("cpu"), image_root=other)
+    features.check_cached(keys, data_json=data_json)
     assert "2 images under" in capsys.readouterr().err
-    served = features._read(keys)[SD_ARRAY]
-    cached = features.source.read(keys, [SD_ARRAY])[SD_ARRAY]
+    served = features.source.read(keys, [SD_ARRAY])[SD_ARRAY]
+    cached = StoreReader(features.stores[0].path, expect=None).read(keys, [SD_ARRAY])[SD_ARRAY]
     assert not np.array_equal(served[:2], cached[:2]) and np.array_equal(served[2:], cached[2:])
 
     fresh = yaml.safe_load(env["yaml"].read_text())  # the other root, extracted into a store of its own
@@ -256,12 +256,11 @@ def test_question_guidance_at_eval_equals_recomputation_from_the_image(env):
     keys, prompts = [i.image for i in items], [i.prompt for i in items]
     got = features(keys, [*prompts[:2], ""])[SD_ARRAY].double()
 
-    spec = replace(SPEC, prompt_sources=("question",))  # image -> latents -> paired uncond/cond pass
-    encoder = SDFeatureEncoder.load(spec, device="cpu")
-    images = np.stack([np.asarray(preprocess(load_image(env["eval_root"], k), image_spec_for(spec))) for k in keys])
-    pair = encoder.features(encoder.latents(images), keys, prompts={"question": prompts},
-                            array_ids=[SD_ARRAY, f"{SD_ARRAY}:question"])
-    uncond, cond = pair[SD_ARRAY].double(), pair[f"{SD_ARRAY}:question"].double()
+    # the room's computation from the image files: image -> latents -> unconditional and prompted passes
+    question = str(replace(ArrayId.parse(SD_ARRAY), source="question"))
+    fresh = SpecFeatures(SPEC, image_root=env["eval_root"], compute_missing=True, device="cpu")
+    pair = fresh.read(keys, [SD_ARRAY, question], prompts={"question": prompts})
+    uncond, cond = (torch.from_numpy(pair[a]).double() for a in (SD_ARRAY, question))
     expected = amplify(uncond, cond, 4.0)
     assert float((got[:2] - expected[:2]).norm() / expected[:2].norm()) < 1e-4
     assert float((got[2] - uncond[2]).norm() / uncond[2].norm()) < 1e-4  # an empty SD prompt keeps X_u

@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 
 from pipeline.config import split_config
-from pipeline.driver import plan_run, worker_builder
-from pipeline.worker import decode_shard
+from pipeline.driver import plan_run
+from pipeline.runner import worker_builder
+from pipeline.sequential import run_sequential
 from stages.cache_spec import CacheSpec, fingerprint_for
 from stages.embedded import resolve_model
 from stages.preprocess import load_image
@@ -48,9 +49,10 @@ def test_clip_shard_equals_penultimate_patch_tokens_of_clip_vision_model(tmp_pat
                            "grid": None, "features": [], "cache_root": str(tmp_path), "shard_size": 16,
                            "batch_size": 3, "device": "cpu"})
     plan = plan_run(config)
-    worker = worker_builder(config, plan).build()
-    task = decode_shard(plan.tasks[0], image_root=str(plan.manifest.image_root), image_spec=plan.image_spec)
-    stats = worker.process(task)
+    done = []  # the first shard only, by the sequential runner
+    run_sequential(plan.tasks[:1], processor=worker_builder(config, plan).build(),
+                   image_root=str(plan.manifest.image_root), image_spec=plan.image_spec, on_stats=done.append)
+    (stats,) = done
     assert not stats.failed and stats.batches == 6  # 16 images in batches of 3
     assert list(stats.seconds) == ["decode", "clip", "write"] and min(stats.seconds.values()) > 0
 

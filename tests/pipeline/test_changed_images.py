@@ -41,7 +41,7 @@ def test_an_image_replaced_in_place_is_extracted_again_and_its_old_features_are_
 
     shutil.copyfile(Path(data["root"]) / other, replaced)  # another picture under the same path
     second = extract(config(data, tmp_path / "cache", shard_size=2))
-    assert second.changed_images == {key: 1} and [t.shard for t in second.tasks] == [1]
+    assert second.schedule.changed_images == {key: 1} and [t.shard for t in second.tasks] == [1]
     assert not second.tasks[0].reuse_latents  # the latents were the old picture's too
     new = _features(second.store.path, [key])
 
@@ -56,4 +56,4 @@ def test_a_copied_image_tree_with_new_mtimes_is_a_cache_hit(data, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(data["root"], copy, copy_function=shutil.copyfile)  # same bytes, new mtimes
     again = extract(config({**data, "root": str(copy)}, tmp_path / "cache", shard_size=2))
-    assert again.changed_images == {} and again.tasks == ()
+    assert again.schedule.changed_images == {} and again.tasks == ()

@@ -151,34 +151,24 @@ def test_verify_of_a_cache_root_says_so_and_names_its_stores(planned_root, capsy
     assert _snapshot(planned_root) == before
 
 
-def _in_process_job(monkeypatch, *, stop_after: int | None = None):
-    """The driver's Ray calls replaced by the work units each actor runs, in this process. `stop_after`:
-    compute that many shards without reporting their stats (an actor's stats lost in flight), then
-    Ctrl-C."""
-    import ray
+def _stats_lost_then_ctrl_c(monkeypatch, *, computed: int) -> None:
+    """The sequential runner computes `computed` shards whose stats never reach the driver (an actor's
+    stats lost in flight), then Ctrl-C."""
+    from pipeline import runner
 
-    from pipeline.worker import decode_shard
+    run_sequential = runner.run_sequential
 
-    def run_shards(tasks, *, builder, image_root, image_spec, run, on_stats, shrink=False):
-        processor = builder.build()
-        for i, task in enumerate(tasks):
-            if stop_after is not None and i == stop_after:
-                raise KeyboardInterrupt
-            stats = processor.process(decode_shard(task, image_root=image_root, image_spec=image_spec))
-            if stop_after is None:
-                on_stats(stats)
+    def lose_stats(tasks, *, on_stats, **kwargs):
+        run_sequential(tasks[:computed], on_stats=lambda stats: None, **kwargs)
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr("pipeline.job.start_ray", lambda run: (True, 0.0))
-    monkeypatch.setattr("pipeline.job.run_shards", run_shards)
-    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(runner, "run_sequential", lose_stats)
 
 
-def test_a_key_no_file_can_have_is_one_refused_entry_and_the_other_images_extract(
-        data, monkeypatch, tmp_path, capsys):
-    _in_process_job(monkeypatch)
+def test_a_key_no_file_can_have_is_one_refused_entry_and_the_other_images_extract(data, tmp_path, capsys):
     summary = tmp_path / "summary.json"
-    rc = main(["extract", "--no-progress", *SMALL, f"cache_root={tmp_path / 'cache'}", f"data={data['hostile']}",
-               f"image_root={data['root']}", "--summary-json", str(summary)])
+    rc = main(["extract", "--no-progress", *SMALL, "runner=sequential", f"cache_root={tmp_path / 'cache'}",
+               f"data={data['hostile']}", f"image_root={data['root']}", "--summary-json", str(summary)])
     assert rc == 0, capsys.readouterr().err
     counts = json.loads(summary.read_text())
     assert (counts["done"], counts["refused"], counts["failed"]) == (6, 3, 0)
@@ -191,8 +181,8 @@ def test_a_key_no_file_can_have_is_one_refused_entry_and_the_other_images_extrac
 
 def test_ctrl_c_counts_the_shards_completed_whose_stats_never_reached_the_driver(data, monkeypatch, tmp_path,
                                                                                   capsys):
-    _in_process_job(monkeypatch, stop_after=1)  # shard 0 written, its stats lost; Ctrl-C before shard 1
-    rc = main(["extract", "--no-progress", *SMALL, f"cache_root={tmp_path / 'cache'}", f"data={data['good']}",
+    _stats_lost_then_ctrl_c(monkeypatch, computed=1)  # shard 0 written, its stats lost; then Ctrl-C
+    rc = main(["extract", "--no-progress", *SMALL, "runner=sequential", f"cache_root={tmp_path / 'cache'}", f"data={data['good']}",
                f"image_root={data['root']}"])
     out = capsys.readouterr()
     assert rc == 130 and "extract: 4 images done" in out.out, out.out

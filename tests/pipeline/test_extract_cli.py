@@ -155,3 +155,25 @@ def test_actor_capacity_counts_whole_actors_per_node(nodes, request_, fit):
     from pipeline.job import actor_capacity
 
     assert actor_capacity(nodes, request_, actors=99) == fit
+
+
+def test_the_sequential_runner_extracts_without_ray_and_refuses_cluster_settings(tmp_path, monkeypatch, capsys):
+    """`runner=sequential`: the Ray job's work units in this process, the same summary path; Ray is never
+    imported. A cluster address or an actor pool is a one-line error."""
+    import sys
+
+    from stages.store.verify import verify_store
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # any `import ray` fails
+    small = ["runner=sequential", "resolution=64", "grid=4", "shard_size=16", "batch_size=8", "device=cpu",
+             "compute_dtype=float32", f"cache_root={tmp_path / 'cache'}"]
+    summary = tmp_path / "summary.json"
+    assert main(["extract", "--no-progress", *small, "--summary-json", str(summary)]) == 0, capsys.readouterr().err
+    counts = json.loads(summary.read_text())
+    assert counts["done"] == 38 and counts["shards"] == 3 and counts["ray_start_s"] == 0
+    assert set(counts["stage_seconds"]) == {"decode", "vae", "unet", "write"}
+    assert verify_store(counts["store"]) == []
+    capsys.readouterr()
+    for bad in ("num_actors=2", "ray_address=auto"):
+        assert main(["extract", "--no-progress", *small, bad]) == 2
+        assert "runner=sequential computes the shards one after another" in _one_error_line(capsys)

@@ -6,7 +6,7 @@ Every run is `python -m pipeline.cli extract ... ray_address=...` (what `just ex
 process. Tiny SD at 64 px, 24 images in 24 shards.
 
 Both stores are bit-identical to the same extraction run in one process without Ray (`store_builder`:
-the work units every actor runs): the plain two-node run, and a run whose second node is killed while
+the sequential runner, the work units every actor runs): the plain two-node run, and a run whose second node is killed while
 shards are left (the driver runs them again on the head). Errors: an address nothing listens on fails
 in seconds (Ray itself retries for minutes), a request no node can place fails instead of waiting.
 """

@@ -1,7 +1,7 @@
 """`just extract --dry-run` (pipeline.plan): counts, bytes and FLOPs against what a run really does.
 
-Stores are built in this process by the pipeline's own work units (`store_builder`, no Ray); tiny SD
-at 64 px. The FLOP count is checked against a FlopCounterMode count of the real encoder computing one
+Stores are built in this process by the pipeline's sequential runner (`store_builder`, no Ray); tiny
+SD at 64 px. The dry run schedules shards with the run's own planning (`pipeline.shards`). The FLOP count is checked against a FlopCounterMode count of the real encoder computing one
 image, and the full-size numbers against DESIGN §6.
 """
 import json
@@ -74,6 +74,29 @@ def test_plan_bytes_and_counts_match_the_finished_store_and_a_rerun_plans_nothin
     assert more.images["reusing_latents"] == more.images["new"] == 7
     assert more.gflop["total_vae_encode"] == 0 < more.gflop["total_unet"]
     assert more.bytes_per_array["latents"]["zarr"] == 0 < more.bytes_per_array["U-L2-R2-Res-Out@t200"]["zarr"]
+
+
+def test_the_dry_run_schedules_the_shards_the_run_computes_after_an_image_changed(data, tmp_path, store_builder):
+    """The dry run calls the run's own planning (`pipeline.shards`): an image whose file changed since it
+    was extracted makes its shard a miss for both (DESIGN §8), and the dry run still writes nothing."""
+    import shutil
+
+    from pipeline.driver import plan_run
+
+    root = shutil.copytree(data["root"], tmp_path / "images")
+    values = fields({**data, "root": str(root)}, tmp_path / "cache")
+    config_yaml = tmp_path / "extract.yaml"
+    config_yaml.write_text(yaml.safe_dump(values))
+    store = store_builder(config_yaml)
+    key = sorted(r["image"] for r in json.loads(Path(data["json"]).read_text()) if r["image"] != "absent/none.jpg")[5]
+    (root / key).write_bytes((root / key).read_bytes() + b"\0")  # in shard 1 (shards of 4)
+    before = files_of(store)
+    dry = plan_extract(split_config(values), budget=BUDGET)
+    assert files_of(store) == before
+    run = plan_run(split_config(values))
+    assert [t.shard for t in run.tasks] == [1] and run.schedule.changed_images == {key: 1}
+    assert (dry.shards["to_compute"], dry.shards["complete"], dry.images["new"], dry.images["cached"]) == (1, 1, 3, 4)
+    assert dry.gflop["total_vae_encode"] > 0  # the shard's latents are computed again, not reused
 
 
 def test_gflop_per_image_equals_a_count_of_the_encoder_computing_an_image(data, tiny_sd_dir):

@@ -1,8 +1,7 @@
 """A store you can trust: every kind of damage is reported by `verify` with the command that fixes it,
-and `verify --repair` plus an extraction (the driver's own plan, shards computed without Ray) restore
+and `verify --repair` plus an extraction (the driver's own plan, shards computed by the sequential runner) restore
 the store byte for byte; `extract` alone repairs what its cheap checks see; a failed run leaves the
 store as it was; `caches --drop` removes arrays (tiny SD, 64 px, 6 images in shards of 4)."""
-import errno
 import json
 import os
 import resource
@@ -14,9 +13,10 @@ import pytest
 
 import pipeline.driver as driver
 from pipeline.config import split_config
-from pipeline.driver import plan_run, run_extract, worker_builder
+from pipeline.driver import plan_run, run_extract
+from pipeline.errors import ExtractionError
+from pipeline.runner import run_in_process
 from pipeline.store_cli import caches_main, verify_main
-from pipeline.worker import decode_shard
 from stages.config import ConfigError
 from stages.store import CacheStore, list_caches
 from stages.store.verify import verify_store
@@ -28,17 +28,14 @@ FEATURE = "U-L2-R2-Res-Out@t50"
 def config(data, cache_root, **extra):
     values = {"data": [data["json"]], "image_root": data["root"], "cache_root": str(cache_root),
               "resolution": 64, "grid": 4, "features": ["U-L2-R2-Res-Out"], "timesteps": [50],
-              "batch_size": 2, "device": "cpu", "compute_dtype": "float32", **extra}
+              "batch_size": 2, "device": "cpu", "compute_dtype": "float32", "runner": "sequential", **extra}
     return split_config(values)
 
 
 def extract(cfg):
-    """The driver's plan (cheap checks and repairs included), then every task as a Ray actor runs it."""
+    """The driver's plan (cheap checks and repairs included), then its tasks by the sequential runner."""
     plan = plan_run(cfg)
-    if plan.tasks:
-        processor = worker_builder(cfg, plan).build()
-        for task in plan.tasks:
-            processor.process(decode_shard(task, image_root=str(plan.manifest.image_root), image_spec=plan.image_spec))
+    run_in_process(cfg, plan)
     return plan
 
 
@@ -185,7 +182,7 @@ def test_a_failed_run_leaves_the_store_byte_identical(store, data, monkeypatch):
 
     run_extract(config(data, store.parent), show_progress=False)  # a cache hit; writes the errors file
     before = snapshot(store)
-    monkeypatch.setattr(driver, "_run_job", fail)
+    monkeypatch.setattr(driver, "run_tasks", fail)
     with pytest.raises(RuntimeError):
         run_extract(config(data, store.parent, timesteps=[50, 200]), show_progress=False)
     assert snapshot(store) == before
@@ -225,31 +222,23 @@ def test_an_empty_data_set_is_an_error_before_any_store_exists(data, tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
-def test_a_full_disk_while_adding_a_timestep_leaves_the_store_as_it_was(store, data, monkeypatch):
+def test_a_full_disk_while_adding_a_timestep_leaves_the_store_as_it_was(store, data):
     """With a file-size limit that a zarr shard fits and a tar does not, the run fails writing its first tar
     (EFBIG, as ENOSPC would); the old tar, its record and every array stay as they were."""
     run_extract(config(data, store.parent), show_progress=False)  # a cache hit; writes the errors file
     before = snapshot(store)
     limit = max(p.stat().st_size for p in (store / "zarr").rglob("*") if p.is_file()) + 1024
 
-    def job_with_a_small_disk(cfg, plan, summary, log, *, show_progress):
-        processor = worker_builder(cfg, plan).build()
-        old = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[0][1]))
-        try:
-            for task in plan.tasks:
-                processor.process(decode_shard(task, image_root=str(plan.manifest.image_root),
-                                               image_spec=plan.image_spec))
-        finally:
-            resource.setrlimit(resource.RLIMIT_FSIZE, old[0])
-            signal.signal(signal.SIGXFSZ, old[1])
-
-    monkeypatch.setattr(driver, "_run_job", job_with_a_small_disk)
-    with pytest.raises(OSError) as raised:
-        run_extract(config(data, store.parent, timesteps=[50, 200]), show_progress=False)
-    assert raised.value.errno == errno.EFBIG
+    old = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[0][1]))
+    try:
+        with pytest.raises(ExtractionError, match=r"OSError: \[Errno 27\] File too large"):
+            run_extract(config(data, store.parent, timesteps=[50, 200]), show_progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old[0])
+        signal.signal(signal.SIGXFSZ, old[1])
+    shutil.rmtree(store / "logs")  # the failure's log file (tracebacks), beside the store's data
     assert snapshot(store) == before and verify_store(store) == []
-    monkeypatch.undo()
     assert len(extract(config(data, store.parent, timesteps=[50, 200])).tasks) == 2  # the disk has room again
     assert verify_store(store) == []
 
@@ -258,8 +247,8 @@ def test_failures_under_other_decode_limits_or_retry_failed_are_tried_again(data
     low = extract(config(data, tmp_path / "cache", shard_size=4, max_pixels=1))  # every image "too large"
     assert low.tasks and not extract(config(data, tmp_path / "cache", max_pixels=1)).tasks  # recorded: a hit
     again = extract(config(data, tmp_path / "cache", max_pixels=1, retry_failed=True))
-    assert set(again.retried.values()) == {"retry_failed"} and len(again.tasks) == 2
+    assert set(again.schedule.retried.values()) == {"retry_failed"} and len(again.tasks) == 2
     default = extract(config(data, tmp_path / "cache"))  # the default limit: the recorded failures are retried
-    assert len(default.tasks) == 2 and "max_pixels" in next(iter(default.retried.values()))
+    assert len(default.tasks) == 2 and "max_pixels" in next(iter(default.schedule.retried.values()))
     made = {k: v for k, v in snapshot(default.store.path).items() if k != "zarr/zarr.json"}  # its creation time
     assert made == {k: v for k, v in pristine[1].items() if k != "zarr/zarr.json"}  # as if max_pixels=1 never ran

@@ -1,7 +1,7 @@
 """Two extraction jobs writing one store at the same time, as two nodes sharing a cache directory do.
 
-Each job is a separate process running the pipeline's Ray-free path (`tests.conftest.build_store`: the
-plan, then the work units each actor runs) with its own feature name on the same images, so both plan
+Each job is a separate process running the pipeline's Ray-free path (`tests.conftest.build_store`:
+`run_extract` with the sequential runner, the work units each actor runs) with its own feature name on the same images, so both plan
 the same keys (under the store lock), both compute the same latents shards and write them (each shard
 write under that shard's lock) and each adds its own array. They start computing together (a file
 barrier after their imports). Then a third job adds a name alone: its tars keep the arrays the others

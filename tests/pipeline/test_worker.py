@@ -1,15 +1,16 @@
-"""The shard worker and the driver's plan without Ray: `plan_run` then `ShardProcessor.process` per task
-(what the Ray job does), on a few bundled sample images (tiny SD, 64 px)."""
+"""The shard worker and the driver's plan without Ray: `plan_run`, then the sequential runner's
+`ShardProcessor.process` per task (what the Ray job does), on a few bundled sample images (tiny SD, 64 px)."""
 import json
 
 import numpy as np
 import pytest
 
 from pipeline.config import split_config
-from pipeline.driver import plan_run, run_extract, worker_builder
+from pipeline.driver import plan_run, run_extract
 from pipeline.progress import ErrorLog, Progress, Summary
 from pipeline.rows import ShardStats
-from pipeline.worker import decode_shard
+from pipeline.runner import worker_builder
+from pipeline.sequential import run_sequential
 from stages.config import ConfigError
 from stages.features import FeatureName
 from stages.store import StoreReader
@@ -37,9 +38,11 @@ def processor_for(cfg, plan):
 
 
 def run_tasks(plan, processor):
-    image_root = str(plan.manifest.image_root)
-    return [processor.process(decode_shard(t, image_root=image_root, image_spec=plan.image_spec))
-            for t in plan.tasks]
+    """The plan's tasks by the sequential runner with `processor` (hooks attached), their stats in order."""
+    stats = []
+    run_sequential(plan.tasks, processor=processor, image_root=str(plan.manifest.image_root),
+                   image_spec=plan.image_spec, on_stats=stats.append)
+    return stats
 
 
 def test_reused_latents_compute_only_the_missing_names_and_timesteps(data, tmp_path):
@@ -93,15 +96,16 @@ def test_two_data_files_on_one_store_count_only_their_own_shards(sample, tmp_pat
     (root / gone).unlink()
 
     plan = plan_run(cfg_a)
-    assert (len(plan.tasks), plan.foreign_shards) == (1, 0) and gone in plan.manifest.missing
+    assert (len(plan.tasks), plan.schedule.foreign_shards) == (1, 0) and gone in plan.manifest.missing
     stats = run_tasks(plan, processor_for(cfg_a, plan))
     assert stats[0].failed.keys() == {gone}
-    plan = plan_run(cfg_a)
-    assert (plan.tasks, plan.planned, plan.reused_images, plan.recorded_failures) == ((), 4, 3, ())
+    schedule = plan_run(cfg_a).schedule
+    assert (schedule.tasks, schedule.planned, schedule.reused_images, schedule.recorded_failures) == ((), 4, 3, ())
 
     plan = plan_run(config({"json": str(files["b"]), "root": str(root)}, tmp_path / "cache"))
     assert plan.store.path == plan_run(cfg_a).store.path and len(plan.tasks) == 1
-    assert (plan.planned, plan.reused_images, plan.recorded_failures) == (4, 0, ())  # nothing of A's
+    schedule = plan.schedule
+    assert (schedule.planned, schedule.reused_images, schedule.recorded_failures) == (4, 0, ())  # nothing of A's
     assert plan.errors_file.parent == plan.store.path and plan.errors_file != plan_run(cfg_a).errors_file
 
 

@@ -84,3 +84,22 @@ def test_sd_features_of_a_subset_equal_the_full_computation(encoded):
         np.testing.assert_allclose(subset[array_id].numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     with pytest.raises(KeyError, match="no prompts for source"):
         encoder.features(out[LATENTS], keys, array_ids=["U-L1-R1-B0-Cross-Q@t50:question"])
+
+
+def test_the_entry_counts_the_flops_its_encoder_runs_for_an_image(encoded):
+    """`EncoderKind.image_gflop` (what the dry runs price) equals a FlopCounterMode count of the loaded
+    encoder's `encode` of one image: the pass layout is the entry's, counted and run alike. SDPA's math
+    kernel: FlopCounterMode does not count the CPU flash kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from stages.flops import count_gflop
+    from stages.models import resolve_model_dir
+
+    spec, encoder, images, _ = encoded
+    image = images[:1]
+    encoder.encode(image, ["a.jpg"], {s: ["warm-up"] for s in spec.prompt_sources})  # the empty prompt is cached
+    prompts = {s: ["a dog on grass"] for s in spec.prompt_sources}
+    with sdpa_kernel(SDPBackend.MATH):
+        counted = count_gflop(lambda: encoder.encode(image, ["a.jpg"], prompts))
+    per_image = spec.kind.image_gflop(spec, resolve_model_dir(spec.model))
+    assert sum(per_image.values()) == pytest.approx(counted, rel=1e-6)

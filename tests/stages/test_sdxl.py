@@ -297,7 +297,7 @@ def test_sdxl_base_gives_the_paper_feature_as_16x16x1280_at_512px(sdxl):
 
 def test_shipped_sdxl_configs_parse_with_the_paper_feature_and_their_guidance():
     from pipeline.config import load_extract_config
-    from train.cli import load_stage_config
+    from train.config import load_stage_config
 
     repo = Path(__file__).resolve().parents[2]
     for name in ("sample-sdxl", "llava558k-sdxl"):

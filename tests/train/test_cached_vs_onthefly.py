@@ -1,9 +1,9 @@
 """Training from the cache is training on the images: same features, same losses.
 
-The on-the-fly side (`train.stores.OnTheFlyFeatures`) runs the `stages.encoders` unit the extraction
-runs, per batch: image → VAE → latents rounded to the stored dtype → U-Net → pooled features cast to
-the stored dtype; the cached side reads the store. Both go through the CLI's `prepare` and the
-DeepSpeed loop with the same seed.
+The on-the-fly side (`stages.serving.SpecFeatures` without a store) runs the computation the extraction
+runs (`stages.serving.compute_arrays`), per batch: image → VAE → latents rounded to the stored dtype →
+U-Net → pooled features cast to the stored dtype; the cached side reads the store. Both go through the
+CLI's `prepare` and the DeepSpeed loop with the same seed.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 
 from train.cli import prepare, run
 from train.config import DataConfig, TrainConfig
-from train.stores import CachedFeatures, OnTheFlyFeatures, locate_stores
+from stages.serving import CachedFeatures, SpecFeatures
+from train.stores import locate_stores
 
 STEPS = 3
 SD_ARRAY = "U-L1-R1-B0-Cross-Q@t50"
@@ -26,13 +27,17 @@ def _config(train_store, tmp_path) -> TrainConfig:
                        output_dir=str(tmp_path / "cached"), deepspeed_config="configs/deepspeed/zero2.json")
 
 
+def _on_the_fly(train_store) -> SpecFeatures:
+    return SpecFeatures(train_store.spec, image_root=train_store.image_root, compute_missing=True, device="cpu")
+
+
 def test_on_the_fly_features_equal_the_cached_arrays(train_store):
     ids = ["latents", SD_ARRAY]
     source = CachedFeatures(locate_stores(DataConfig(extract_configs=(str(train_store.extract_yaml),))), array_ids=ids)
     keys = source.readers[0].keys
     assert source.readers[0].paths.root == train_store.path and len(keys) >= 3
     cached = source.read(keys, ids)
-    fresh = OnTheFlyFeatures(train_store.spec, image_root=train_store.image_root, device="cpu").read(keys[:3], ids)
+    fresh = _on_the_fly(train_store).read(keys[:3], ids)
     assert all(fresh[a].dtype == cached[a].dtype for a in ids)
     np.testing.assert_array_equal(fresh["latents"], cached["latents"][:3])
     # The store's unconditional features came from a pass batched with the caption-conditioned half
@@ -49,7 +54,7 @@ def test_on_the_fly_features_equal_the_cached_arrays(train_store):
 def test_cached_training_steps_give_the_on_the_fly_losses(train_store, tmp_path):
     config = _config(train_store, tmp_path)
     cached = run(prepare(config)).history
-    on_the_fly_source = OnTheFlyFeatures(train_store.spec, image_root=train_store.image_root, device="cpu")
+    on_the_fly_source = _on_the_fly(train_store)
     fly_config = dataclasses.replace(config, output_dir=str(tmp_path / "on-the-fly"))
     on_the_fly = run(prepare(fly_config, source=on_the_fly_source)).history
     assert [m.step for m in cached] == [m.step for m in on_the_fly] == list(range(1, STEPS + 1))

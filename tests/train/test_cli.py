@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from stages.errors import run_main
-from train.cli import DEFAULT_CONFIGS, REPO, _loader_factory, load_stage_config, main
+from train.cli import _loader_factory, main
+from train.config import DEFAULT_CONFIGS, REPO, DataConfig, load_stage_config
 from train.model import load_tokenizer
-from train.config import DataConfig
 from stages.llava import load_llava_json
 from train.data import LlavaDataset
 from train.loop import FINAL_DIR

@@ -1,6 +1,6 @@
 """The DeepSpeed ZeRO-2 loop end to end on CPU (gloo, fp32): real tiny Llama, dataset, collate, sampler.
 
-Features come from an in-memory feature source (the dataset's `FeatureSource` protocol) with fixed
+Features come from an in-memory feature source (`stages.serving.FeatureSource`, as the dataset reads it) with fixed
 seeded arrays, so the tests need no extraction. DeepSpeed initialises torch.distributed once per
 process; each `train()` call builds a new engine (~1-2 s), so the engine count is kept small.
 """

@@ -1,30 +1,29 @@
 """Guided SD features in training equal a from-scratch recomputation; s = 0 never builds a U-Net.
 
 The trainer's side is what `train.cli.prepare` wires: `CachedFeatures` over the store found from the
-extraction YAML, `LlavaDataset` + `collate`, and `GuidedFeatures` with `encoder_builder` (U-Net only,
-on the cached latents). The reference recomputes everything from the images with a full encoder.
+extraction YAML, `LlavaDataset` + `collate`, and `GuidedFeatures` (the room's `Guidance`: a U-Net-only
+pass on the cached latents). The reference is the room's computation from the images (VAE and U-Net).
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
-from stages.cache_spec import image_spec_for
-from stages.encoders import SDFeatureEncoder
 from stages.extractor import amplify
+from stages.features import conditioned_id
 from stages.llava import load_llava_json
-from stages.preprocess import load_image, preprocess
+from stages.serving import CachedFeatures, SpecFeatures, load_encoder
 from train.collate import collate
-from train.conditioning import GuidedFeatures, encoder_builder, required_arrays
+from train.conditioning import GuidedFeatures, required_arrays
 from train.config import STAGE_TEMPLATES, DataConfig, GuidanceConfig, VisionConfig
 from train.data import LlavaDataset
-from train.stores import CachedFeatures, locate_stores
+from train.stores import locate_stores
 
 SD_ARRAY = "U-L1-R1-B0-Cross-Q@t50"
+CAPTION, QUESTION = conditioned_id(SD_ARRAY, "caption"), conditioned_id(SD_ARRAY, "question")
 SCALE = 4.0
 VISION = VisionConfig(sd_array=SD_ARRAY)
 
@@ -54,32 +53,30 @@ def _batch(store, *, stage: str, guidance: GuidanceConfig) -> tuple[dict, Cached
 
 
 def _hook(source: CachedFeatures, guidance: GuidanceConfig) -> GuidedFeatures:
-    builder = encoder_builder(source.cache_spec(SD_ARRAY), SD_ARRAY, device=torch.device("cpu"))
-    return GuidedFeatures(vision=VISION, guidance=guidance, build_encoder=builder)
+    return GuidedFeatures(vision=VISION, guidance=guidance, source=source, device=torch.device("cpu"))
 
 
 def _from_scratch(store, keys: list[str], questions: list[str]) -> dict[str, torch.Tensor]:
-    """image → latents rounded to the stored dtype → one batched pass pairing the unconditional and the
-    question-conditioned halves (the extraction's layout for a first prompt source) → amplified."""
-    spec = replace(store.spec, prompt_sources=("question",))
-    encoder = SDFeatureEncoder.load(spec, device="cpu")
-    image_spec = image_spec_for(spec)
-    images = np.stack([np.asarray(preprocess(load_image(store.image_root, k), image_spec)) for k in keys])
-    pair = encoder.features(encoder.latents(images), keys, prompts={"question": questions},
-                            array_ids=[SD_ARRAY, f"{SD_ARRAY}:question"])
-    uncond, cond = pair[SD_ARRAY], pair[f"{SD_ARRAY}:question"]
+    """The room's computation from the images, in float32: image → latents rounded to the stored dtype →
+    the unconditional and the question-conditioned passes → amplified."""
+    spec = replace(store.spec, feature_dtype="float32")
+    fresh = SpecFeatures(spec, image_root=store.image_root, compute_missing=True, device="cpu")
+    pair = fresh.read(keys, [SD_ARRAY, QUESTION], prompts={"question": questions})
+    uncond, cond = torch.from_numpy(pair[SD_ARRAY]), torch.from_numpy(pair[QUESTION])
     return {"uncond": uncond, "amplified": amplify(uncond, cond, SCALE)}
 
 
 @pytest.fixture
 def no_unet(monkeypatch):
-    """Any U-Net construction (from_pretrained, from_config, direct) raises."""
+    """Any U-Net construction (from_pretrained, from_config, direct) raises, and no encoder loaded earlier
+    in the process is reused."""
     from diffusers import UNet2DConditionModel
 
     def refuse(self, *args, **kwargs):
         raise AssertionError("a U-Net was constructed")
 
     monkeypatch.setattr(UNet2DConditionModel, "__init__", refuse)
+    load_encoder.cache_clear()
 
 
 @pytest.mark.parametrize("store_name", ["train_store_fp32", "train_store"])
@@ -126,8 +123,8 @@ def test_caption_guided_pretraining_combines_cached_arrays_without_a_unet(train_
     guidance = GuidanceConfig(scale=2.5, prompt_source="caption")
     batch, source = _batch(train_store, stage="pretrain", guidance=guidance)
     got = _hook(source, guidance)(batch)[SD_ARRAY]
-    stored = source.read(batch["image_keys"], [SD_ARRAY, f"{SD_ARRAY}:caption"])
-    uncond, caption = (torch.from_numpy(stored[a]).float() for a in (SD_ARRAY, f"{SD_ARRAY}:caption"))
+    stored = source.read(batch["image_keys"], [SD_ARRAY, CAPTION])
+    uncond, caption = (torch.from_numpy(stored[a]).float() for a in (SD_ARRAY, CAPTION))
     assert not torch.equal(uncond, caption)
     torch.testing.assert_close(got, amplify(uncond, caption, 2.5), rtol=0, atol=0)
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from train.cli import REPO, load_stage_config, main, make_sampler
+from train.cli import main
+from train.config import REPO, load_stage_config
+from train.sampler import make_sampler
 from train.data import LlavaDataset
 from train.metrics import METRICS_FILE
 from train.model import load_tokenizer

@@ -10,7 +10,9 @@ import pytest
 
 from tests.stages.store.test_legacy_store import LEGACY, PINNED
 from train.config import DataConfig
-from train.stores import CachedFeatures, StoreNotFound, locate_stores
+from stages.serving import CachedFeatures
+from stages.store import StoreNotFound
+from train.stores import locate_stores
 
 
 @pytest.fixture()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from train.cli import REPO, main
+from train.cli import main
+from train.config import REPO
 
 
 def _snapshot(root: Path) -> dict[str, str]:

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from stages.flops import ComputeBudget, count_gflop
-from train.cli import load_stage_config, main
+from stages.serving import load_encoder, prompted_features
+from train.cli import main
+from train.config import load_stage_config
 from train.collate import collate
-from train.conditioning import encoder_builder, prompted_features
 from train.data import LlavaDataset
 from train.model import load_llm, load_tokenizer, splice_image_tokens
 from train.plan import plan_training
@@ -71,7 +72,7 @@ def test_sft_plan_counts_steps_tokens_bytes_and_the_guided_pass_as_a_run_does(tr
 
     from torch.nn.attention import SDPBackend, sdpa_kernel  # the CPU flash kernel is not counted (test_plan.py)
 
-    encoder = encoder_builder(source.cache_spec(SD_ARRAY), SD_ARRAY, device=torch.device("cpu"))()
+    encoder = load_encoder(source.spec_of(SD_ARRAY), device=torch.device("cpu"), with_vae=False)
     key = source.readers[0].keys[0]
     latents = torch.from_numpy(source.read([key], ["latents"])["latents"])  # (1, 4, 16, 16)
     run = functools.partial(prompted_features, encoder, SD_ARRAY, latents, [key])

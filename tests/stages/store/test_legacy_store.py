@@ -54,7 +54,8 @@ def test_a_store_written_before_store_meta_opens_verifies_and_equals_a_recomputa
 
 
 def test_a_store_written_before_store_meta_trains(legacy: Path, sample, tmp_path: Path) -> None:
-    from train.cli import load_stage_config, prepare, run
+    from train.cli import prepare, run
+    from train.config import load_stage_config
 
     config = load_stage_config("pretrain", [
         f"data.stores=[{legacy}]", f"data.data_path={LEGACY / 'pretrain.json'}", "data.extract_configs=[]",
