@@ -6,8 +6,8 @@
    full unconditional U-Net + text encoder + full conditional U-Net, every step).
 2. Measured on this machine through `train.cli.prepare`/`run` (the DeepSpeed loop), on the bundled sample
    store of configs/extract/sample.yaml: seconds per step and samples/s, cached vs on the fly
-   (`train.stores.OnTheFlyFeatures`: VAE + U-Net in the data loader), for the tiny LLM and a mid-size
-   Llama (hidden 512, 4 layers); and the data loader alone (samples/s) next to the step rate.
+   (`stages.serving.SpecFeatures` computing every key: VAE + U-Net in the data loader), for the tiny LLM
+   and a mid-size Llama (hidden 512, 4 layers); and the data loader alone (samples/s) next to the step rate.
 
     python -m benchmarks.bench_train [--cache-root cache] [--steps 6]
 """
@@ -86,7 +86,9 @@ def _loader_rate(prepared: Any, *, epochs: int = 2) -> float:
 def measure(stage: str, *, model: str, on_the_fly: bool, cache_root: str, steps: int, out: Path) -> dict[str, float]:
     from train.cli import prepare, run
     from train.config import load_stage_config
-    from train.stores import OnTheFlyFeatures, cache_spec_from_yaml, resolve_data_path
+    from stages.cache_spec import cache_spec_from_yaml
+    from stages.serving import SpecFeatures
+    from train.stores import resolve_data_path
 
     overrides = [f"model={model}", f"max_steps={steps}", "save_every=0", f"output_dir={out}",
                  f"data.cache_root={cache_root}", "pretrained_adapter="]
@@ -94,7 +96,7 @@ def measure(stage: str, *, model: str, on_the_fly: bool, cache_root: str, steps:
     source = None
     if on_the_fly:
         _, image_root = resolve_data_path(config.data.data_path)
-        source = OnTheFlyFeatures(cache_spec_from_yaml(EXTRACT_YAML)[0], image_root=image_root)
+        source = SpecFeatures(cache_spec_from_yaml(EXTRACT_YAML)[0], image_root=image_root, compute_missing=True)
     prepared = prepare(config, source=source)
     loader_rate = _loader_rate(prepared)  # leaves the model and the RNGs alone; `train` repositions the sampler
     history = run(prepared).history[1:]  # step 1: warm-up (lazy U-Net load, allocations)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from stages.errors import UserError
-from stages.models import resolve_model_dir
+from stages.models import default_device, resolve_model_dir
 from stages.store.fingerprint import Fingerprint, weights_hash
 from stages.store.layout import file_sha256
 from train.config import RUN_CONFIG_FILE, TrainConfig, load_run_config
@@ -22,15 +22,11 @@ from train.fusion import load_adapter
 from train.loop import FINAL_DIR
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, load_llm, load_tokenizer
 
-__all__ = ["RunError", "Checkpoint", "TrainedRun", "default_device", "inference_dtype"]
+__all__ = ["RunError", "Checkpoint", "TrainedRun", "inference_dtype"]
 
 
 class RunError(UserError, FileNotFoundError):
     """A run directory or checkpoint that cannot be evaluated (the message says why)."""
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def inference_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:

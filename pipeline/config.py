@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from stages.cache_spec import CacheSpec, cache_spec_from
 from stages.config import ConfigError, build_dataclass, load_config
-from stages.locations import DEFAULT_CACHE_ROOT, SAMPLE, is_sample_data, resolve_sample_data
+from stages.locations import DEFAULT_CACHE_ROOT, REPO, SAMPLE, is_sample_data, resolve_sample_data
 from stages.models import resolve_model_dir
 from stages.preprocess import ImageSpec
 from stages.writable import check_writable_dir
@@ -22,7 +22,6 @@ from stages.writable import check_writable_dir
 __all__ = ["RunConfig", "ExtractConfig", "DEFAULT_CONFIG", "RUNNERS", "load_extract_config", "split_config",
            "resolve_data", "check_setup"]
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "extract" / "sample.yaml"
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # stages.models.resolve_dtype
 RUNNERS = ("ray", "sequential")  # pipeline.runner
@@ -50,6 +49,10 @@ class RunConfig:
     max_pixels: int = ImageSpec.max_pixels  # decompression-bomb limit
     retry_failed: bool = False  # decode again the images an earlier run recorded as failed
     runner: str = "ray"  # ray: the Ray Data job; sequential: the same work units in this process, no Ray
+    # images decoded and resized per second on one CPU core, which sizes the dry run's CPU side: `just
+    # bench-decode` measures a machine's; the default is the development machine's (2-core x86 VM, 512 px,
+    # the bundled sample's 0.13 MP photos on average, 2026-11-27)
+    decode_rate: float = 57.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or (self.shard_size is not None and self.shard_size < 1) or self.num_actors < 1:
@@ -69,6 +72,9 @@ class RunConfig:
             raise ConfigError(f"cpus_per_actor must be > 0 (fractions are fine: 0.5), got {self.cpus_per_actor}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError(f"num_cpus must be >= 1 (or null: all of this machine's), got {self.num_cpus}")
+        if not (math.isfinite(self.decode_rate) and self.decode_rate > 0):
+            raise ConfigError(f"decode_rate must be > 0 images/s per core (`just bench-decode` measures it), "
+                              f"got {self.decode_rate}")
         if self.max_pixels < 1:
             raise ConfigError(f"max_pixels must be >= 1 (the largest image, in pixels, that is decoded; default "
                               f"{ImageSpec.max_pixels}), got {self.max_pixels}")

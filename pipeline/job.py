@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 
 import ray
 
-from pipeline.config import REPO, RunConfig
+from pipeline.config import RunConfig
+from stages.locations import REPO
 from pipeline.errors import ExtractionError, WorkerError, logged_failure
 from pipeline.rows import ShardStats, ShardTask
 from pipeline.worker import ShardWorker, WorkerBuilder, decode_row

@@ -11,8 +11,8 @@ every usable image counts as new).
 Bytes are those of the files a run writes: each zarr shard file (every row, padding included: one
 sample's bytes plus its 4-byte crc32c, then the 16-byte-per-row index and its crc32c) and each
 webdataset tar (`stages.store.webdataset_shards.tar_shard_size`, the tar writer's own rule); the small
-JSON index and completion records are left out. The decode rate that sizes the CPU side is measured by
-`just bench-decode` (benchmarks/results/decode.json).
+JSON index and completion records are left out. The CPU side is sized by the config's `decode_rate`
+(images per second per core; `just bench-decode` measures a machine's).
 """
 from __future__ import annotations
 
@@ -25,39 +25,16 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.config import REPO, ExtractConfig, resolve_data
+from pipeline.config import ExtractConfig, resolve_data
 from pipeline.manifest import build_manifest
 from pipeline.shards import pending
 from stages.cache_spec import fingerprint_for
 from stages.flops import ComputeBudget, architecture_dir
 from stages.store.webdataset_shards import npy_size, tar_shard_size
 
-__all__ = ["DECODE_RESULTS", "FALLBACK_DECODE_RATE", "DecodeRate", "ShardWork", "ExtractPlan", "plan_extract",
-           "write_plan", "extractor_memory", "zarr_shard_bytes", "load_decode_rate"]
+__all__ = ["ShardWork", "ExtractPlan", "plan_extract", "write_plan", "extractor_memory", "zarr_shard_bytes"]
 
-DECODE_RESULTS = REPO / "benchmarks" / "results" / "decode.json"
-# Used when `just bench-decode` has not run here: its result on the development machine (2-core x86 VM,
-# 512 px, the bundled sample's photos of 0.13 MP on average, 2026-11-27)
-FALLBACK_DECODE_RATE = 57.0
 _UNKNOWN_STORE = "0" * 16
-
-
-@dataclass(frozen=True)
-class DecodeRate:
-    """Images decoded and preprocessed per second on one CPU core, and where the number comes from."""
-
-    images_per_s_per_core: float
-    resolution: int
-    source: str
-
-
-def load_decode_rate(path: Path = DECODE_RESULTS) -> DecodeRate:
-    """The rate `just bench-decode` measured, else `FALLBACK_DECODE_RATE` (stated as such)."""
-    if path.is_file():
-        result = json.loads(path.read_text(encoding="utf-8"))
-        return DecodeRate(float(result["images_per_s_per_core"]), int(result["resolution"]), f"measured: {path}")
-    return DecodeRate(FALLBACK_DECODE_RATE, 512, f"fallback (no {path}; run `just bench-decode` to measure this "
-                                                   "machine): the development machine's rate")
 
 
 def zarr_shard_bytes(sample_shape: Sequence[int], dtype: str, shard_size: int) -> int:
@@ -97,7 +74,7 @@ class ExtractPlan:
     budget: dict[str, Any]
     gpu_hours: float
     images_per_s_per_gpu: float
-    decode: dict[str, Any]
+    decode_rate: float  # images/s per CPU core (the config's)
     cpu_cores_per_gpu: float
     notes: list[str] = field(default_factory=list)
 
@@ -124,8 +101,7 @@ class ExtractPlan:
             f"  at {self.budget['utilization']:.0%} of {self.budget['gpu']} ({self.budget['peak_tflops']:g} TFLOP/s "
             f"dense): {self.gpu_hours:.3g} GPU-hours, {self.images_per_s_per_gpu:.0f} images/s per GPU",
             f"  CPU: {self.cpu_cores_per_gpu:.1f} cores per GPU to decode and resize at that rate "
-            f"({self.decode['images_per_s_per_core']:.1f} images/s per core at {self.decode['resolution']} px, "
-            f"{self.decode['source']})",
+            f"({self.decode_rate:g} images/s per core: decode_rate, which `just bench-decode` measures)",
         ]
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
@@ -161,7 +137,7 @@ def _bytes(config: ExtractConfig, work: Sequence[ShardWork], *, shapes: Mapping[
     return total, {a: {"per_image": per_shard[a] // shard_size, "zarr": zarr_written[a]} for a in array_ids}
 
 
-def plan_extract(config: ExtractConfig, *, budget: ComputeBudget, decode: DecodeRate | None = None) -> ExtractPlan:
+def plan_extract(config: ExtractConfig, *, budget: ComputeBudget) -> ExtractPlan:
     """The plan of `just extract` for `config`; raises the `UserError`s the run itself would raise first."""
     spec, run = config.spec, config.run
     model_dir, reference = architecture_dir(spec.model)
@@ -183,15 +159,12 @@ def plan_extract(config: ExtractConfig, *, budget: ComputeBudget, decode: Decode
     per_part = _sum_parts((w.images, spec.kind.image_gflop(spec, model_dir, array_ids=w.arrays,
                                                            encode=not w.reuse_latents)) for w in work)
     total, per_image = sum(per_part.values()), sum(fresh.values())
-    decode = decode or load_decode_rate()
     images_per_s = budget.gflop_per_s / per_image if per_image else math.inf
     notes = []
     if reference:
         notes.append(f"{spec.model} is not in the local Hugging Face cache: priced on its reference architecture "
                      "(stages.flops.REFERENCE_MODELS); its store is unknown until the weights are there, so every "
                      "usable image counts as new, and `extract` itself needs the model downloaded")
-    if decode.images_per_s_per_core <= 0:
-        notes.append("no decode rate: run `just bench-decode` to size the CPU side")
     return ExtractPlan(
         store=str(Path(run.cache_root) / store) if store else None, shard_size=shard_size,
         images={"new": sum(w.images for w in work), "reusing_latents": sum(w.images for w in work if w.reuse_latents),
@@ -203,8 +176,7 @@ def plan_extract(config: ExtractConfig, *, budget: ComputeBudget, decode: Decode
         bytes_per_array=per_array, bytes=bytes_, gflop_per_image=fresh,
         gflop={"per_new_image": per_image, "total": total, **{f"total_{k}": v for k, v in per_part.items()}},
         budget=budget.as_dict(), gpu_hours=budget.gpu_hours(total), images_per_s_per_gpu=images_per_s,
-        decode=asdict(decode),
-        cpu_cores_per_gpu=images_per_s / decode.images_per_s_per_core if decode.images_per_s_per_core > 0 else math.nan,
+        decode_rate=run.decode_rate, cpu_cores_per_gpu=images_per_s / run.decode_rate,
         notes=notes)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from stages.errors import UserError, print_user_error
-from stages.locations import DEFAULT_CACHE_ROOT
+from stages.locations import DEFAULT_CACHE_ROOT, REPO
 from stages.store import CacheStore, StoreMeta, list_caches
 from stages.store.meta import is_store
 from stages.store.repair import Problem, repair_store
@@ -16,7 +16,7 @@ from stages.store.verify import check_store
 
 __all__ = ["caches_main", "verify_main", "extract_command"]
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "extract"
+CONFIGS = REPO / "configs" / "extract"
 
 
 def _human(nbytes: int) -> str:

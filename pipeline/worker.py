@@ -1,5 +1,5 @@
-"""The two units of work of an extraction run, as plain callables (Ray schedules them; the bare loop of
-`benchmarks/bench_pipeline.py` and the Ray-free tests call them in one process). Rows: `pipeline.rows`.
+"""The two units of work of an extraction run, as plain callables: the Ray Data job schedules them, the
+sequential runner (`pipeline.sequential`, `runner: sequential`) calls them in one process. Rows: `pipeline.rows`.
 
 - `decode_shard(task)`: CPU. Loads and preprocesses the images of one shard into uint8 arrays, timing
   itself; failures are returned with their reasons, never raised.

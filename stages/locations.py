@@ -11,8 +11,9 @@ from typing import Mapping
 from stages.config import ConfigError
 from stages.embedded import EMBEDDED_PREFIX
 
-__all__ = ["DEFAULT_CACHE_ROOT", "SAMPLE", "SAMPLE_DATA", "is_sample_data", "resolve_sample_data"]
+__all__ = ["REPO", "DEFAULT_CACHE_ROOT", "SAMPLE", "SAMPLE_DATA", "is_sample_data", "resolve_sample_data"]
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout: configs/ and the default YAMLs are found from it
 DEFAULT_CACHE_ROOT = "cache"  # relative to the working directory, as `just extract` and the trainer see it
 
 SAMPLE = f"{EMBEDDED_PREFIX}sample"

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error  # noqa: E402
 from stages.llava import load_llava_json  # noqa: E402
+from stages.serving import CachedFeatures  # noqa: E402
 from stages.writable import check_writable_dir  # noqa: E402
 from train.collate import collate  # noqa: E402
 from train.conditioning import GuidedFeatures, required_arrays  # noqa: E402
@@ -46,7 +47,7 @@ from train.loop import FINAL_DIR, NonFiniteLoss, TrainingInterrupted, check_resu
 from train.metrics import StepMetrics  # noqa: E402
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model, load_tokenizer  # noqa: E402
 from train.sampler import make_sampler  # noqa: E402
-from train.stores import CachedFeatures, locate_stores, resolve_data_path  # noqa: E402
+from train.stores import locate_stores, resolve_data_path  # noqa: E402
 
 __all__ = ["SetupError", "Prepared", "RunResult", "prepare", "run", "main"]
 

@@ -14,11 +14,9 @@ from typing import Any
 
 from stages.config import ConfigError
 from stages.locations import SAMPLE_DATA, is_sample_data, resolve_sample_data
-from stages.serving import CachedFeatures, LocatedStore, explicit_store, find_yaml_store
-from stages.store import StoreNotFound
+from stages.serving import LocatedStore, explicit_store, find_yaml_store
 
-# CachedFeatures, StoreNotFound: re-exported for train.plan and the tests until they import stages.serving
-__all__ = ["StoreNotFound", "resolve_data_path", "LocatedStore", "locate_stores", "CachedFeatures"]
+__all__ = ["resolve_data_path", "locate_stores"]
 
 
 def resolve_data_path(data_path: str) -> tuple[Path, Path | None]:

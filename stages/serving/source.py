@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -248,11 +248,6 @@ class CachedFeatures:
 
     def spec_of(self, array_id: str) -> CacheSpec:
         return self._unit(array_id).spec
-
-    def cache_spec(self, array_id: str) -> Mapping[str, Any]:
-        """The extraction settings recorded by the store holding `array_id`, as recorded."""
-        self.spec_of(array_id)  # a store without one is refused, naming the fix
-        return self.reader_for(array_id).attrs["cache_spec"]
 
     def stale(self, keys: Sequence[str]) -> list[str]:
         """Keys whose image file changed since any store's rows of them were computed (sorted)."""

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import REPO, split_config
+from pipeline.config import split_config
+from stages.locations import REPO
 from pipeline.driver import run_extract
 from pipeline.errors import ExtractionError
 from stages.cache_spec import LATENTS, fingerprint_for

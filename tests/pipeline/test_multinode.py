@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import REPO
+from stages.locations import REPO
 from stages.store import verify_store
 from tests.conftest import pretrain_subset
 

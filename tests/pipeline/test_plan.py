@@ -142,4 +142,4 @@ def test_dry_run_of_the_full_size_config_on_the_sample_gives_design_numbers_with
     assert plan["gpu_hours"] == pytest.approx(hours)
     assert plan["bytes_per_array"]["U-L1-R1-B0-Cross-Q@t50"]["per_image"] == 256 * (256 * 1280 * 2 + 4 + 16) // 256
     assert plan["cpu_cores_per_gpu"] == pytest.approx(
-        plan["images_per_s_per_gpu"] / plan["decode"]["images_per_s_per_core"])
+        plan["images_per_s_per_gpu"] / plan["decode_rate"])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.config import REPO
+from stages.locations import REPO
 from stages.store import StoreReader, verify_store
 from tests.conftest import pretrain_subset
 

@@ -17,7 +17,8 @@ import yaml
 
 from stages.errors import run_main
 from train.cli import _loader_factory, main
-from train.config import DEFAULT_CONFIGS, REPO, DataConfig, load_stage_config
+from stages.locations import REPO
+from train.config import DEFAULT_CONFIGS, DataConfig, load_stage_config
 from train.model import load_tokenizer
 from stages.llava import load_llava_json
 from train.data import LlavaDataset
@@ -25,7 +26,9 @@ from train.loop import FINAL_DIR
 from train.metrics import METRICS_FILE
 from train.model import ADAPTER_FILE, LLM_DIR
 from train.sampler import SeededRandomSampler
-from train.stores import CachedFeatures, StoreNotFound, locate_stores
+from stages.serving import CachedFeatures
+from stages.store import StoreNotFound
+from train.stores import locate_stores
 
 SD_ARRAY = "U-L1-R1-B0-Cross-Q@t50"
 

@@ -25,7 +25,8 @@ from train.data import LlavaDataset
 from train.metrics import METRICS_FILE
 from train.model import load_tokenizer
 from stages.llava import load_llava_json
-from train.stores import CachedFeatures, locate_stores
+from stages.serving import CachedFeatures
+from train.stores import locate_stores
 
 pytestmark = pytest.mark.slow
 
