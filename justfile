@@ -48,6 +48,14 @@ eval-table *args:
 llava-bench-score *args:
     @python -m llava_eval.cli llava-bench-score "$@"
 
+# an experiment grid: extraction once per store, then each run's pretrain -> sft -> eval (--dry-run: the plan)
+sweep sweep *args:
+    @python -m llava_sweep.cli sweep "$@"
+
+# the paper's tables and figures from a sweep's results (markdown, CSV, PNG under the sweep's root)
+sweep-report sweep *args:
+    @python -m llava_sweep.cli report "$@"
+
 # the paper's feature analyses: itm | pca | pairs | attention | cka, files under runs/analysis/ (docs/analysis.md)
 analyze *args:
     @python -m analysis.cli "$@"

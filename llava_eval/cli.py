@@ -29,6 +29,7 @@ import torch
 
 from stages.config import ConfigError, build_dataclass, load_config
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
+from stages.locations import REPO
 
 if TYPE_CHECKING:
     from llava_eval.benchmarks import Benchmark, EvalItem
@@ -36,9 +37,8 @@ if TYPE_CHECKING:
     from llava_eval.results import ResultFiles
     from llava_eval.run import Checkpoint
 
-__all__ = ["EvalConfig", "load_eval_config", "main"]
+__all__ = ["EvalConfig", "load_eval_config", "extract_args", "planned_results", "run_eval", "main"]
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs/eval/sample.yaml"
 
 
@@ -103,11 +103,11 @@ def _export(config: EvalConfig, root: Path, run_dir: Path) -> list[tuple[Benchma
     return loaded
 
 
-def _extract_args(config: EvalConfig, root: Path) -> list[str]:
+def extract_args(config: EvalConfig) -> list[str]:
     """`extract` arguments (shell-quoted) that cache the selected benchmarks' images in the run's stores."""
     from llava_eval.run import Checkpoint
 
-    checkpoint = Checkpoint.locate(config.run)
+    root, checkpoint = _eval_root(config), Checkpoint.locate(config.run)
     train = checkpoint.config
     data = [str(path) for _, _, path in _export(config, root, checkpoint.run_dir)]
     cache_root = config.cache_root or train.data.cache_root
@@ -141,16 +141,33 @@ def _planned(config: EvalConfig, checkpoint: Checkpoint, features: EvalFeatures,
     return planned
 
 
-def run_eval(config: EvalConfig, *, progress: bool = True) -> list[dict]:
-    """Evaluate every selected benchmark and setting; returns the result of each (existing ones as found)."""
-    from llava_eval.evaluator import evaluate_benchmark
+def _setup(config: EvalConfig
+           ) -> tuple[Checkpoint, EvalFeatures, Path, list[tuple[Benchmark, list[EvalItem], Path]]]:
+    """`_planned`'s inputs: the checkpoint, its features, the eval root and the loaded benchmarks, located and
+    checked before any weights load."""
     from llava_eval.features import EvalFeatures
-    from llava_eval.run import Checkpoint, TrainedRun, default_device
+    from llava_eval.run import Checkpoint
+    from stages.models import default_device
 
     root, checkpoint = _eval_root(config), Checkpoint.locate(config.run)  # every refusal before any weights load
     loaded = _export(config, root, checkpoint.run_dir)
     device = torch.device(config.device) if config.device else default_device()
     features = EvalFeatures(checkpoint.config, cache_root=config.cache_root, device=device, image_root=root)
+    return checkpoint, features, root, loaded
+
+
+def planned_results(config: EvalConfig) -> list[ResultFiles]:
+    """The result files `run_eval(config)` writes or finds, one per benchmark and SD prompt setting, keyed by
+    their identity (`.done()`: written); loads no weights (hashes them), computes nothing."""
+    return [files for *_, files in _planned(config, *_setup(config))]
+
+
+def run_eval(config: EvalConfig, *, progress: bool = True) -> list[dict]:
+    """Evaluate every selected benchmark and setting; returns the result of each (existing ones as found)."""
+    from llava_eval.evaluator import evaluate_benchmark
+    from llava_eval.run import TrainedRun
+
+    checkpoint, features, root, loaded = _setup(config)
     for _, items, data_json in loaded:
         features.check_cached([i.image for i in items if i.image is not None], data_json=data_json)
     run, results = None, []
@@ -161,7 +178,7 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> list[dict]:
             print(f"{files.result}: exists (force=true evaluates again)")
             results.append(files.read())
             continue
-        run = run or TrainedRun.load(checkpoint, device=device)
+        run = run or TrainedRun.load(checkpoint, device=features.device)
         result = evaluate_benchmark(run, features, benchmark, items, setting=setting, files=files,
                                     batch_size=config.batch_size, eval_root=root, progress=progress)
         print(f"{files.result}: {json.dumps(result['metrics'])}")
@@ -246,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _llava_bench_score(rest)
         config = load_eval_config(rest)
         if command == "export":
-            print("\n".join(_extract_args(config, _eval_root(config))))
+            print("\n".join(extract_args(config)))
             return 0
         run_eval(config)
         if not config.eval_root:

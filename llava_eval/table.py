@@ -16,7 +16,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 from llava_eval.results import stored_results
 from stages.store.fingerprint import Fingerprint
 
-__all__ = ["Column", "Row", "TABLE2", "TABLE5", "run_rows", "comparison_tables"]
+__all__ = ["Column", "Row", "TABLE2", "TABLE5", "KEYS", "run_rows", "record_row", "column_value", "cell",
+           "comparison_tables"]
 
 SHORT = 12  # hex digits of a hash shown
 
@@ -64,23 +65,37 @@ def run_rows(run_dir: Path) -> list[Row]:
         if row is None:
             group.append(row := {})
         row[result.name] = record
-    rows = [Row(run=str(run_dir), checkpoint=label, weights=weights[:SHORT],
-                data=Fingerprint.from_fields({n: r["identity"]["data"] for n, r in row.items()}).full[:SHORT],
-                metrics={n: r["metrics"] for n, r in row.items()})
-            for (label, weights, _), group in sorted(groups.items()) for row in group]
+    rows = [record_row(str(run_dir), row) for _, group in sorted(groups.items()) for row in group]
     return rows or [Row(run=str(run_dir), checkpoint="—", weights="—", data="—", metrics={})]
 
 
-def _cell(metrics: Mapping[str, Mapping[str, Any]], column: Column) -> str:
+def record_row(run: str, records: Mapping[str, Mapping[str, Any]]) -> Row:
+    """The row of one checkpoint's results on one eval root: `{result name: result record}`, non-empty."""
+    first = next(iter(records.values()))
+    return Row(run=run, checkpoint=first["checkpoint"]["label"], weights=first["identity"]["checkpoint"][:SHORT],
+               data=Fingerprint.from_fields({n: r["identity"]["data"] for n, r in records.items()}).full[:SHORT],
+               metrics={n: r["metrics"] for n, r in records.items()})
+
+
+def column_value(metrics: Mapping[str, Mapping[str, Any]], column: Column) -> float | None:
+    """The column's metric in the first of its results that has it, as recorded; None where none has."""
     for name in column.results:
         value = metrics.get(name, {}).get(column.metric)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return f"{100 * value:.1f}" if column.percent else f"{value:.3g}"
-    return "—"
+            return value
+    return None
+
+
+def cell(metrics: Mapping[str, Mapping[str, Any]], column: Column) -> str:
+    """The column's value as the tables show it (a fraction ×100 to one decimal), `—` where there is none."""
+    value = column_value(metrics, column)
+    if value is None:
+        return "—"
+    return f"{100 * value:.1f}" if column.percent else f"{value:.3g}"
 
 
 def _cells(rows: Sequence[Row], columns: Sequence[Column]) -> list[list[str]]:
-    return [[*row[:len(KEYS)], *(_cell(row.metrics, c) for c in columns)] for row in rows]
+    return [[*row[:len(KEYS)], *(cell(row.metrics, c) for c in columns)] for row in rows]
 
 
 def _markdown(title: str, columns: Sequence[Column], cells: list[list[str]]) -> str:

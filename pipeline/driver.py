@@ -22,8 +22,8 @@ from stages.config import ConfigError
 from stages.store import CacheStore, StoreMeta
 from stages.store.repair import cheap_problems, repair
 
-__all__ = ["errors_file_name", "plan_run", "run_extract", "check_before_writing", "drop_unwritten",
-           "MAX_EXTRACTOR_MEMORY"]
+__all__ = ["errors_file_name", "plan_run", "run_extract", "nothing_to_compute", "check_before_writing",
+           "drop_unwritten", "MAX_EXTRACTOR_MEMORY"]
 
 MAX_EXTRACTOR_MEMORY = 64 << 30  # results one actor may buffer (a real run: ~1 GiB per 256-image shard)
 
@@ -133,6 +133,12 @@ def run_extract(config: ExtractConfig, *, show_progress: bool = True) -> Summary
         if log.error is not None:
             summary.notes.append(log.error)
     return summary
+
+
+def nothing_to_compute(config: ExtractConfig) -> bool:
+    """Whether a run of `config` would be a cache hit (its own schedule, `pipeline.shards.pending`, holds no
+    shard); nothing is written, no Ray is started, no weights are loaded (their files are hashed)."""
+    return not pending(config, _manifest(config)).schedule.tasks
 
 
 def check_before_writing(config: ExtractConfig, manifest: Manifest) -> None:

@@ -9,15 +9,16 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from stages.config import ConfigError, build_dataclass, load_config
+from stages.locations import REPO
 from stages.store.layout import write_json_atomic
 from train.vision_modes import VISION_MODES, VisionMode
 
 __all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGES", "PRECISIONS", "OPTIMIZERS",
-           "GUIDANCE_PROMPTS", "STAGE_TEMPLATES", "RUN_CONFIG_FILE", "RESUMABLE_CHANGES", "save_run_config",
-           "load_run_config", "REPO", "DEFAULT_CONFIGS", "load_stage_config"]
+           "GUIDANCE_PROMPTS", "STAGE_TEMPLATES", "RUN_CONFIG_FILE", "RESUMABLE_CHANGES", "config_changes",
+           "save_run_config", "load_run_config", "DEFAULT_CONFIGS", "load_stage_config"]
 
 STAGES = ("pretrain", "sft")
 STAGE_TEMPLATES = {"pretrain": "plain", "sft": "v1"}  # DESIGN §6: plain for stage 1, Vicuna v1 for stage 2
@@ -25,7 +26,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adamw", "fused_adam")
 GUIDANCE_PROMPTS = ("question", "caption")  # where guidance takes X_c's prompt from
 RUN_CONFIG_FILE = "train_config.json"  # beside a run's checkpoints: what evaluation rebuilds the run from
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = {"pretrain": REPO / "configs/train/sample-pretrain.yaml",
                    "sft": REPO / "configs/train/sample-sft.yaml"}
 # how a run is executed and logged, not what it computes: the only fields a resumed run may change
@@ -181,6 +181,26 @@ def save_run_config(config: TrainConfig) -> Path:
     path = Path(config.output_dir) / RUN_CONFIG_FILE
     write_json_atomic(path, asdict(config))
     return path
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"data": {"num_workers": 0}}` -> `{"data.num_workers": 0}` (dotted, as overrides name fields)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(trained: Mapping[str, Any], config: TrainConfig) -> list[str]:
+    """`field=value (this run: value)` for each field `config` changes from `trained` (a config as a checkpoint
+    or `train_config.json` records it), other than `RESUMABLE_CHANGES`; fields only one of them knows (another
+    version) are not compared. What a resumed run may not change, and what makes a finished run stale."""
+    before, now = (_flat(json.loads(json.dumps(v))) for v in (trained, asdict(config)))  # tuples as JSON has them
+    return [f"{k}={before[k]!r} (this run: {now[k]!r})" for k in sorted(before.keys() & now.keys())
+            if k not in RESUMABLE_CHANGES and before[k] != now[k]]
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:

@@ -11,7 +11,6 @@ uninterrupted run's. A checkpoint records the config that trained it; a run chan
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import signal
@@ -25,7 +24,7 @@ import torch
 from torch import Tensor
 
 from stages.config import ConfigError
-from train.config import RESUMABLE_CHANGES, TrainConfig
+from train.config import TrainConfig, config_changes
 from train.engine import (CHECKPOINTS_DIR, barrier, build_engine, is_main_process, latest_checkpoint,
                           load_checkpoint, read_checkpoint_state, restore_rng, save_checkpoint, seed_everything)
 from train.metrics import METRICS_FILE, TENSORBOARD_DIR, Reporter, StepMetrics
@@ -203,25 +202,6 @@ def run_outputs(output_dir: str | Path) -> list[Path]:
             if p.exists()]
 
 
-def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"data": {"num_workers": 0}}` -> `{"data.num_workers": 0}` (dotted, as overrides name fields)."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _config_changes(trained: Mapping[str, Any], config: TrainConfig) -> list[str]:
-    """`field=value (this run: value)` for each field `config` changes from the one a checkpoint was trained
-    with, other than `RESUMABLE_CHANGES`; fields only one of them knows (another version) are not compared."""
-    before, now = _flat(trained), _flat(json.loads(json.dumps(asdict(config))))  # tuples as JSON has them
-    return [f"{k}={before[k]!r} (this run: {now[k]!r})" for k in sorted(before.keys() & now.keys())
-            if k not in RESUMABLE_CHANGES and before[k] != now[k]]
-
-
 def _resumable(config: TrainConfig, sampler: ResumableSampler, *, per_epoch: int,
                total: int) -> tuple[Path, dict[str, Any]] | None:
     """(latest checkpoint, its trainer state) of the run in `config.output_dir`, which this run continues
@@ -248,7 +228,7 @@ def _resumable(config: TrainConfig, sampler: ResumableSampler, *, per_epoch: int
         if state.get(key) != value:
             raise ConfigError(f"cannot resume from {checkpoint}: it was written with {key}={state.get(key)!r}, "
                               f"this run has {key}={value!r}; {fix}")
-    changes = _config_changes(state.get("config", {}), config)  # none recorded: a checkpoint from before
+    changes = config_changes(state.get("config", {}), config)  # none recorded: a checkpoint from before
     if changes:
         raise ConfigError(f"cannot resume from {checkpoint}: this run changes {', '.join(changes)}; {fix}")
     return checkpoint, state

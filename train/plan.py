@@ -25,27 +25,28 @@ import functools
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from stages.cache_spec import CacheSpec, cache_spec_from, cache_spec_from_yaml
+from stages.cache_spec import CacheSpec, cache_spec_from_yaml
 from stages.config import ConfigError
 from stages.errors import UserError, print_user_error
 from stages.flops import ComputeBudget, add_budget_arguments, architecture_dir, budget_from_arguments, count_gflop
 from stages.llava import load_llava_json
 from stages.models import resolve_model_dir
+from stages.serving import CachedFeatures
 from stages.writable import check_writable_file
-from train.conditioning import guidance_applies, required_arrays
+from train.conditioning import required_arrays, run_guidance
 from train.config import TrainConfig, load_stage_config
 from train.conversation import IMAGE_TOKEN_INDEX
 from train.data import LlavaDataset
 from train.loop import total_steps
 from train.model import load_tokenizer
 from train.sampler import make_sampler
-from train.stores import CachedFeatures, locate_stores, resolve_data_path
+from train.stores import locate_stores, resolve_data_path
 
 __all__ = ["TOKEN_SAMPLE", "TrainPlan", "plan_training", "llm_parameters", "main"]
 
@@ -68,7 +69,7 @@ def _arrays_from_stores(config: TrainConfig, array_ids: Sequence[str]) -> _Array
     infos = {a: source.reader_for(a).infos[a] for a in array_ids}
     return _Arrays(shapes={a: i.sample_shape for a, i in infos.items()},
                    bytes={a: i.chunk_nbytes + 4 * i.checksummed for a, i in infos.items()},
-                   specs={a: cache_spec_from(source.cache_spec(a), where=f"the store of {a}") for a in array_ids},
+                   specs={a: source.spec_of(a) for a in array_ids},
                    source=source)
 
 
@@ -136,11 +137,10 @@ def _diffusion_gflop(config: TrainConfig, arrays: _Arrays) -> tuple[float, float
         return 0.0, 0.0
     spec = replace(arrays.specs[vision.sd_array], prompt_sources=())
     model_dir, _ = architecture_dir(spec.model)
-    question = guidance_applies(vision, guidance) and guidance.prompt_source == "question"
     naive = sum(spec.kind.image_gflop(spec, model_dir, array_ids=[vision.sd_array], early_exit=False).values())
-    if not question:
+    if not run_guidance(vision, guidance).runs_unet:
         return 0.0, naive
-    guided = functools.partial(spec.kind.guided_gflop, spec, model_dir, vision.sd_array, source="question")
+    guided = functools.partial(spec.kind.guided_gflop, spec, model_dir, vision.sd_array, source=guidance.prompt_source)
     return (1 - guidance.prompt_dropout) * guided(), naive + guided(early_exit=False)
 
 
@@ -186,9 +186,58 @@ class TrainPlan:
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
-def plan_training(config: TrainConfig, *, world_size: int, budget: ComputeBudget) -> TrainPlan:
+@dataclass(frozen=True)
+class _Samples:
+    """What the plan reads of a stage's samples: counts (images not in the stores dropped), token lengths
+    of up to `TOKEN_SAMPLE` of them, and the sampler's micro-batches per epoch on one rank."""
+
+    total: int
+    image: int
+    skipped: int
+    lengths: np.ndarray
+    batches_per_epoch: int
+
+
+def _samples(config: TrainConfig, arrays: _Arrays, array_ids: Sequence[str], *, image_tokens: int,
+             world_size: int) -> _Samples:
+    data_path, _ = resolve_data_path(config.data.data_path)
+    tokenizer = load_tokenizer(config.model)
+    dataset = LlavaDataset(load_llava_json(data_path), template=config.template, tokenizer=tokenizer,
+                           max_length=config.max_length, num_image_tokens=image_tokens,
+                           feature_source=arrays.source, array_ids=array_ids, missing="skip")
+    if len(dataset) == 0:
+        raise ConfigError(f"no samples of {data_path} have their image in the cache")
+    text = LlavaDataset(dataset.records, template=config.template, tokenizer=tokenizer, max_length=config.max_length,
+                        num_image_tokens=image_tokens, feature_source=None, array_ids=())
+    sampler = make_sampler(config, dataset, world_size=world_size, rank=0)
+    sampler.set_epoch(0)
+    return _Samples(total=len(dataset), image=sum(r.get("image") is not None for r in dataset.records),
+                    skipped=dataset.num_skipped, lengths=_token_lengths(text, image_tokens),
+                    batches_per_epoch=len(sampler) // config.per_device_batch_size)
+
+
+# TrainConfig fields that do not change its samples (beyond the arrays read and their token count), or that
+# `_samples_key` keys apart (`data`)
+_NOT_SAMPLES = ("vision", "guidance", "pretrained_adapter", "output_dir", "data")
+
+
+def _samples_key(config: TrainConfig, arrays: _Arrays, array_ids: Sequence[str], *, image_tokens: int,
+                 world_size: int) -> tuple:
+    """What `_samples` depends on: the stores and the arrays read only when stores are there (which images
+    they hold), else neither (every image counts as cached)."""
+    data = config.data if arrays.source is not None else replace(config.data, extract_configs=(), stores=(),
+                                                                     cache_root="")
+    return (tuple((f.name, getattr(config, f.name)) for f in fields(config) if f.name not in _NOT_SAMPLES), data,
+            tuple(array_ids) if arrays.source is not None else (), image_tokens, world_size)
+
+
+def plan_training(config: TrainConfig, *, world_size: int, budget: ComputeBudget,
+                  shared: dict[Any, Any] | None = None) -> TrainPlan:
     """The plan of `config` on `world_size` ranks; raises the `UserError`s the run would raise first
-    (config, data file, model, tokenizer), except a missing store: then the extraction YAMLs are used."""
+    (config, data file, model, tokenizer), except a missing store: then the extraction YAMLs are used.
+
+    `shared`: one dict passed to the plans of several stages (a sweep's), so that stages over equal data
+    (`_samples_key`) read, check and tokenize their samples once (a minute for mix665k on two cores)."""
     vision, notes = config.vision, []
     array_ids = required_arrays(vision, config.guidance)
     try:
@@ -197,26 +246,20 @@ def plan_training(config: TrainConfig, *, world_size: int, budget: ComputeBudget
         arrays = _arrays_from_yamls(config, array_ids)
         notes.append(f"no usable store yet ({str(exc).splitlines()[0]}): shapes from the extraction YAMLs, every "
                      "image counted as cached")
-    data_path, _ = resolve_data_path(config.data.data_path)
-    records = load_llava_json(data_path)
-    tokenizer = load_tokenizer(config.model)
     image_tokens = arrays.shapes[vision.token_array][0]
-    dataset = LlavaDataset(records, template=config.template, tokenizer=tokenizer, max_length=config.max_length,
-                           num_image_tokens=image_tokens, feature_source=arrays.source, array_ids=array_ids,
-                           missing="skip")
-    if len(dataset) == 0:
-        raise ConfigError(f"no samples of {data_path} have their image in the cache")
-    if dataset.num_skipped and config.data.missing == "error":
-        notes.append(f"{dataset.num_skipped} images are not in the cache: the run stops unless data.missing=skip")
-    text = LlavaDataset(dataset.records, template=config.template, tokenizer=tokenizer, max_length=config.max_length,
-                        num_image_tokens=image_tokens, feature_source=None, array_ids=())
-    lengths = _token_lengths(text, image_tokens)
-    sampler = make_sampler(config, dataset, world_size=world_size, rank=0)
-    sampler.set_epoch(0)
-    per_epoch, total = total_steps(config, batches_per_epoch=len(sampler) // config.per_device_batch_size)
+    key = _samples_key(config, arrays, array_ids, image_tokens=image_tokens, world_size=world_size)
+    samples = shared.get(key) if shared is not None else None
+    if samples is None:
+        samples = _samples(config, arrays, array_ids, image_tokens=image_tokens, world_size=world_size)
+        if shared is not None:
+            shared[key] = samples
+    if samples.skipped and config.data.missing == "error":
+        notes.append(f"{samples.skipped} images are not in the cache: the run stops unless data.missing=skip")
+    lengths = samples.lengths
+    per_epoch, total = total_steps(config, batches_per_epoch=samples.batches_per_epoch)
     batch = config.per_device_batch_size * config.gradient_accumulation_steps * world_size
 
-    image_share = sum(r.get("image") is not None for r in dataset.records) / len(dataset)
+    image_share = samples.image / samples.total
     llm_params, hidden = llm_parameters(config.model)
     adapter_params, adapter_gflop = _adapter(config, arrays, hidden)
     factor = 4 if config.freeze_llm else 6
@@ -231,11 +274,10 @@ def plan_training(config: TrainConfig, *, world_size: int, budget: ComputeBudget
     totals["naive_extra"] = (per_sample["diffusion_naive"] - per_sample["diffusion"]) * processed
     totals["naive_over_cached"] = (totals["total"] + totals["naive_extra"]) / totals["total"]
     bytes_per_image = sum(arrays.bytes.values())
-    n_image = sum(r.get("image") is not None for r in dataset.records)
     return TrainPlan(
         stage=config.stage, world_size=world_size,
-        samples={"total": len(dataset), "image": n_image, "text_only": len(dataset) - n_image,
-                 "not_cached": dataset.num_skipped, "per_epoch_used": per_epoch * batch},
+        samples={"total": samples.total, "image": samples.image, "text_only": samples.total - samples.image,
+                 "not_cached": samples.skipped, "per_epoch_used": per_epoch * batch},
         steps={"per_epoch": per_epoch, "total": total, "epochs": total / per_epoch, "global_batch": batch,
                "micro_batch": config.per_device_batch_size, "accumulation": config.gradient_accumulation_steps},
         tokens_per_sample={"mean": float(lengths.mean()), "max": float(lengths.max()), "measured": len(lengths),

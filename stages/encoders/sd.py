@@ -10,7 +10,9 @@ Restricting `array_ids` restricts the names and timesteps computed, never the la
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import types
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -107,6 +109,32 @@ class SDFeatureEncoder(FeatureEncoder):
         return {LATENTS: latents, **self.features(latents, keys, prompts=prompts)}
 
 
+@functools.lru_cache(maxsize=None)
+def _tap_channels(model_dir: str, resolution: int, side: int, features: tuple[str, ...]) -> Mapping[str, int]:
+    """Feature name -> channels, from one U-Net forward on the meta device at `side` x `side` latents (a few
+    seconds, so once per model and names: a sweep's dry run asks for every training stage)."""
+    unet = meta_unet(model_dir)
+    latents = torch.empty(1, unet.config.in_channels, side, side, device="meta")
+    text = meta_text(unet.config).unet_kwargs(image_size=(resolution, resolution))
+    names = [FeatureName.parse(n) for n in features]
+    channels: dict[str, int] = {}
+
+    def hook(name: FeatureName):
+        def capture(_module, _inputs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            channels[str(name)] = out.shape[-1] if name.layout == "tokens" else out.shape[1]
+        return capture
+
+    handles = [name.resolve(unet).register_forward_hook(hook(name)) for name in names]
+    try:
+        with torch.no_grad():
+            unet(latents, torch.full((1,), 1, device="meta"), **text)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return types.MappingProxyType(channels)
+
+
 class SDKind(EncoderKind):
     """SD 1.x / 2.x-layout pipelines (`vae/ unet/ text_encoder/ tokenizer/ scheduler/`): latents + U-Net taps."""
 
@@ -201,25 +229,7 @@ class SDKind(EncoderKind):
 
         vae_config = AutoencoderKL.load_config(model_dir / "vae")
         side = spec.resolution // 2 ** (len(vae_config["block_out_channels"]) - 1)
-        unet = meta_unet(model_dir)
-        latents = torch.empty(1, unet.config.in_channels, side, side, device="meta")
-        text = meta_text(unet.config).unet_kwargs(image_size=(spec.resolution, spec.resolution))
-        names = [FeatureName.parse(n) for n in spec.features]
-        channels: dict[str, int] = {}
-
-        def hook(name: FeatureName):
-            def capture(_module, _inputs, output):
-                out = output[0] if isinstance(output, tuple) else output
-                channels[str(name)] = out.shape[-1] if name.layout == "tokens" else out.shape[1]
-            return capture
-
-        handles = [name.resolve(unet).register_forward_hook(hook(name)) for name in names]
-        try:
-            with torch.no_grad():
-                unet(latents, torch.full((1,), 1, device="meta"), **text)
-        finally:
-            for handle in handles:
-                handle.remove()
+        channels = _tap_channels(str(model_dir), spec.resolution, side, tuple(spec.features))
         shapes = {LATENTS: (vae_config["latent_channels"], side, side)}
         for array_id in self.array_ids(spec)[1:]:
             shapes[array_id] = (spec.grid * spec.grid, channels[str(ArrayId.parse(array_id).feature)])

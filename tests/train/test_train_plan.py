@@ -18,7 +18,8 @@ from train.collate import collate
 from train.data import LlavaDataset
 from train.model import load_llm, load_tokenizer, splice_image_tokens
 from train.plan import plan_training
-from train.stores import CachedFeatures, locate_stores
+from stages.serving import CachedFeatures
+from train.stores import locate_stores
 
 SD_ARRAY = "U-L1-R1-B0-Cross-Q@t50"
 

@@ -1,0 +1,1 @@
+"""Experiment grids (`just sweep`): the paper's runs planned together, sharing their caches (docs/sweep.md)."""

@@ -1,0 +1,41 @@
+"""`python -m llava_sweep.cli` (the `just sweep` and `just sweep-report` recipes).
+
+    sweep SWEEP [key=value ...] [--dry-run] [--plan-json FILE] [--gpu NAME] ...
+        run the grid (extraction once per store, then each run's stages), or only plan it
+    report SWEEP [key=value ...]
+        the paper's tables and figures from the runs' results
+
+Exit status: 0 done; 1 some run failed (the summary names each with its reason and log); 2 a setup
+problem (bad sweep file or override), one line; 130 interrupted: the same command resumes.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from stages.errors import USAGE_ERROR
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("sweep", "report"):
+        print(__doc__, file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else USAGE_ERROR
+    command, rest = argv[0], argv[1:]
+    if command == "report":
+        from llava_sweep.report import main as report_main
+
+        return report_main(rest)
+    if "--dry-run" in rest:
+        from llava_sweep.plan import main as plan_main
+
+        return plan_main([a for a in rest if a != "--dry-run"])
+    from llava_sweep.runner import main as run_main
+
+    return run_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
