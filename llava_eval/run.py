@@ -19,8 +19,8 @@ from stages.store.layout import file_sha256
 from train.config import RUN_CONFIG_FILE, TrainConfig, load_run_config
 from train.engine import CHECKPOINTS_DIR, resolve_precision
 from train.fusion import load_adapter
-from train.loop import FINAL_DIR
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, load_llm, load_tokenizer
+from train.resume import FINAL_DIR
 
 __all__ = ["RunError", "Checkpoint", "TrainedRun", "default_device", "inference_dtype"]
 

@@ -42,8 +42,8 @@ from train.conditioning import guidance_applies, required_arrays
 from train.config import TrainConfig, load_stage_config
 from train.conversation import IMAGE_TOKEN_INDEX
 from train.data import LlavaDataset
-from train.loop import total_steps
 from train.model import load_tokenizer
+from train.resume import total_steps
 from train.sampler import make_sampler
 from train.stores import CachedFeatures, locate_stores, resolve_data_path
 

@@ -31,8 +31,8 @@ from stages.store.fingerprint import Fingerprint
 from train.config import (DataConfig, GuidanceConfig, TrainConfig, VisionConfig, load_run_config,
                           save_run_config)
 from train.engine import CHECKPOINTS_DIR
-from train.loop import FINAL_DIR
 from train.model import build_model
+from train.resume import FINAL_DIR
 
 SD_ARRAY = "U-L1-R1-B0-Cross-Q@t50"
 SPEC = CacheSpec(model="embedded:tiny-sd", resolution=128, features=("U-L1-R1-B0-Cross-Q",), timesteps=(50,),

@@ -24,9 +24,10 @@ from train.collate import collate
 from train.config import DataConfig, TrainConfig, VisionConfig
 from train.data import LlavaDataset
 from train.engine import CHECKPOINTS_DIR, cosine_with_warmup, deepspeed_config, op_build_env, seed_everything
-from train.loop import FINAL_DIR, TrainingInterrupted, train
+from train.loop import TrainingInterrupted, train
 from train.metrics import METRICS_FILE, TENSORBOARD_DIR
 from train.model import ADAPTER_FILE, LLM_DIR, build_model
+from train.resume import FINAL_DIR
 from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
 
 SD, CLIP = "U-L1-R1-B0-Cross-Q@t50", "clip"
