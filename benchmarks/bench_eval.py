@@ -32,6 +32,7 @@ from llava_eval.generate import generate, left_padded_inputs  # noqa: E402
 from stages.cache_spec import CacheSpec  # noqa: E402
 from stages.encoders.sd import SD  # noqa: E402
 from stages.flops import architecture_dir, text_encoder_gflop, unet_gflop  # noqa: E402
+from stages.llava import QUESTION  # noqa: E402
 from train.config import VisionConfig  # noqa: E402
 from train.conversation import tokenize_prompt  # noqa: E402
 from train.fusion import build_adapter  # noqa: E402
@@ -66,7 +67,7 @@ def gflop_per_question() -> dict[str, float]:
     spec = CacheSpec(model=SD21_BASE, resolution=512, features=(TAP,), timesteps=(50,))
     text, unet = text_encoder_gflop(str(model_dir), SD.text_encoders), unet_gflop(str(model_dir), 512, (TAP,))
     return {"without_guidance": 0.0, "with_question_guidance": SD.guided_gflop(spec, model_dir, SD_ARRAY,
-                                                                                source="question"),
+                                                                                source=QUESTION),
             "text_encoder": text, "unet_to_tap": unet}
 
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error  # noqa: E402
 from stages.llava import load_llava_json  # noqa: E402
 from stages.writable import check_writable_dir  # noqa: E402
-from train.collate import collate  # noqa: E402
+from train.batch import collate  # noqa: E402
 from train.conditioning import GuidedFeatures, required_arrays  # noqa: E402
 from train.config import STAGES, TrainConfig, VisionConfig, load_stage_config, save_run_config  # noqa: E402
 from train.data import LlavaDataset  # noqa: E402

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 from torch import Tensor
 
+from train.batch import Batch
 from train.config import TrainConfig
 from train.engine import (barrier, build_engine, is_main_process, latest_checkpoint, load_checkpoint, restore_rng,
                           seed_everything)
@@ -24,8 +25,6 @@ from train.resume import (FINAL_DIR, ResumableSampler, position, resumable, run_
                           total_steps)
 
 __all__ = ["NonFiniteLoss", "TrainingInterrupted", "train", "default_prepare_features"]
-
-Batch = Mapping[str, Any]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -72,8 +71,8 @@ def _nonfinite_arrays(features: Mapping[str, Tensor]) -> list[str]:
 
 
 def _nonfinite_message(what: str, *, step: int, batch: Batch, features: Mapping[str, Tensor]) -> str:
-    keys = [k for k in batch.get("image_keys", []) if k is not None]
-    arrays = _nonfinite_arrays({**batch.get("features", {}), **features})
+    keys = [k for k in batch.image_keys if k is not None]
+    arrays = _nonfinite_arrays({**batch.features, **features})
     source = (f"feature arrays with NaN/Inf values: {arrays}; check the store with `just verify STORE`"
               if arrays else "no input feature is non-finite (the model diverged: lower lr, or on_nonfinite=skip)")
     return f"{what} at step {step}, batch with image keys {keys[:8]}{' ...' if len(keys) > 8 else ''}; {source}"
@@ -81,15 +80,7 @@ def _nonfinite_message(what: str, *, step: int, batch: Batch, features: Mapping[
 
 def default_prepare_features(batch: Batch) -> Mapping[str, Tensor]:
     """Cached features as they are (the SFT question conditioning replaces this hook)."""
-    return batch["features"]
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
+    return batch.features
 
 
 def _micro_step(engine: Any, batch: Batch, prepare: Callable[[Batch], Mapping[str, Tensor]], *, step: int,
@@ -97,10 +88,11 @@ def _micro_step(engine: Any, batch: Batch, prepare: Callable[[Batch], Mapping[st
     """Forward, backward and (at the accumulation boundary) the optimizer step; returns (loss, tokens,
     skipped). A non-finite loss raises `NonFiniteLoss`, or with `skip_nonfinite` contributes zero
     gradients (DeepSpeed still counts the micro-batch) and is left out of the loss."""
-    batch = _to_device(batch, engine.device)  # first: question guidance runs its U-Net on device tensors
-    features = _to_device(prepare(batch), engine.device)  # a no-op unless a hook returns host tensors
-    inputs = {k: batch[k] for k in ("input_ids", "labels", "attention_mask", "has_image")}
-    out = engine(**inputs, features=features)
+    batch = batch.to(engine.device)  # first: question guidance runs its U-Net on device tensors
+    # a no-op unless a hook returns host tensors
+    features = {k: v.to(engine.device, non_blocking=True) for k, v in prepare(batch).items()}
+    out = engine(input_ids=batch.input_ids, labels=batch.labels, attention_mask=batch.attention_mask,
+                 has_image=batch.has_image, features=features)
     loss, skipped = out.loss, not bool(torch.isfinite(out.loss))  # one host sync per micro-batch
     if skipped:
         if not skip_nonfinite:
@@ -121,8 +113,8 @@ def _train_step(engine: Any, batches: Iterator[Batch], *, accumulation: int, mic
             batch = next(batches)
         except StopIteration:
             raise RuntimeError("the data loader ended before the epoch's last optimizer step") from None
-        if len(batch["input_ids"]) != micro:  # positions are counted in whole micro-batches
-            raise ValueError(f"loader gave a batch of {len(batch['input_ids'])}, per_device_batch_size is {micro}")
+        if len(batch) != micro:  # positions are counted in whole micro-batches
+            raise ValueError(f"loader gave a batch of {len(batch)}, per_device_batch_size is {micro}")
         loss, tokens, skipped = _micro_step(engine, batch, prepare, step=step, skip_nonfinite=skip_nonfinite)
         totals += torch.stack([loss / accumulation, tokens, torch.tensor(float(micro), device=engine.device),
                                torch.tensor(float(skipped), device=engine.device)])
@@ -151,9 +143,9 @@ def train(
     """Train `model` for the configured steps; returns the metrics of the steps this call ran.
 
     Continues from the latest checkpoint in `config.output_dir` (`train.resume.resumable`); with
-    `config.overwrite` the earlier run's outputs (`run_outputs`) are removed first. `make_loader(sampler)` builds the batch
-    iterable (a DataLoader with `sampler=sampler`, `batch_size=config.per_device_batch_size` and the
-    padding collate) after the sampler has been positioned; it is called once per epoch and once on
+    `config.overwrite` the earlier run's outputs (`run_outputs`) are removed first. `make_loader(sampler)`
+    builds the batch iterable (a DataLoader with `sampler=sampler`, `batch_size=config.per_device_batch_size`
+    and `train.batch.collate`) after the sampler has been positioned; it is called once per epoch and once on
     resume. `finish_final(final_dir)` (the main process) adds to the final save, e.g. the tokenizer. A Ctrl-C
     from the engine's start to the end of the final save raises `TrainingInterrupted`.
     """
