@@ -35,7 +35,7 @@ from stages.flops import architecture_dir, text_encoder_gflop, unet_gflop  # noq
 from stages.llava import QUESTION  # noqa: E402
 from train.config import VisionConfig  # noqa: E402
 from train.conversation import tokenize_prompt  # noqa: E402
-from train.fusion import build_adapter  # noqa: E402
+from train.fusion import AdapterConfig  # noqa: E402
 from train.model import LlavaModel, load_llm, load_tokenizer  # noqa: E402
 
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
@@ -76,8 +76,8 @@ def measure(llm_spec: str, *, batch: int, new_tokens: int) -> dict[str, float]:
     llm = load_llm(llm_spec).eval()
     torch.manual_seed(0)
     vision = VisionConfig(mode="sd", sd_array=SD_ARRAY)
-    adapter = build_adapter(vision, feature_dims={SD_ARRAY: SD_SHAPE[1]}, hidden_size=llm.config.hidden_size)
-    model = LlavaModel(llm=llm, adapter=adapter, adapter_config={}, max_length=2048).eval()
+    config = AdapterConfig(vision=vision, feature_dims={SD_ARRAY: SD_SHAPE[1]}, hidden_size=llm.config.hidden_size)
+    model = LlavaModel(llm=llm, adapter=config.build(), adapter_config=config, max_length=2048).eval()
     prompts, features = _batch(tokenizer, batch)
     with torch.inference_mode():
         embeds, mask = left_padded_inputs(model, prompts, features)
