@@ -13,11 +13,11 @@ from typing import Any
 import torch
 
 from stages.errors import UserError
-from stages.models import resolve_model_dir
+from stages.models import resolve_model_dir, resolve_precision
 from stages.store.fingerprint import Fingerprint, weights_hash
 from stages.store.layout import file_sha256
 from train.config import RUN_CONFIG_FILE, TrainConfig, load_run_config
-from train.engine import CHECKPOINTS_DIR, resolve_precision
+from train.engine import CHECKPOINTS_DIR
 from train.fusion import AdapterConfig, load_adapter
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, load_llm, load_tokenizer
 from train.resume import FINAL_DIR
@@ -34,9 +34,8 @@ def default_device() -> torch.device:
 
 
 def inference_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
-    """bf16 on CUDA when the run trained in bf16, else float32."""
-    bf16 = device.type == "cuda" and resolve_precision(config.precision) == "bf16"
-    return torch.bfloat16 if bf16 else torch.float32
+    """The run's training precision on CUDA; fp32 on the CPU, where bf16 matmuls are slow."""
+    return resolve_precision(config.precision, device) if device.type == "cuda" else torch.float32
 
 
 def _check_llm(adapter_file: Path, adapter_config: AdapterConfig, llm_source: str) -> None:

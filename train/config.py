@@ -22,7 +22,7 @@ __all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGE
 
 STAGES = ("pretrain", "sft")
 STAGE_TEMPLATES = {"pretrain": "plain", "sft": "v1"}  # DESIGN §6: plain for stage 1, Vicuna v1 for stage 2
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # stages.models.resolve_precision's words; fp16 is for extraction only
 OPTIMIZERS = ("adamw", "fused_adam")
 RUN_CONFIG_FILE = "train_config.json"  # beside a run's checkpoints: what evaluation rebuilds the run from
 REPO = Path(__file__).resolve().parent.parent

@@ -15,10 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from stages.config import ConfigError
-from stages.models import ModelLoadError, resolve_model_dir
+from stages.models import ModelLoadError, default_device, resolve_model_dir, resolve_precision
 from train.config import TrainConfig, VisionConfig
 from train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from train.engine import resolve_precision
 from train.fusion import AdapterConfig, save_adapter
 from train.projector import load_module, read_config
 
@@ -177,8 +176,7 @@ def build_model(config: TrainConfig, *, feature_dims: Mapping[str, int]) -> Llav
     The LLM loads in the training precision (bf16 halves host memory for a 7B model on every rank);
     DeepSpeed keeps fp32 master weights of whatever trains.
     """
-    bf16 = resolve_precision(config.precision) == "bf16"
-    llm = load_llm(config.model, dtype=torch.bfloat16 if bf16 else torch.float32)
+    llm = load_llm(config.model, dtype=resolve_precision(config.precision, default_device()))
     hidden = int(llm.config.hidden_size)
     vision: VisionConfig = config.vision
     dims = {a: int(feature_dims[a]) for a in vision.array_ids if a in feature_dims}

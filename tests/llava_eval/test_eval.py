@@ -70,7 +70,7 @@ def env(tmp_path_factory, store_builder):
     extract_yaml = root / "extract.yaml"
     extract_yaml.write_text(yaml.safe_dump({
         **spec_summary(SPEC), "data": data, "image_root": str(eval_root), "cache_root": str(root / "cache"),
-        "shard_size": 8, "batch_size": 4, "device": "cpu", "compute_dtype": "float32", "write_webdataset": False}))
+        "shard_size": 8, "batch_size": 4, "device": "cpu", "precision": "fp32", "write_webdataset": False}))
     store_builder(extract_yaml)
     return {"root": root, "eval_root": eval_root, "yaml": extract_yaml, "items": items,
             "channels": array_shapes_for(SPEC)[SD_ARRAY][0][-1]}

@@ -29,7 +29,7 @@ FEATURE = "U-L2-R2-Res-Out@t50"
 def config(data, cache_root, **extra):
     values = {"data": [data["json"]], "image_root": data["root"], "cache_root": str(cache_root),
               "resolution": 64, "grid": 4, "features": ["U-L2-R2-Res-Out"], "timesteps": [50],
-              "batch_size": 2, "device": "cpu", "compute_dtype": "float32", "runner": "sequential", **extra}
+              "batch_size": 2, "device": "cpu", "precision": "fp32", "runner": "sequential", **extra}
     return split_config(values)
 
 
