@@ -32,9 +32,10 @@ from llava_eval.generate import generate, left_padded_inputs  # noqa: E402
 from stages.cache_spec import CacheSpec  # noqa: E402
 from stages.encoders.sd import SD  # noqa: E402
 from stages.flops import architecture_dir, text_encoder_gflop, unet_gflop  # noqa: E402
+from stages.llava import QUESTION  # noqa: E402
 from train.config import VisionConfig  # noqa: E402
 from train.conversation import tokenize_prompt  # noqa: E402
-from train.fusion import build_adapter  # noqa: E402
+from train.fusion import AdapterConfig  # noqa: E402
 from train.model import LlavaModel, load_llm, load_tokenizer  # noqa: E402
 
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
@@ -66,7 +67,7 @@ def gflop_per_question() -> dict[str, float]:
     spec = CacheSpec(model=SD21_BASE, resolution=512, features=(TAP,), timesteps=(50,))
     text, unet = text_encoder_gflop(str(model_dir), SD.text_encoders), unet_gflop(str(model_dir), 512, (TAP,))
     return {"without_guidance": 0.0, "with_question_guidance": SD.guided_gflop(spec, model_dir, SD_ARRAY,
-                                                                                source="question"),
+                                                                                source=QUESTION),
             "text_encoder": text, "unet_to_tap": unet}
 
 
@@ -75,8 +76,8 @@ def measure(llm_spec: str, *, batch: int, new_tokens: int) -> dict[str, float]:
     llm = load_llm(llm_spec).eval()
     torch.manual_seed(0)
     vision = VisionConfig(mode="sd", sd_array=SD_ARRAY)
-    adapter = build_adapter(vision, feature_dims={SD_ARRAY: SD_SHAPE[1]}, hidden_size=llm.config.hidden_size)
-    model = LlavaModel(llm=llm, adapter=adapter, adapter_config={}, max_length=2048).eval()
+    config = AdapterConfig(vision=vision, feature_dims={SD_ARRAY: SD_SHAPE[1]}, hidden_size=llm.config.hidden_size)
+    model = LlavaModel(llm=llm, adapter=config.build(), adapter_config=config, max_length=2048).eval()
     prompts, features = _batch(tokenizer, batch)
     with torch.inference_mode():
         embeds, mask = left_padded_inputs(model, prompts, features)

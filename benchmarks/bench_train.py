@@ -78,7 +78,7 @@ def _loader_rate(prepared: Any, *, epochs: int = 2) -> float:
         loader = iter(prepared.make_loader(prepared.sampler))
         next(loader)
         started = time.perf_counter()
-        samples += sum(len(batch["input_ids"]) for batch in loader)
+        samples += sum(len(batch) for batch in loader)
         elapsed += time.perf_counter() - started
     return samples / elapsed
 

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from llava_eval.benchmarks.base import QUESTION
 from stages.errors import UserError
+from stages.llava import QUESTION
 from stages.serving import CachedFeatures, LocatedStore, MissingPrompts
 from train.conditioning import required_arrays, run_guidance
 from train.config import TrainConfig

@@ -13,14 +13,14 @@ from typing import Any
 import torch
 
 from stages.errors import UserError
-from stages.models import default_device, resolve_model_dir
+from stages.models import default_device, resolve_model_dir, resolve_precision
 from stages.store.fingerprint import Fingerprint, weights_hash
 from stages.store.layout import file_sha256
 from train.config import RUN_CONFIG_FILE, TrainConfig, load_run_config
-from train.engine import CHECKPOINTS_DIR, resolve_precision
-from train.fusion import load_adapter
-from train.loop import FINAL_DIR
+from train.engine import CHECKPOINTS_DIR
+from train.fusion import AdapterConfig, load_adapter
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, load_llm, load_tokenizer
+from train.resume import FINAL_DIR
 
 __all__ = ["RunError", "Checkpoint", "TrainedRun", "inference_dtype"]
 
@@ -30,19 +30,18 @@ class RunError(UserError, FileNotFoundError):
 
 
 def inference_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
-    """bf16 on CUDA when the run trained in bf16, else float32."""
-    bf16 = device.type == "cuda" and resolve_precision(config.precision) == "bf16"
-    return torch.bfloat16 if bf16 else torch.float32
+    """The run's training precision on CUDA; fp32 on the CPU, where bf16 matmuls are slow."""
+    return resolve_precision(config.precision, device) if device.type == "cuda" else torch.float32
 
 
-def _check_llm(adapter_file: Path, adapter_config: dict, llm_source: str) -> None:
+def _check_llm(adapter_file: Path, adapter_config: AdapterConfig, llm_source: str) -> None:
     """Refuse, before loading its weights, an LLM whose width is not the one the adapter was trained for."""
     from transformers import AutoConfig
 
     hidden = int(AutoConfig.from_pretrained(resolve_model_dir(llm_source)).hidden_size)
-    if int(adapter_config["hidden_size"]) != hidden:
-        raise RunError(f"{adapter_file} was trained for the LLM {adapter_config.get('llm')!r} (hidden size "
-                       f"{adapter_config['hidden_size']}), but the run's LLM {llm_source!r} has hidden size "
+    if adapter_config.hidden_size != hidden:
+        raise RunError(f"{adapter_file} was trained for the LLM {adapter_config.llm!r} (hidden size "
+                       f"{adapter_config.hidden_size}), but the run's LLM {llm_source!r} has hidden size "
                        f"{hidden}: a checkpoint from another LLM")
 
 

@@ -48,7 +48,7 @@ def training_state(stage: Stage) -> TrainingState:
     """Whether a training stage is finished; if not, whether it resumes from its checkpoints (the trainer
     does that by itself) or starts over because its settings or its stage-1 adapter changed since."""
     from train.config import RUN_CONFIG_FILE, config_changes, load_run_config, load_stage_config
-    from train.loop import FINAL_DIR
+    from train.resume import FINAL_DIR
     from train.model import ADAPTER_FILE
 
     try:

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from stages.cache_spec import CacheSpec, cache_spec_from
 from stages.config import ConfigError, build_dataclass, load_config
 from stages.locations import DEFAULT_CACHE_ROOT, REPO, SAMPLE, is_sample_data, resolve_sample_data
-from stages.models import resolve_model_dir
+from stages.models import PRECISIONS, resolve_model_dir
 from stages.preprocess import ImageSpec
 from stages.writable import check_writable_dir
 
@@ -23,7 +23,6 @@ __all__ = ["RunConfig", "ExtractConfig", "DEFAULT_CONFIG", "RUNNERS", "load_extr
            "resolve_data", "check_setup"]
 
 DEFAULT_CONFIG = REPO / "configs" / "extract" / "sample.yaml"
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # stages.models.resolve_dtype
 RUNNERS = ("ray", "sequential")  # pipeline.runner
 RAY_ADDRESS = r"auto|(ray://)?\[?[\w.:-]*[\w\]]:\d+"  # auto, HOST:PORT, ray://HOST:PORT ([::1]:PORT too)
 
@@ -44,7 +43,7 @@ class RunConfig:
     ray_address: str | None = None  # None: embedded ray.init(); "auto" or "ray://host:10001": a cluster
     num_cpus: int | None = None  # CPUs of the embedded Ray (None: all)
     device: str = "auto"  # auto: cuda if available, else cpu
-    compute_dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32, bf16, fp16 (stages.models.resolve_precision)
     write_webdataset: bool = True
     max_pixels: int = ImageSpec.max_pixels  # decompression-bomb limit
     retry_failed: bool = False  # decode again the images an earlier run recorded as failed
@@ -81,8 +80,8 @@ class RunConfig:
         if self.ray_address is not None and not re.fullmatch(RAY_ADDRESS, self.ray_address):
             raise ConfigError(f"ray_address={self.ray_address!r} is not auto, HOST:PORT (the head's GCS, `ray start "
                               "--head --port`) or ray://HOST:PORT (Ray Client); null starts an embedded Ray")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ConfigError(f"compute_dtype {self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {('auto', *PRECISIONS)}")
         if self.runner not in RUNNERS:
             raise ConfigError(f"runner {self.runner!r} is not one of {RUNNERS}")
         if self.runner == "sequential" and (self.ray_address is not None or self.num_actors > 1):

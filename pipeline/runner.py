@@ -22,7 +22,7 @@ def worker_builder(config: ExtractConfig, plan: Plan) -> WorkerBuilder:
     run = config.run
     return WorkerBuilder(spec=config.spec, store_path=str(plan.store.path), fingerprint=plan.store.fingerprint,
                          shapes=plan.shapes, batch_size=run.batch_size, device=run.device,
-                         compute_dtype=run.compute_dtype, write_webdataset=run.write_webdataset,
+                         precision=run.precision, write_webdataset=run.write_webdataset,
                          threads=max(1, int(run.cpus_per_actor)), decode_limits=run.decode_limits)
 
 

@@ -29,7 +29,7 @@ import torch
 from pipeline.errors import reported
 from pipeline.rows import DecodedShard, ShardStats, ShardTask
 from stages.cache_spec import LATENTS, CacheSpec
-from stages.models import default_device, resolve_dtype
+from stages.models import default_device, resolve_precision
 from stages.image_files import ImageError
 from stages.preprocess import ImageSpec, preprocess, read_image
 from stages.serving import compute_arrays
@@ -78,7 +78,7 @@ class WorkerBuilder:
     shapes: Mapping[str, tuple[tuple[int, ...], str]]  # array_id -> (sample shape, stored dtype)
     batch_size: int
     device: str = "auto"
-    compute_dtype: str = "auto"
+    precision: str = "auto"
     write_webdataset: bool = True
     decode_limits: Mapping[str, int] = field(default_factory=dict)  # recorded: they decide which images fail
     threads: int = 0  # torch CPU threads (0: leave torch's default)
@@ -95,7 +95,7 @@ class ShardProcessor:
             torch.set_num_threads(builder.threads)
         self.builder, spec = builder, builder.spec
         device = default_device() if builder.device == "auto" else torch.device(builder.device)
-        self.encoder = spec.kind.load(spec, device=device, dtype=resolve_dtype(builder.compute_dtype, device))
+        self.encoder = spec.kind.load(spec, device=device, dtype=resolve_precision(builder.precision, device))
         self.store = CacheStore.open(builder.store_path, fingerprint=builder.fingerprint)
         self._reader: Any = None  # StoreReader, opened on first use (see `_stored`)
         self.array_ids = spec.array_ids()

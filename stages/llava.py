@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from stages.errors import UserError
 
-__all__ = ["DataError", "load_llava_json", "first_reply", "PROMPT_TEXT"]
+__all__ = ["DataError", "load_llava_json", "first_reply", "PROMPT_TEXT", "QUESTION", "PROMPT_SOURCES"]
 
 
 class DataError(UserError, ValueError):
@@ -61,3 +61,7 @@ def first_reply(conversations: Sequence[Mapping[str, Any]]) -> str:
 
 # prompt source name -> the function taking its text from a LLaVA sample (an image's first sample supplies it)
 PROMPT_TEXT: Mapping[str, Callable[[Mapping[str, Any]], str]] = {"caption": lambda s: first_reply(s["conversations"])}
+# the prompt source given per sample when features are served, never stored: a training sample's question (its
+# first human turn), an evaluation item's prompt; its X_c comes from a U-Net pass (`stages.serving.needs_unet_pass`)
+QUESTION = "question"
+PROMPT_SOURCES = (QUESTION, *PROMPT_TEXT)  # every source guidance may take X_c's prompt from

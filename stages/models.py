@@ -3,8 +3,9 @@
 The same `from_pretrained` calls load a real SD 1.x / 2.x / SDXL checkout and the tiny embedded models;
 a pipeline with `text_encoder_2/` is SDXL (DESIGN §3a: a second text encoder with projection, its
 `force_zeros_for_empty_prompt` from `model_index.json`, the VAE in float32 when its config says
-`force_upcast`). The precision follows the device unless given: bfloat16 on CUDA, float32 on CPU (bf16
-matmuls on CPUs without bf16 units are two orders of magnitude slower).
+`force_upcast`). `resolve_precision` turns every config's `precision` (extraction, training, evaluation)
+into a dtype; `auto` follows the device: bf16 on CUDA, fp32 on CPU (bf16 matmuls on CPUs without bf16
+units are two orders of magnitude slower).
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from typing import Any
 
 import torch
 
-from stages.config import ConfigError
 from stages.errors import UserError
 
 __all__ = ["SDComponents", "ModelLoadError", "load_sd_components", "resolve_model_dir", "default_device",
-           "default_dtype", "resolve_dtype", "is_sdxl_layout", "vae_scale_factor", "force_zeros_for_empty_prompt"]
+           "PRECISIONS", "resolve_precision", "is_sdxl_layout", "vae_scale_factor", "force_zeros_for_empty_prompt"]
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # a config's `precision`: these or auto
 
 
 class ModelLoadError(UserError, OSError):
@@ -54,21 +57,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """`None`/'auto' -> the device default; otherwise 'float32', 'bfloat16' or 'float16'."""
-    if name in (None, "auto"):
-        return default_dtype(device)
-    try:
-        dtype = getattr(torch, name)
-    except AttributeError:
-        dtype = None
-    if not isinstance(dtype, torch.dtype):
-        raise ConfigError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
-    return dtype
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """A config's `precision` (checked where the config is read) as a dtype: auto is bf16 on CUDA, else fp32."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return PRECISIONS[name]
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -125,7 +118,7 @@ def load_sd_components(
         raise ModelLoadError(f"{exc} (expected unet/ vae/ text_encoder/ tokenizer/ scheduler/ inside, as in "
                              "a diffusers Stable Diffusion checkout)") from exc
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
+    dtype = dtype or resolve_precision("auto", device)
     sdxl = is_sdxl_layout(source)
 
     def load(cls: Any, subfolder: str, **kwargs: Any) -> Any:

@@ -98,7 +98,7 @@ def _make_store(tmp_path_factory, sample, spec: CacheSpec) -> TrainStore:
     extract_yaml.write_text(yaml.safe_dump({
         **spec_summary(spec), "data": [str(pretrain_json), str(sft_json)], "image_root": str(sample.image_root),
         "cache_root": str(cache_root), "shard_size": 4, "batch_size": 2, "device": "cpu",
-        "compute_dtype": "float32", "write_webdataset": False}))
+        "precision": "fp32", "write_webdataset": False}))
     return TrainStore(spec=spec, path=build_store(extract_yaml), cache_root=cache_root, extract_yaml=extract_yaml,
                       image_root=Path(sample.image_root), pretrain_json=pretrain_json, sft_json=sft_json)
 

@@ -38,14 +38,15 @@ from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error 
 from stages.llava import load_llava_json  # noqa: E402
 from stages.serving import CachedFeatures  # noqa: E402
 from stages.writable import check_writable_dir  # noqa: E402
-from train.collate import collate  # noqa: E402
+from train.batch import collate  # noqa: E402
 from train.conditioning import GuidedFeatures, required_arrays  # noqa: E402
 from train.config import STAGES, TrainConfig, VisionConfig, load_stage_config, save_run_config  # noqa: E402
 from train.data import LlavaDataset  # noqa: E402
 from train.engine import check_engine_config, ensure_distributed, is_main_process, seed_everything  # noqa: E402
-from train.loop import FINAL_DIR, NonFiniteLoss, TrainingInterrupted, check_resume, run_outputs, train  # noqa: E402
+from train.loop import NonFiniteLoss, TrainingInterrupted, train  # noqa: E402
 from train.metrics import StepMetrics  # noqa: E402
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model, load_tokenizer  # noqa: E402
+from train.resume import FINAL_DIR, check_resume, run_outputs  # noqa: E402
 from train.sampler import make_sampler  # noqa: E402
 from train.stores import locate_stores, resolve_data_path  # noqa: E402
 

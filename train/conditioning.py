@@ -5,18 +5,15 @@ latents), and the loop's feature hook applying it to a collated batch.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
 from stages.serving import FeatureSource, Guidance
+from train.batch import Batch
 from train.config import GuidanceConfig, VisionConfig
 
 __all__ = ["guidance_applies", "run_guidance", "required_arrays", "GuidedFeatures"]
-
-BATCH_TEXTS = {"question": "questions", "caption": "captions"}  # prompt source -> the collated batch's texts
-
 
 def guidance_applies(vision: VisionConfig, guidance: GuidanceConfig) -> bool:
     """A positive scale on a mode that reads an SD array."""
@@ -51,13 +48,13 @@ class GuidedFeatures:
         if self.guidance.runs_unet and self.guidance.unet is None:
             raise ValueError("question guidance needs the feature source (the U-Net runs on cached latents)")
 
-    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        features = batch["features"]
+    def __call__(self, batch: Batch) -> dict[str, Tensor]:
+        features = batch.features
         out = {k: features[k] for k in self.vision.array_ids if k in features}
         if not self.guidance.active or self.vision.sd_array not in features:  # text-only batch
             return out
-        images = [i for i, k in enumerate(batch["image_keys"]) if k is not None]
-        texts = batch[BATCH_TEXTS[self.guidance.prompt_source]]
-        out[self.vision.sd_array] = self.guidance(features, keys=[batch["image_keys"][i] for i in images],
+        images = [i for i, k in enumerate(batch.image_keys) if k is not None]
+        texts = batch.prompts[self.guidance.prompt_source]
+        out[self.vision.sd_array] = self.guidance(features, keys=[batch.image_keys[i] for i in images],
                                                   prompts=[texts[i] for i in images])
         return out

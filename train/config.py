@@ -12,19 +12,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from stages.config import ConfigError, build_dataclass, load_config
+from stages.llava import PROMPT_SOURCES, QUESTION
 from stages.locations import REPO
 from stages.store.layout import write_json_atomic
 from train.vision_modes import VISION_MODES, VisionMode
 
 __all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGES", "PRECISIONS", "OPTIMIZERS",
-           "GUIDANCE_PROMPTS", "STAGE_TEMPLATES", "RUN_CONFIG_FILE", "RESUMABLE_CHANGES", "config_changes",
-           "save_run_config", "load_run_config", "DEFAULT_CONFIGS", "load_stage_config"]
+           "STAGE_TEMPLATES", "RUN_CONFIG_FILE", "RESUMABLE_CHANGES", "config_changes", "save_run_config",
+           "load_run_config", "DEFAULT_CONFIGS", "load_stage_config"]
 
 STAGES = ("pretrain", "sft")
 STAGE_TEMPLATES = {"pretrain": "plain", "sft": "v1"}  # DESIGN §6: plain for stage 1, Vicuna v1 for stage 2
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # stages.models.resolve_precision's words; fp16 is for extraction only
 OPTIMIZERS = ("adamw", "fused_adam")
-GUIDANCE_PROMPTS = ("question", "caption")  # where guidance takes X_c's prompt from
 RUN_CONFIG_FILE = "train_config.json"  # beside a run's checkpoints: what evaluation rebuilds the run from
 DEFAULT_CONFIGS = {"pretrain": REPO / "configs/train/sample-pretrain.yaml",
                    "sft": REPO / "configs/train/sample-sft.yaml"}
@@ -85,14 +85,14 @@ class GuidanceConfig:
 
     scale: float = 0.0
     prompt_dropout: float = 0.0
-    prompt_source: str = "question"
+    prompt_source: str = QUESTION
 
     def __post_init__(self) -> None:
         _check_finite(**{"guidance.scale": self.scale, "guidance.prompt_dropout": self.prompt_dropout})
         _check(self.scale >= 0, f"guidance.scale must be >= 0, got {self.scale}")
         _check(0 <= self.prompt_dropout <= 1, f"guidance.prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
-        _check(self.prompt_source in GUIDANCE_PROMPTS,
-               f"guidance.prompt_source {self.prompt_source!r} is not one of {GUIDANCE_PROMPTS}")
+        _check(self.prompt_source in PROMPT_SOURCES,
+               f"guidance.prompt_source {self.prompt_source!r} is not one of {PROMPT_SOURCES}")
 
 
 @dataclass(frozen=True)

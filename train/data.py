@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 
 from stages.config import ConfigError
 from stages.errors import UserError
-from stages.llava import DataError, first_reply
+from stages.llava import PROMPT_TEXT, QUESTION, DataError
+from train.batch import Sample
 from train.conversation import IMAGE_TOKEN_INDEX, first_human_text, get_template, tokenize_conversation
 
 if TYPE_CHECKING:
@@ -45,9 +46,9 @@ class LlavaDataset(Dataset):
     `max_length` bounds the sequence the LLM sees after the image placeholder is replaced by
     `num_image_tokens` tokens, so image samples keep `max_length - num_image_tokens + 1` text ids.
     `feature_source=None` reads no features (`features` is None; the caller computes them from
-    `image_key`). Items: `input_ids`, `labels` (LongTensor, L), `image_key` (str | None),
-    `question` (first human turn without `<image>`, stripped; None for text-only), `caption` (first
-    gpt turn), `features` ({array_id: float32 (T, C)} or None).
+    `image_key`). Items are `Sample`s; their prompts are the question (the first human turn without
+    `<image>`, stripped; None for text-only) and the texts of the sources `just extract` stores
+    (`stages.llava.PROMPT_TEXT`: the caption, the first gpt turn).
     """
 
     def __init__(
@@ -113,7 +114,7 @@ class LlavaDataset(Dataset):
                            f"{key!r}, expected {sorted(self.array_ids)}")
         return {name: torch.from_numpy(np.asarray(arrays[name][0])).float() for name in self.array_ids}  # (T, C)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
         conversations = record["conversations"]
         key = record.get("image")
@@ -127,11 +128,8 @@ class LlavaDataset(Dataset):
         if key is not None and IMAGE_TOKEN_INDEX not in input_ids:
             raise ValueError(f"sample {record.get('id')!r}: max_length {self.max_length} truncates the image "
                              "placeholder away; raise max_length")
-        return {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "image_key": key,
-            "question": first_human_text(conversations) if key is not None else None,
-            "caption": first_reply(conversations),
-            "features": self._features(key) if key is not None and self.feature_source is not None else None,
-        }
+        prompts = {QUESTION: first_human_text(conversations) if key is not None else None,
+                   **{source: text(record) for source, text in PROMPT_TEXT.items()}}
+        return Sample(input_ids=torch.tensor(input_ids, dtype=torch.long),
+                      labels=torch.tensor(labels, dtype=torch.long), image_key=key, prompts=prompts,
+                      features=self._features(key) if key is not None and self.feature_source is not None else None)

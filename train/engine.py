@@ -28,10 +28,11 @@ import torch
 from torch import nn
 
 from stages.config import ConfigError
+from stages.models import default_device, resolve_precision
 from stages.store.layout import write_json_atomic
 from train.config import TrainConfig
 
-__all__ = ["op_build_env", "ensure_distributed", "resolve_precision", "deepspeed_config", "check_engine_config",
+__all__ = ["op_build_env", "ensure_distributed", "deepspeed_config", "check_engine_config",
            "param_groups", "cosine_with_warmup", "build_engine", "seed_everything", "save_checkpoint",
            "load_checkpoint", "latest_checkpoint", "read_checkpoint_state", "restore_rng", "is_main_process",
            "barrier", "CHECKPOINTS_DIR"]
@@ -94,13 +95,6 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def resolve_precision(name: str) -> str:
-    """'auto' -> bf16 on CUDA, fp32 on CPU (bf16 matmuls are ~150x slower on CPUs without bf16 units)."""
-    if name == "auto":
-        return "bf16" if torch.cuda.is_available() else "fp32"
-    return name
-
-
 def _fill(section: dict[str, Any], key: str, value: Any, where: str) -> None:
     """Replace an 'auto' (or missing) entry with `value`; an explicit, different value is a conflict."""
     current = section.get(key, "auto")
@@ -126,7 +120,7 @@ def deepspeed_config(config: TrainConfig) -> dict[str, Any]:
     _fill(ds, "gradient_accumulation_steps", config.gradient_accumulation_steps, path.name)
     _fill(ds, "gradient_clipping", config.max_grad_norm, path.name)
     bf16 = dict(ds.get("bf16", {}))
-    _fill(bf16, "enabled", resolve_precision(config.precision) == "bf16", f"{path.name}.bf16")
+    _fill(bf16, "enabled", resolve_precision(config.precision, default_device()) == torch.bfloat16, f"{path.name}.bf16")
     ds["bf16"] = bf16
     if "optimizer" in ds or "scheduler" in ds:
         raise ConfigError(f"{path}: optimizer and scheduler come from the train config, remove them from the JSON")

@@ -11,9 +11,9 @@ them is its `train.vision_modes` entry; `FUSIONS` maps the fusion names to build
 """
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,7 @@ from stages.config import ConfigError
 from train.config import VisionConfig
 from train.projector import build_projector, load_module, read_config, save_module
 
-__all__ = ["FUSIONS", "build_adapter", "save_adapter", "load_adapter", "adapter_config"]
+__all__ = ["FUSIONS", "build_adapter", "AdapterConfig", "save_adapter", "load_adapter"]
 
 
 def _take(features: Mapping[str, Tensor], array_id: str, like: nn.Module) -> Tensor:
@@ -127,20 +127,39 @@ def build_adapter(vision: VisionConfig, *, feature_dims: Mapping[str, int], hidd
     return FUSIONS[vision.mode_spec.fusion](vision, ids, _dims(feature_dims, ids), hidden_size)
 
 
-def adapter_config(vision: VisionConfig, *, feature_dims: Mapping[str, int], hidden_size: int) -> dict:
-    """The JSON that `load_adapter` rebuilds an adapter from."""
-    return {"vision": dataclasses.asdict(vision), "feature_dims": dict(feature_dims), "hidden_size": hidden_size}
+@dataclass(frozen=True)
+class AdapterConfig:
+    """What an adapter is built from: the vision settings, each array's channel count (`feature_dims`), the
+    LLM width, and the LLM a trained adapter was trained with (None: none recorded)."""
+
+    vision: VisionConfig
+    feature_dims: Mapping[str, int]
+    hidden_size: int
+    llm: str | None = None
+
+    def build(self) -> nn.Module:
+        """A fresh adapter of this config."""
+        return build_adapter(self.vision, feature_dims=self.feature_dims, hidden_size=self.hidden_size)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The JSON object an adapter file's header holds (`save_adapter`)."""
+        out = {"vision": asdict(self.vision), "feature_dims": dict(self.feature_dims), "hidden_size": self.hidden_size}
+        return out if self.llm is None else {**out, "llm": self.llm}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> AdapterConfig:
+        """The config of an adapter file's header JSON (`to_metadata`)."""
+        return cls(vision=VisionConfig(**metadata["vision"]),
+                   feature_dims={a: int(c) for a, c in metadata["feature_dims"].items()},
+                   hidden_size=int(metadata["hidden_size"]), llm=metadata.get("llm"))
 
 
-def save_adapter(adapter: nn.Module, path: str | Path, *, config: Mapping[str, object]) -> None:
-    """Adapter weights as safetensors, with `adapter_config(...)` in the header."""
-    save_module(adapter, path, config=config)
+def save_adapter(adapter: nn.Module, path: str | Path, *, config: AdapterConfig) -> None:
+    """Adapter weights as safetensors, with `config` in the header."""
+    save_module(adapter, path, config=config.to_metadata())
 
 
-def load_adapter(path: str | Path) -> tuple[nn.Module, dict]:
+def load_adapter(path: str | Path) -> tuple[nn.Module, AdapterConfig]:
     """Rebuild an adapter from a `save_adapter` file; returns it with its config."""
-    config = read_config(path)
-    vision = VisionConfig(**config["vision"])  # type: ignore[arg-type]
-    adapter = build_adapter(vision, feature_dims=config["feature_dims"],  # type: ignore[arg-type]
-                            hidden_size=int(config["hidden_size"]))  # type: ignore[arg-type]
-    return load_module(adapter, path), config
+    config = AdapterConfig.from_metadata(read_config(path))
+    return load_module(config.build(), path), config

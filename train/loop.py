@@ -1,13 +1,6 @@
 """The training loop: DeepSpeed engine steps over a resumable sampler, with metrics and checkpoints.
 
-Position is counted in optimizer steps. Step `s` reads micro-batches `[a·k, a·(k+1))` of epoch
-`s // steps_per_epoch` (`k = s % steps_per_epoch`, `a` = gradient accumulation, a micro-batch =
-`per_device_batch_size` samples of this rank), so the step alone says where the data stands; an
-epoch's samples beyond the last whole optimizer step are not used.
-A run directory with checkpoints is resumed (`overwrite=true` starts it over): from a checkpoint at step
-`s` the sampler is repositioned there, optimizer, schedule and RNGs are restored, and the losses equal an
-uninterrupted run's. A checkpoint records the config that trained it; a run changing more than
-`train.config.RESUMABLE_CHANGES` is refused.
+Positions, what a checkpoint records and when a run continues from one: `train.resume`.
 """
 from __future__ import annotations
 
@@ -16,43 +9,22 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 
-from stages.config import ConfigError
-from train.config import TrainConfig, config_changes
-from train.engine import (CHECKPOINTS_DIR, barrier, build_engine, is_main_process, latest_checkpoint,
-                          load_checkpoint, read_checkpoint_state, restore_rng, save_checkpoint, seed_everything)
-from train.metrics import METRICS_FILE, TENSORBOARD_DIR, Reporter, StepMetrics
+from train.batch import Batch
+from train.config import TrainConfig
+from train.engine import (barrier, build_engine, is_main_process, latest_checkpoint, load_checkpoint, restore_rng,
+                          seed_everything)
+from train.metrics import Reporter, StepMetrics
 from train.model import LlavaModel
+from train.resume import (FINAL_DIR, ResumableSampler, position, resumable, run_outputs, save_run_checkpoint,
+                          total_steps)
 
-__all__ = ["ResumableSampler", "NonFiniteLoss", "TrainingInterrupted", "train", "total_steps",
-           "check_resume", "run_outputs", "default_prepare_features", "FINAL_DIR"]
-
-FINAL_DIR = "final"
-Batch = Mapping[str, Any]
-
-
-class ResumableSampler(Protocol):
-    """This rank's sample indices, deterministic in (seed, epoch); `train.sampler` implements it."""
-
-    def __len__(self) -> int: ...  # samples left in the epoch on this rank
-
-    def __iter__(self) -> Iterator[int]: ...
-
-    def set_epoch(self, epoch: int) -> None: ...
-
-    def state_dict(self, *, consumed: int) -> dict[str, Any]:
-        """JSON-able position after `consumed` samples of the current epoch on this rank."""
-        ...
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from a `state_dict` position (and reject one from another seed/dataset/world size)."""
-        ...
+__all__ = ["NonFiniteLoss", "TrainingInterrupted", "train", "default_prepare_features"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -99,8 +71,8 @@ def _nonfinite_arrays(features: Mapping[str, Tensor]) -> list[str]:
 
 
 def _nonfinite_message(what: str, *, step: int, batch: Batch, features: Mapping[str, Tensor]) -> str:
-    keys = [k for k in batch.get("image_keys", []) if k is not None]
-    arrays = _nonfinite_arrays({**batch.get("features", {}), **features})
+    keys = [k for k in batch.image_keys if k is not None]
+    arrays = _nonfinite_arrays({**batch.features, **features})
     source = (f"feature arrays with NaN/Inf values: {arrays}; check the store with `just verify STORE`"
               if arrays else "no input feature is non-finite (the model diverged: lower lr, or on_nonfinite=skip)")
     return f"{what} at step {step}, batch with image keys {keys[:8]}{' ...' if len(keys) > 8 else ''}; {source}"
@@ -108,24 +80,7 @@ def _nonfinite_message(what: str, *, step: int, batch: Batch, features: Mapping[
 
 def default_prepare_features(batch: Batch) -> Mapping[str, Tensor]:
     """Cached features as they are (the SFT question conditioning replaces this hook)."""
-    return batch["features"]
-
-
-def total_steps(config: TrainConfig, *, batches_per_epoch: int) -> tuple[int, int]:
-    """(steps per epoch, total optimizer steps) for `batches_per_epoch` whole micro-batches per epoch."""
-    per_epoch = batches_per_epoch // config.gradient_accumulation_steps
-    if per_epoch == 0:
-        raise ConfigError(f"the sampler yields {batches_per_epoch} micro-batches per epoch, fewer than "
-                          f"gradient_accumulation_steps={config.gradient_accumulation_steps}")
-    return per_epoch, config.max_steps or config.epochs * per_epoch
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
+    return batch.features
 
 
 def _micro_step(engine: Any, batch: Batch, prepare: Callable[[Batch], Mapping[str, Tensor]], *, step: int,
@@ -133,10 +88,11 @@ def _micro_step(engine: Any, batch: Batch, prepare: Callable[[Batch], Mapping[st
     """Forward, backward and (at the accumulation boundary) the optimizer step; returns (loss, tokens,
     skipped). A non-finite loss raises `NonFiniteLoss`, or with `skip_nonfinite` contributes zero
     gradients (DeepSpeed still counts the micro-batch) and is left out of the loss."""
-    batch = _to_device(batch, engine.device)  # first: question guidance runs its U-Net on device tensors
-    features = _to_device(prepare(batch), engine.device)  # a no-op unless a hook returns host tensors
-    inputs = {k: batch[k] for k in ("input_ids", "labels", "attention_mask", "has_image")}
-    out = engine(**inputs, features=features)
+    batch = batch.to(engine.device)  # first: question guidance runs its U-Net on device tensors
+    # a no-op unless a hook returns host tensors
+    features = {k: v.to(engine.device, non_blocking=True) for k, v in prepare(batch).items()}
+    out = engine(input_ids=batch.input_ids, labels=batch.labels, attention_mask=batch.attention_mask,
+                 has_image=batch.has_image, features=features)
     loss, skipped = out.loss, not bool(torch.isfinite(out.loss))  # one host sync per micro-batch
     if skipped:
         if not skip_nonfinite:
@@ -157,8 +113,8 @@ def _train_step(engine: Any, batches: Iterator[Batch], *, accumulation: int, mic
             batch = next(batches)
         except StopIteration:
             raise RuntimeError("the data loader ended before the epoch's last optimizer step") from None
-        if len(batch["input_ids"]) != micro:  # positions are counted in whole micro-batches
-            raise ValueError(f"loader gave a batch of {len(batch['input_ids'])}, per_device_batch_size is {micro}")
+        if len(batch) != micro:  # positions are counted in whole micro-batches
+            raise ValueError(f"loader gave a batch of {len(batch)}, per_device_batch_size is {micro}")
         loss, tokens, skipped = _micro_step(engine, batch, prepare, step=step, skip_nonfinite=skip_nonfinite)
         totals += torch.stack([loss / accumulation, tokens, torch.tensor(float(micro), device=engine.device),
                                torch.tensor(float(skipped), device=engine.device)])
@@ -178,71 +134,6 @@ def _train_step(engine: Any, batches: Iterator[Batch], *, accumulation: int, mic
             "skipped": int(skipped)}
 
 
-def _position(sampler: ResumableSampler, *, epoch: int, consumed: int) -> dict[str, Any]:
-    """Put the sampler at `consumed` samples into `epoch`; returns that position's state."""
-    sampler.set_epoch(epoch)
-    state = sampler.state_dict(consumed=consumed)
-    sampler.load_state_dict(state)
-    return state
-
-
-def _schedule(config: TrainConfig, *, per_epoch: int, total: int) -> dict[str, int]:
-    """The settings a checkpoint's step and sampler position are only meaningful under."""
-    return {"per_device_batch_size": config.per_device_batch_size,
-            "gradient_accumulation_steps": config.gradient_accumulation_steps,
-            "steps_per_epoch": per_epoch, "total_steps": total}
-
-
-def run_outputs(output_dir: str | Path) -> list[Path]:
-    """What a run left in `output_dir`, and `overwrite=true` removes: checkpoints, final/, metrics.jsonl and
-    TensorBoard logs (`train_config.json` is rewritten by every run; evaluation results are keyed by the
-    checkpoint they scored)."""
-    root = Path(output_dir)
-    return [p for p in (root / CHECKPOINTS_DIR, root / FINAL_DIR, root / METRICS_FILE, root / TENSORBOARD_DIR)
-            if p.exists()]
-
-
-def _resumable(config: TrainConfig, sampler: ResumableSampler, *, per_epoch: int,
-               total: int) -> tuple[Path, dict[str, Any]] | None:
-    """(latest checkpoint, its trainer state) of the run in `config.output_dir`, which this run continues
-    unless `config.overwrite`; raises where it cannot (another world size, seed, dataset, batch, schedule or
-    config), where `resume=true` finds no checkpoint, and where a finished run (final/) has none."""
-    if config.overwrite:
-        return None
-    checkpoint = latest_checkpoint(config.output_dir)
-    if checkpoint is None:
-        if config.resume:
-            raise ConfigError(f"resume=true, but {config.output_dir} holds no checkpoint; drop resume=true to "
-                              "start from scratch (or set output_dir to the run to continue)")
-        if (Path(config.output_dir) / FINAL_DIR).exists():
-            raise ConfigError(f"{config.output_dir} holds a finished run ({FINAL_DIR}/) but no checkpoint to "
-                              "continue from; set overwrite=true to train it again from scratch, or another output_dir")
-        return None
-    fix = "go back to the checkpoint's settings, set overwrite=true to start over, or use a new output_dir"
-    state = read_checkpoint_state(checkpoint)
-    try:  # first: another world size also changes the steps per epoch, but is the cause to name
-        sampler.load_state_dict(state["sampler"])  # rejects a different seed, dataset, world size, micro-batch
-    except ConfigError as exc:
-        raise ConfigError(f"cannot resume from {checkpoint}: {exc}; {fix}") from exc
-    for key, value in _schedule(config, per_epoch=per_epoch, total=total).items():
-        if state.get(key) != value:
-            raise ConfigError(f"cannot resume from {checkpoint}: it was written with {key}={state.get(key)!r}, "
-                              f"this run has {key}={value!r}; {fix}")
-    changes = config_changes(state.get("config", {}), config)  # none recorded: a checkpoint from before
-    if changes:
-        raise ConfigError(f"cannot resume from {checkpoint}: this run changes {', '.join(changes)}; {fix}")
-    return checkpoint, state
-
-
-def check_resume(config: TrainConfig, sampler: ResumableSampler) -> Path | None:
-    """The checkpoint `train()` will continue from (None: step 0); raises now, with no engine, where
-    `train()` would refuse to start."""
-    _position(sampler, epoch=0, consumed=0)
-    per_epoch, total = total_steps(config, batches_per_epoch=len(sampler) // config.per_device_batch_size)
-    found = _resumable(config, sampler, per_epoch=per_epoch, total=total)
-    return found[0] if found else None
-
-
 def train(
     *, config: TrainConfig, model: LlavaModel, sampler: ResumableSampler,
     make_loader: Callable[[ResumableSampler], Iterable[Batch]],
@@ -251,17 +142,17 @@ def train(
 ) -> list[StepMetrics]:
     """Train `model` for the configured steps; returns the metrics of the steps this call ran.
 
-    Continues from the latest checkpoint in `config.output_dir` (`_resumable`); with `config.overwrite`
-    the earlier run's outputs (`run_outputs`) are removed first. `make_loader(sampler)` builds the batch
-    iterable (a DataLoader with `sampler=sampler`, `batch_size=config.per_device_batch_size` and the
-    padding collate) after the sampler has been positioned; it is called once per epoch and once on
+    Continues from the latest checkpoint in `config.output_dir` (`train.resume.resumable`); with
+    `config.overwrite` the earlier run's outputs (`run_outputs`) are removed first. `make_loader(sampler)`
+    builds the batch iterable (a DataLoader with `sampler=sampler`, `batch_size=config.per_device_batch_size`
+    and `train.batch.collate`) after the sampler has been positioned; it is called once per epoch and once on
     resume. `finish_final(final_dir)` (the main process) adds to the final save, e.g. the tokenizer. A Ctrl-C
     from the engine's start to the end of the final save raises `TrainingInterrupted`.
     """
     seed_everything(config.seed)
-    _position(sampler, epoch=0, consumed=0)
+    position(sampler, epoch=0, consumed=0)
     per_epoch, total = total_steps(config, batches_per_epoch=len(sampler) // config.per_device_batch_size)
-    found = _resumable(config, sampler, per_epoch=per_epoch, total=total)
+    found = resumable(config, sampler, per_epoch=per_epoch, total=total)
     if config.overwrite and is_main_process():
         for path in run_outputs(config.output_dir):
             if path.is_dir():
@@ -300,7 +191,7 @@ def _steps(engine: Any, *, config: TrainConfig, sampler: ResumableSampler,
     try:
         while step < total:
             epoch, offset = divmod(step, per_epoch)
-            _position(sampler, epoch=epoch, consumed=offset * accumulation * micro)
+            position(sampler, epoch=epoch, consumed=offset * accumulation * micro)
             if rng is not None and offset == 0:  # an uninterrupted run built this epoch's iterator after the save
                 restore_rng(rng)
                 rng = None
@@ -320,19 +211,8 @@ def _steps(engine: Any, *, config: TrainConfig, sampler: ResumableSampler,
                 reporter.report(history[-1])
                 if step == total or (config.save_every and step % config.save_every == 0):
                     reporter.flush()  # the events up to a checkpoint survive a killed run
-                    _checkpoint(engine, config, sampler, step=step, per_epoch=per_epoch, total=total)
+                    save_run_checkpoint(engine, config, sampler, step=step, per_epoch=per_epoch, total=total)
                 ctrl_c.raise_if_pressed()
     finally:
         ctrl_c.restore()
         reporter.close()
-
-
-def _checkpoint(engine: Any, config: TrainConfig, sampler: ResumableSampler, *, step: int, per_epoch: int,
-                total: int) -> None:
-    """Save, recording how far into its epoch the sampler is as of `step` (the object itself runs ahead)."""
-    epoch = (step - 1) // per_epoch  # the epoch the sampler is in now
-    consumed = (step - epoch * per_epoch) * config.gradient_accumulation_steps * config.per_device_batch_size
-    save_checkpoint(engine, output_dir=config.output_dir, step=step, with_llm=not config.freeze_llm,
-                    state={"sampler": sampler.state_dict(consumed=consumed),
-                           **_schedule(config, per_epoch=per_epoch, total=total), "config": asdict(config)},
-                    keep=config.keep_checkpoints)

@@ -15,11 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from stages.config import ConfigError
-from stages.models import ModelLoadError, resolve_model_dir
+from stages.models import ModelLoadError, default_device, resolve_model_dir, resolve_precision
 from train.config import TrainConfig, VisionConfig
 from train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from train.engine import resolve_precision
-from train.fusion import adapter_config, build_adapter, save_adapter
+from train.fusion import AdapterConfig, save_adapter
 from train.projector import load_module, read_config
 
 __all__ = ["LlavaOutput", "LlavaModel", "splice_image_tokens", "load_llm", "build_model", "ADAPTER_FILE",
@@ -78,12 +77,12 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 class LlavaModel(nn.Module):
     """`adapter` (features → image tokens) + `llm` (any `AutoModelForCausalLM`)."""
 
-    def __init__(self, *, llm: nn.Module, adapter: nn.Module, adapter_config: Mapping[str, object],
+    def __init__(self, *, llm: nn.Module, adapter: nn.Module, adapter_config: AdapterConfig,
                  max_length: int) -> None:
         super().__init__()
         self.llm = llm
         self.adapter = adapter
-        self.adapter_config = dict(adapter_config)
+        self.adapter_config = adapter_config
         self.max_length = max_length
 
     def freeze_llm(self) -> None:
@@ -110,7 +109,7 @@ class LlavaModel(nn.Module):
             # Text only: the adapter still runs (on zeros, its output times 0 joining the embeddings), so its
             # gradients arrive after the LLM's on every rank, as with images: ZeRO-2 reduces gradients in
             # arrival order, and ranks mixing image and text-only micro-batches must agree on it.
-            dummy = {a: embeds.new_zeros(1, 1, int(c)) for a, c in self.adapter_config["feature_dims"].items()}
+            dummy = {a: embeds.new_zeros(1, 1, int(c)) for a, c in self.adapter_config.feature_dims.items()}
             embeds = embeds + self.adapter(dummy).sum() * 0.0
         return splice_image_tokens(embeds=embeds, input_ids=input_ids, labels=labels,
                                    attention_mask=attention_mask.bool(), image_tokens=image_tokens,
@@ -163,10 +162,10 @@ def load_tokenizer(model: str) -> Any:
     return tokenizer
 
 
-def _check_compatible(path: Path, expected: Mapping[str, object]) -> None:
-    found = read_config(path)
+def _check_compatible(path: Path, expected: AdapterConfig) -> None:
+    found, expected_metadata = read_config(path), expected.to_metadata()
     keys = ("vision", "feature_dims", "hidden_size")
-    diff = {k: (found.get(k), expected.get(k)) for k in keys if found.get(k) != expected.get(k)}
+    diff = {k: (found.get(k), expected_metadata[k]) for k in keys if found.get(k) != expected_metadata[k]}
     if diff:
         raise ConfigError(f"adapter {path} was trained for a different setup: {json.dumps(diff)} (file, config)")
 
@@ -177,19 +176,18 @@ def build_model(config: TrainConfig, *, feature_dims: Mapping[str, int]) -> Llav
     The LLM loads in the training precision (bf16 halves host memory for a 7B model on every rank);
     DeepSpeed keeps fp32 master weights of whatever trains.
     """
-    bf16 = resolve_precision(config.precision) == "bf16"
-    llm = load_llm(config.model, dtype=torch.bfloat16 if bf16 else torch.float32)
+    llm = load_llm(config.model, dtype=resolve_precision(config.precision, default_device()))
     hidden = int(llm.config.hidden_size)
     vision: VisionConfig = config.vision
     dims = {a: int(feature_dims[a]) for a in vision.array_ids if a in feature_dims}
-    adapter_cfg = {**adapter_config(vision, feature_dims=dims, hidden_size=hidden), "llm": config.model}
-    adapter = build_adapter(vision, feature_dims=dims, hidden_size=hidden)
+    adapter_config = AdapterConfig(vision=vision, feature_dims=dims, hidden_size=hidden, llm=config.model)
+    adapter = adapter_config.build()
     if config.pretrained_adapter:
         path = Path(config.pretrained_adapter)
-        _check_compatible(path, adapter_cfg)
+        _check_compatible(path, adapter_config)
         load_module(adapter, path)
     adapter.to(dtype=llm.dtype)
-    model = LlavaModel(llm=llm, adapter=adapter, adapter_config=adapter_cfg, max_length=config.max_length)
+    model = LlavaModel(llm=llm, adapter=adapter, adapter_config=adapter_config, max_length=config.max_length)
     if config.freeze_llm:
         model.freeze_llm()
     if config.gradient_checkpointing:

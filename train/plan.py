@@ -43,8 +43,8 @@ from train.conditioning import required_arrays, run_guidance
 from train.config import TrainConfig, load_stage_config
 from train.conversation import IMAGE_TOKEN_INDEX
 from train.data import LlavaDataset
-from train.loop import total_steps
 from train.model import load_tokenizer
+from train.resume import total_steps
 from train.sampler import make_sampler
 from train.stores import locate_stores, resolve_data_path
 
@@ -124,7 +124,7 @@ def _token_lengths(dataset: LlavaDataset, image_tokens: int) -> np.ndarray:
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), TOKEN_SAMPLE)).astype(int))
     lengths = []
     for index in picks:
-        ids = dataset[int(index)]["input_ids"]
+        ids = dataset[int(index)].input_ids
         images = int((ids == IMAGE_TOKEN_INDEX).sum())
         lengths.append(min(len(ids) + images * (image_tokens - 1), dataset.max_length))
     return np.asarray(lengths, dtype=np.float64)
@@ -137,10 +137,11 @@ def _diffusion_gflop(config: TrainConfig, arrays: _Arrays) -> tuple[float, float
         return 0.0, 0.0
     spec = replace(arrays.specs[vision.sd_array], prompt_sources=())
     model_dir, _ = architecture_dir(spec.model)
+    settings = run_guidance(vision, guidance)
     naive = sum(spec.kind.image_gflop(spec, model_dir, array_ids=[vision.sd_array], early_exit=False).values())
-    if not run_guidance(vision, guidance).runs_unet:
+    if not settings.runs_unet:
         return 0.0, naive
-    guided = functools.partial(spec.kind.guided_gflop, spec, model_dir, vision.sd_array, source=guidance.prompt_source)
+    guided = functools.partial(spec.kind.guided_gflop, spec, model_dir, vision.sd_array, source=settings.prompt_source)
     return (1 - guidance.prompt_dropout) * guided(), naive + guided(early_exit=False)
 
 

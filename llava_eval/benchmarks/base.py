@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from stages.errors import UserError
+from stages.llava import QUESTION  # the default SD prompt setting: the item's prompt conditions the U-Net
 
-__all__ = ["EvalItem", "Benchmark", "BenchmarkLayoutError", "QUESTION"]
-
-QUESTION = "question"  # the default SD prompt setting: the item's prompt conditions the U-Net
+__all__ = ["EvalItem", "Benchmark", "BenchmarkLayoutError"]
 
 
 class BenchmarkLayoutError(UserError, FileNotFoundError):

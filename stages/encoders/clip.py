@@ -20,7 +20,7 @@ from stages.config import ConfigError
 from stages.encoders.base import EncoderKind, FeatureEncoder, Prompts, Spec
 from stages.extractor import pool_to_grid
 from stages.flops import clip_vision_gflop
-from stages.models import ModelLoadError, default_device, default_dtype, resolve_model_dir
+from stages.models import ModelLoadError, default_device, resolve_model_dir, resolve_precision
 from stages.preprocess import ImageSpec
 from stages.store.fingerprint import contract_fields
 
@@ -121,7 +121,7 @@ class ClipKind(EncoderKind):
             processor = CLIPImageProcessor.from_pretrained(model_dir)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load a CLIP vision model from {str(model_dir)!r}: {exc}") from exc
-        model = model.to(device=device, dtype=dtype or default_dtype(device)).eval().requires_grad_(False)
+        model = model.to(device=device, dtype=dtype or resolve_precision("auto", device)).eval().requires_grad_(False)
         return ClipFeatureEncoder(spec, model=model, processor=processor)
 
 

@@ -22,6 +22,7 @@ from stages.cache_spec import CacheSpec
 from stages.encoders import FeatureEncoder
 from stages.extractor import amplify
 from stages.features import LATENTS, ArrayId, conditioned_id
+from stages.llava import QUESTION
 from stages.serving.compute import load_encoder, needs_unet_pass
 
 __all__ = ["Guidance", "prompted_features"]
@@ -34,7 +35,7 @@ class Guidance:
 
     sd_array: str
     scale: float = 0.0
-    prompt_source: str = "question"
+    prompt_source: str = QUESTION
     prompt_dropout: float = 0.0
     unet: CacheSpec | None = None
     device: str | torch.device | None = None
@@ -100,7 +101,7 @@ class Guidance:
 
 
 def prompted_features(encoder: FeatureEncoder, sd_array: str, latents: Tensor, keys: Sequence[str],
-                      prompts: Sequence[str], *, source: str = "question") -> Tensor:
+                      prompts: Sequence[str], *, source: str = QUESTION) -> Tensor:
     """`X_c` of `sd_array` (NAME@tT) for each key's stored latents conditioned on its prompt: one U-Net pass
     with the key's noise (DESIGN §3), stopping after the tap. (N, T, C) float32."""
     prompted = conditioned_id(sd_array, source)  # the pass's own label

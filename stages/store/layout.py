@@ -22,8 +22,9 @@ import google_crc32c
 import numpy as np
 
 __all__ = ["ShardPlan", "new_shard_plans", "StorePaths", "remove_durably", "clear_stale_temps", "stage_bytes",
-           "stage_json", "write_bytes_atomic", "write_json_atomic", "read_json", "fsync_path", "shard_chunk_key",
-           "read_shard_index", "read_raw_rows", "empty_aligned", "file_sha256", "ChunkCorruption", "MISSING"]
+           "stage_json", "write_bytes_atomic", "write_json_atomic", "write_index", "read_json", "fsync_path",
+           "shard_chunk_key", "read_shard_index", "read_raw_rows", "empty_aligned", "file_sha256", "ChunkCorruption",
+           "MISSING"]
 
 MISSING = np.uint64(2**64 - 1)  # zarr's shard-index marker for an inner chunk that was never written
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one preadv call takes
@@ -154,6 +155,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def write_json_atomic(path: Path, value: Any) -> None:
     """`write_bytes_atomic` of `value` as JSON (sorted keys, UTF-8)."""
     write_bytes_atomic(path, _json_bytes(value))
+
+
+def write_index(paths: StorePaths, shard: int, keys: Sequence[str | None], *, shard_size: int) -> None:
+    """Write the index file of shard `shard`: the key of each of its rows (None: padding)."""
+    write_json_atomic(paths.index_file(shard), {"shard": shard, "first_row": shard * shard_size, "keys": list(keys)})
 
 
 def read_json(path: Path) -> Any:

@@ -9,10 +9,10 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.store.keys import decode_key
+from stages.store.layout import file_sha256
 from stages.store.meta import EditedShardSize, StoreMeta
 from stages.store.reader import StoreCorruption, StoreReader
 from stages.store.repair import Problem, index_disagreements, leftover_problems, structural_problems
-from stages.store.writer import file_sha256
 
 __all__ = ["check_store", "verify_store"]
 

@@ -7,7 +7,8 @@ Members, in row order, per valid key (not padding, not failed):
 so one sample can be checked on its own; the writer records the whole tar's digest). webdataset
 lower-cases field names when reading, so array ids must stay distinct once lower-cased. Written to a
 hidden temp name and fsynced (`stage_tar_shard`); the caller renames it into place (with its digest
-record, `CacheStore`), so a `NNNNNN.tar` that exists is complete and a failed write changes nothing.
+record, `stages.store.shard_files`), so a `NNNNNN.tar` that exists is complete and a failed write changes
+nothing.
 `tar_shard_size` is the size of that tar from its keys and the arrays' `.npy` sizes alone (the dry run's).
 """
 from __future__ import annotations

@@ -1,84 +1,48 @@
 """`CacheStore`: create or reopen a fingerprinted store, plan rows for keys, write whole shards.
 
 Crash safety: a shard's data is written whole (one zarr write per array), fsynced, and only then is
-its completion record renamed into place. Readers trust records only, so a writer killed at any
-point leaves that shard invisible; writing it again completes it. One writer per shard at a time
-(zarr partial-shard writes from several processes lose data): each shard write holds that shard's
-lock (`locks/NNNNNN.lock`), so two jobs writing the same shard (each adding its own arrays to the
-same keys) take turns; different shards are written at once. `write_shard(..., export=...)` writes
-the tar (with every array complete in the store), then the zarr shards and records, in one hold of
-that lock: of two jobs adding arrays to a shard at once, the second's tar holds both. Metadata
-changes (planning keys, creating and resizing arrays) hold the store lock. Locks are `flock` locks:
-across nodes they need a file system that honours them (docs/pipeline.md, "Shared cache directories").
+its completion record renamed into place (`stages.store.shard_files`). Readers trust records only, so a
+writer killed at any point leaves that shard invisible; writing it again completes it. One writer per
+shard at a time (zarr partial-shard writes from several processes lose data): each shard write holds
+that shard's lock, so two jobs writing the same shard (each adding its own arrays to the same keys) take
+turns; different shards are written at once. `write_shard(..., export=...)` writes the tar (with every
+array complete in the store), then the zarr shards and records, in one hold of that lock: of two jobs
+adding arrays to a shard at once, the second's tar holds both. Metadata changes (planning keys, creating
+and resizing arrays) hold the store lock (`stages.store.locks`). Repair and removal:
+`stages.store.maintenance`.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import errno
-import fcntl
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
 from stages.config import ConfigError
-from stages.errors import UserError
 from stages.image_files import ImageStamp
 from stages.store.arrays import DEFAULT_COMPRESSION, ArraySpec, array_document, package_versions
 from stages.store.fingerprint import Fingerprint
-from stages.store.identity import row_tags, values_crc32c
 from stages.store.keys import check_array_id, check_key
-from stages.store.layout import (ShardPlan, StorePaths, file_sha256, fsync_path, new_shard_plans, remove_durably,
-                                  stage_json, write_bytes_atomic, write_json_atomic)
+from stages.store.layout import ShardPlan, StorePaths, fsync_path, new_shard_plans, write_bytes_atomic, write_index
+from stages.store.locks import shard_lock, store_lock
+from stages.store.maintenance import StoreMaintenance
 from stages.store.meta import StoreDamaged, StoreMeta
-from stages.store.records import CompletionRecord, TarRecord
-from stages.store.reader import StoreCorruption, StoreReader
-from stages.store.webdataset_shards import stage_tar_shard
+from stages.store.records import CompletionRecord
+from stages.store.shard_files import write_tar_shard, write_zarr_shard
 
-__all__ = ["CacheStore", "StoreLockError", "ShardPlan", "DEFAULT_SHARD_SIZE", "LAYOUT_VERSION", "file_sha256"]
+__all__ = ["CacheStore", "DEFAULT_SHARD_SIZE", "LAYOUT_VERSION"]
 
 DEFAULT_SHARD_SIZE = 256
 LAYOUT_VERSION = 3  # 3: identity digests in the records, sealed array specs; 2: every sample ends with
 # its crc32c, tars have digest records; 1: neither
 
 
-class StoreLockError(UserError, OSError):
-    """The store's file system refuses `flock` (Lustre mounted without `-o flock`, NFS with `nolock`)."""
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """An exclusive `flock` on `path` (created if absent, never through a link) for the block."""
-    path.parent.mkdir(exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise StoreDamaged(f"{path} is a symbolic link; a store holds no links (writes through one land outside "
-                           "the cache root): remove it") from None
-    with os.fdopen(fd, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            raise StoreLockError(f"cannot lock {path} ({exc.strerror}): the cache root's file system does not "
-                                 "support flock; on Lustre mount it with -o flock, on NFS without nolock or "
-                                 "local_lock (docs/pipeline.md, \"Shared cache directories\")") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-class CacheStore:
+class CacheStore(StoreMaintenance):
     """Writer-side handle on one store directory. Use `open_or_create` or `open`.
 
     `meta` is its `StoreMeta`; the queries here (`shards`, `is_complete`, `failed`, `missing_shards`)
@@ -157,14 +121,6 @@ class CacheStore:
     def _group(self, mode: str = "r") -> zarr.Group:
         return zarr.open_group(store=LocalStore(self.meta.paths.zarr, read_only=mode == "r"), mode=mode)
 
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
-        """Exclusive lock for metadata changes (planning keys, creating or resizing arrays)."""
-        return _exclusive(self.meta.paths.lock)
-
-    def _shard_locked(self, shard: int) -> contextlib.AbstractContextManager[None]:
-        """Exclusive lock on one shard's files (its zarr shard files, records and tar)."""
-        return _exclusive(self.path / "locks" / f"{shard:06d}.lock")
-
     def refresh(self) -> StoreMeta:
         """The store's metadata with every plan, array and completion record written so far."""
         return self.meta.refresh()
@@ -199,16 +155,12 @@ class CacheStore:
         Locks (and so needs write access) only when there is something to plan."""
         if not self._new_keys(keys) and all(i.n_rows >= self.n_rows for i in self.meta.infos.values()):
             return []
-        with self._locked():
+        with store_lock(self.meta.paths):
             plans = new_shard_plans(self._plans(), self._new_keys(keys), shard_size=self.shard_size)
             for plan in plans:
-                self._write_index(plan.index, plan.keys)
+                write_index(self.meta.paths, plan.index, plan.keys, shard_size=self.shard_size)
             self._grow_arrays()
         return [plan.index for plan in plans]
-
-    def _write_index(self, shard: int, keys: Sequence[str | None]) -> None:
-        write_json_atomic(self.meta.paths.index_file(shard),
-                          {"shard": shard, "first_row": shard * self.shard_size, "keys": list(keys)})
 
     def _grow_arrays(self) -> None:
         group, n_rows = self._group("r+"), self.n_rows
@@ -230,7 +182,7 @@ class CacheStore:
         check_array_id(array_id)
         spec = ArraySpec(array_id=array_id, sample_shape=tuple(int(s) for s in sample_shape),
                          dtype=np.dtype(dtype).name, shard_size=self.shard_size, compression=compression)
-        with self._locked():
+        with store_lock(self.meta.paths):
             meta = self.meta.refresh(shards=())
             existing, damaged = meta.infos.get(array_id), meta.damaged_arrays.get(array_id)
             if existing is not None:
@@ -254,49 +206,6 @@ class CacheStore:
             self.meta.refresh(shards=())
             self._grow_arrays()
         return damaged is None or damaged.spec is None
-
-    # ---- repair and removal (stages.store.repair decides what; these do it durably) ------------
-    def withdraw(self, array_id: str, shard: int) -> None:
-        """Remove the completion record of (array, shard): the shard turns missing and the next run
-        computes it again."""
-        remove_durably(self.meta.paths.record(array_id, shard))
-
-    def withdraw_shard(self, shard: int) -> None:
-        """Withdraw shard `shard` of every array and its export: the next run computes it from the images."""
-        for array_id in self.array_ids():
-            self.withdraw(array_id, shard)
-        self.remove_tar(shard)
-
-    def remove_tar(self, shard: int) -> None:
-        """Remove shard `shard`'s webdataset export and its digest record (the record first)."""
-        remove_durably(self.meta.paths.tar_record(shard))
-        remove_durably(self.meta.paths.tar(shard))
-
-    def rewrite_index(self, shard: int, keys: Sequence[str | None] | None) -> None:
-        """Replace the damaged or missing index file of shard `shard` with `keys` (`shard_size` entries),
-        or remove it (None: its keys are unknown; the next extraction plans them again)."""
-        with self._locked():
-            if keys is not None:
-                if len(keys) != self.shard_size:
-                    raise ValueError(f"an index holds {self.shard_size} keys, got {len(keys)}")
-                self._write_index(shard, keys)
-            else:
-                remove_durably(self.meta.paths.index_file(shard))
-            self.meta.reread_plan(shard)
-
-    def drop_arrays(self, array_ids: Sequence[str]) -> None:
-        """Remove arrays (damaged ones too): their completion records first (their shards turn invisible),
-        then their zarr directories. Other arrays, the index and the tars are not touched."""
-        with self._locked():
-            meta = self.meta.refresh(shards=())
-            unknown = sorted(set(array_ids) - set(meta.infos) - set(meta.damaged_arrays))
-            if unknown:
-                raise KeyError(f"no array {unknown[0]!r} in {self.path}")
-            for array_id in array_ids:
-                for directory in (self.meta.paths.done / array_id, self.meta.paths.zarr / array_id):
-                    shutil.rmtree(directory, ignore_errors=True)
-                    fsync_path(directory.parent)
-            self.meta.refresh()
 
     # ---- completion ----------------------------------------------------------------------
     def is_complete(self, array_id: str, shard: int) -> bool:
@@ -348,8 +257,8 @@ class CacheStore:
                     decode_limits: Mapping[str, int] | None = None) -> Path | None:
         """Write shard `index` of each array whole, make it durable, then record it complete (with the
         sha256 of the shard file, the failed keys, whose rows are zeros, `images`: the stamp of each
-        image file the values were computed from, and `decode_limits`: what those images were read under). With `export`, first write the shard's tar from it as
-        `write_webdataset_shard` does, in the same hold of the shard lock (see the module docstring);
+        image file the values were computed from, and `decode_limits`: what those images were read
+        under). With `export`, first write the shard's tar from it as `write_webdataset_shard` does, in the same hold of the shard lock (see the module docstring);
         returns the tar path, or None without `export`."""
         plan, failed, images = self._plan(index), dict(failed or {}), dict(images or {})
         unknown = sorted((set(failed) | set(images)) - set(plan.keys))
@@ -357,73 +266,12 @@ class CacheStore:
             raise ValueError(f"failed or stamped keys {unknown[:3]} are not in shard {index}")
         group = self._group("r+")
         targets = {array_id: self._target(group, plan, array_id, data) for array_id, data in arrays.items()}
-        with self._shard_locked(index):
-            tar = None if export is None else self._write_tar(plan, export, failed)
+        with shard_lock(self.meta.paths, index):
+            tar = None if export is None else write_tar_shard(self.meta, plan, export, failed)
             for array_id, array in targets.items():
-                values = self._prepare(plan, array, arrays[array_id], failed)
-                self._write_one(plan, array_id, array, values, failed, images, dict(decode_limits or {}))
+                write_zarr_shard(self.meta, plan, array_id, array, self._prepare(plan, array, arrays[array_id], failed),
+                                 failed=failed, images=images, decode_limits=dict(decode_limits or {}))
         return tar
-
-    def _write_one(self, plan: ShardPlan, array_id: str, array: zarr.Array, values: np.ndarray,
-                   failed: dict[str, str], images: dict[str, ImageStamp], decode_limits: dict[str, int]) -> None:
-        paths, info = self.meta.paths, self.meta.infos[array_id]
-        record = paths.record(array_id, plan.index)
-        shard_file = paths.shard_file(array_id, plan.index, values.ndim - 1)
-        remove_durably(record)  # a rewrite makes the shard invisible until it is done again
-        between = [shard_file.parents[i] for i in range(values.ndim - 1)]  # c/<shard>/0...: made by zarr
-        links = [d for d in between if d.is_symlink()]
-        if links:
-            raise StoreDamaged(f"{links[0]} is a symbolic link; a store holds no links (the shard would be "
-                               "written outside the cache root): remove it")
-        if shard_file.parent.is_dir():
-            for stale in shard_file.parent.glob(f"{shard_file.name}.*.partial"):
-                stale.unlink(missing_ok=True)  # left by a writer killed inside zarr's atomic write
-        # from scratch: zarr reads an existing shard's index before writing into it, and a damaged one
-        # (a truncated file, a flipped index byte) would make every later write fail its checksum
-        shard_file.unlink(missing_ok=True)
-        array[plan.rows.start:plan.rows.stop] = values  # the whole shard in one write
-        fsync_path(shard_file)
-        for directory in (shard_file.parents[i] for i in range(values.ndim + 1)):
-            fsync_path(directory)
-        nbytes, digest = file_sha256(shard_file)
-        write_json_atomic(record, CompletionRecord(
-            array_id=array_id, shard=plan.index, rows=(plan.rows.start, plan.rows.stop),
-            chunk_key=shard_file.relative_to(paths.zarr / array_id).as_posix(),
-            nbytes=nbytes, sha256=digest, dtype=info.dtype.str, sample_shape=info.sample_shape, failed=failed,
-            n_valid=sum(k is not None and k not in failed for k in plan.keys),
-            written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), images=images,
-            identity=self._identity(plan, array_id, values), decode_limits=decode_limits).to_json())
-
-    def _identity(self, plan: ShardPlan, array_id: str, values: np.ndarray) -> tuple[int, ...]:
-        """The identity digest of each row of shard `plan` of `array_id` holding `values` (`stages.store.identity`)."""
-        info = self.meta.infos[array_id]
-        tags = row_tags(fingerprint=self.fingerprint.full, array_id=array_id, dtype=info.dtype,
-                        sample_shape=info.sample_shape, rows=plan.rows, keys=plan.keys)
-        return tuple((values_crc32c(values) ^ tags).tolist())
-
-    def add_identity(self) -> list[str]:
-        """Upgrade a store written before identity digests: give each completion record without them its
-        digests, computed from its shard file once that file still matches the record's sha256 (one read
-        of the store). A shard that does not is left as it is, for `verify --repair`. After this, reads
-        check every sample's identity instead of hashing each shard file once per process. Returns one
-        line per shard it could not upgrade."""
-        meta, skipped = self.refresh(), []
-        old = [(a, s) for a in meta.array_ids for s, r in sorted(meta.records[a].items()) if not r.identity]
-        reader = StoreReader(self.path, expect=self.fingerprint, array_ids=sorted({a for a, _ in old}))
-        for array_id, shard in old:
-            with self._shard_locked(shard):
-                record = self.meta.refresh(shards=[shard]).records[array_id].get(shard)
-                if record is None or record.identity:  # rewritten meanwhile
-                    continue
-                try:
-                    values = reader.read_shard(array_id, shard)  # checks the file against the record's sha256
-                except StoreCorruption as exc:
-                    skipped.append(f"array {array_id!r} shard {shard}: {exc.finding}")
-                    continue
-                identity = self._identity(self.meta.plans[shard], array_id, values)
-                write_json_atomic(self.meta.paths.record(array_id, shard),
-                                  dataclasses.replace(record, identity=identity).to_json())
-        return skipped
 
     def write_webdataset_shard(self, index: int, arrays: Mapping[str, np.ndarray],
                                failed: Mapping[str, str] | None = None) -> Path:
@@ -432,32 +280,5 @@ class CacheStore:
         size and sha256 in `wds/NNNNNN.json` (removed first, so a tar being rewritten has none); returns the
         tar path. A job that also writes the zarr shard exports through `write_shard(..., export=...)`."""
         plan = self._plan(index)
-        with self._shard_locked(index):
-            return self._write_tar(plan, arrays, dict(failed or {}))
-
-    def _write_tar(self, plan: ShardPlan, arrays: Mapping[str, np.ndarray], failed: dict[str, str]) -> Path:
-        """`write_webdataset_shard`'s work; the caller holds the shard lock."""
-        paths, index = self.meta.paths, plan.index
-        meta = self.meta.refresh(shards=[index])
-        others = [a for a in meta.array_ids if a not in arrays and meta.is_complete(a, index)]
-        if others:
-            reader = StoreReader(self.path, expect=self.fingerprint, array_ids=others)
-            arrays = {**{a: reader.read_shard(a, index) for a in others}, **arrays}
-        cast = {a: np.asarray(d, dtype=meta.infos[a].dtype if a in meta.infos else None)
-                for a, d in arrays.items()}
-        tar, record = paths.tar(index), paths.tar_record(index)
-        # both files aside first: a write that fails (a full disk) leaves the old tar and its record as they were
-        staged = stage_tar_shard(tar, keys=plan.keys, rows=plan.rows, arrays=cast, failed=failed,
-                                 store=self.fingerprint.short)
-        try:
-            nbytes, digest = file_sha256(staged)
-            written = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            staged_record = stage_json(record, TarRecord(shard=index, nbytes=nbytes, sha256=digest,
-                                                         written=written).to_json())
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-        os.replace(staged, tar)  # renames allocate nothing; between the two, verify sees a digest mismatch
-        os.replace(staged_record, record)
-        fsync_path(tar.parent)
-        return tar
+        with shard_lock(self.meta.paths, index):
+            return write_tar_shard(self.meta, plan, arrays, dict(failed or {}))

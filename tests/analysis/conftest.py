@@ -43,7 +43,7 @@ def analysis_env(tmp_path_factory, sample, store_builder) -> AnalysisEnv:
     data_json.write_text(json.dumps(records))
     cache_root = folder / "cache"
     run_fields = {"image_root": str(sample.image_root), "cache_root": str(cache_root), "shard_size": 4,
-                  "batch_size": 2, "device": "cpu", "compute_dtype": "float32", "write_webdataset": False}
+                  "batch_size": 2, "device": "cpu", "precision": "fp32", "write_webdataset": False}
     extract_yaml = folder / "extract.yaml"
     extract_yaml.write_text(yaml.safe_dump({**spec_summary(SPEC), "data": [str(data_json)], **run_fields}))
     clip_yaml = folder / "extract-clip.yaml"  # never extracted: pairs computes the CLIP arrays

@@ -31,8 +31,8 @@ from stages.store.fingerprint import Fingerprint
 from train.config import (DataConfig, GuidanceConfig, TrainConfig, VisionConfig, load_run_config,
                           save_run_config)
 from train.engine import CHECKPOINTS_DIR
-from train.loop import FINAL_DIR
 from train.model import build_model
+from train.resume import FINAL_DIR
 
 SD_ARRAY = "U-L1-R1-B0-Cross-Q@t50"
 SPEC = CacheSpec(model="embedded:tiny-sd", resolution=128, features=("U-L1-R1-B0-Cross-Q",), timesteps=(50,),
@@ -70,7 +70,7 @@ def env(tmp_path_factory, store_builder):
     extract_yaml = root / "extract.yaml"
     extract_yaml.write_text(yaml.safe_dump({
         **spec_summary(SPEC), "data": data, "image_root": str(eval_root), "cache_root": str(root / "cache"),
-        "shard_size": 8, "batch_size": 4, "device": "cpu", "compute_dtype": "float32", "write_webdataset": False}))
+        "shard_size": 8, "batch_size": 4, "device": "cpu", "precision": "fp32", "write_webdataset": False}))
     store_builder(extract_yaml)
     return {"root": root, "eval_root": eval_root, "yaml": extract_yaml, "items": items,
             "channels": array_shapes_for(SPEC)[SD_ARRAY][0][-1]}

@@ -19,7 +19,7 @@ from train.config import VisionConfig
 from train.conversation import (
     IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, tokenize_conversation, tokenize_prompt,
 )
-from train.fusion import build_adapter
+from train.fusion import AdapterConfig
 from train.model import LlavaModel, load_llm, load_tokenizer
 from train.vision_modes import VISION_MODES
 
@@ -74,10 +74,11 @@ def _model_and_features(llm, mode: str) -> tuple[LlavaModel, dict[str, torch.Ten
     shapes = {SD: (4 if VISION_MODES[mode].equal_tokens else 6, 12), CLIP: (4, 10)}
     vision = VisionConfig(mode=mode, sd_array=SD, clip_array=CLIP, xattn_heads=2)
     torch.manual_seed(0)
-    adapter = build_adapter(vision, feature_dims={a: c for a, (_, c) in shapes.items()},
-                            hidden_size=llm.config.hidden_size)
+    config = AdapterConfig(vision=vision, feature_dims={a: c for a, (_, c) in shapes.items()},
+                           hidden_size=llm.config.hidden_size)
+    adapter = config.build()
     features = {a: torch.randn(sum(img for _, img in QUESTIONS), *shape) for a, shape in shapes.items()}
-    return LlavaModel(llm=llm, adapter=adapter, adapter_config={}, max_length=16), features
+    return LlavaModel(llm=llm, adapter=adapter, adapter_config=config, max_length=16), features
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from pipeline.cli import main
 
 LONG = "00000/" + "x" * 300 + ".jpg"  # a 304-byte file name
 SMALL = ["resolution=128", "grid=4", "features=[U-L1-R1-B0-Cross-Q]", "shard_size=4", "batch_size=2",
-         "write_webdataset=false", "device=cpu", "compute_dtype=float32", "num_cpus=4"]
+         "write_webdataset=false", "device=cpu", "precision=fp32", "num_cpus=4"]
 
 
 def _snapshot(root: Path) -> dict[str, str]:

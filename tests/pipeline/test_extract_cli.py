@@ -83,7 +83,7 @@ def _hashes(root):
     ("pad_color=[1,2]", "cache: pad_color must be a list of 3 (an integer each), got [1, 2]"),
     ("features={a: 1}", "cache: features must be a list (a string each), got {'a': 1}"),
     ("device=gpu", "device 'gpu' is not auto, cpu, cuda or cuda:N"),
-    ("compute_dtype=fp8", "compute_dtype 'fp8' is not one of"),
+    ("precision=fp8", "precision 'fp8' is not one of"),
     ("timesteps=[5000]", "timesteps [5000] are outside the range 0..999 of the scheduler of embedded:tiny-sd"),
     ("features=[U-L9-R0-B0-Cross-Q]", "U-L9-R0-B0-Cross-Q does not exist in this U-Net"),
     ('actor_resources={"GPU": 1}', "actor_resources must map custom Ray resource names (not CPU, GPU"),
@@ -166,7 +166,7 @@ def test_the_sequential_runner_extracts_without_ray_and_refuses_cluster_settings
 
     monkeypatch.setitem(sys.modules, "ray", None)  # any `import ray` fails
     small = ["runner=sequential", "resolution=64", "grid=4", "shard_size=16", "batch_size=8", "device=cpu",
-             "compute_dtype=float32", f"cache_root={tmp_path / 'cache'}"]
+             "precision=fp32", f"cache_root={tmp_path / 'cache'}"]
     summary = tmp_path / "summary.json"
     assert main(["extract", "--no-progress", *small, "--summary-json", str(summary)]) == 0, capsys.readouterr().err
     counts = json.loads(summary.read_text())

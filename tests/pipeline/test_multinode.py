@@ -130,7 +130,7 @@ def data(sample, tmp_path_factory):
 def fields(data, cache_root, **extra):
     return {"data": [data["json"]], "image_root": data["root"], "cache_root": str(cache_root), "resolution": 64,
             "grid": 4, "features": ["U-L1-R1-B0-Cross-Q"], "prompt_sources": ["caption"], "shard_size": 1,
-            "batch_size": 1, "device": "cpu", "compute_dtype": "float32", **extra}
+            "batch_size": 1, "device": "cpu", "precision": "fp32", **extra}
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def data(sample, tmp_path_factory):
 def fields(data, cache_root, **extra):
     return {"data": [data["json"]], "image_root": data["root"], "cache_root": str(cache_root), "resolution": 64,
             "grid": 4, "features": FEATURES, "timesteps": [50], "prompt_sources": ["caption"], "shard_size": 4,
-            "batch_size": 4, "device": "cpu", "compute_dtype": "float32", **extra}
+            "batch_size": 4, "device": "cpu", "precision": "fp32", **extra}
 
 
 def written_bytes(store: Path) -> dict[str, int]:

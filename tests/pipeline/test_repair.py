@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 import pipeline.driver as driver
+import stages.store.locks as locks
 from pipeline.config import split_config
 from pipeline.driver import plan_run, run_extract
 from pipeline.errors import ExtractionError
 from pipeline.runner import run_in_process
 from pipeline.store_cli import caches_main, verify_main
 from stages.config import ConfigError
-from stages.store import CacheStore, list_caches
+from stages.store import list_caches
 from stages.store.verify import verify_store
 from tests.conftest import pretrain_subset
 
@@ -28,7 +29,7 @@ FEATURE = "U-L2-R2-Res-Out@t50"
 def config(data, cache_root, **extra):
     values = {"data": [data["json"]], "image_root": data["root"], "cache_root": str(cache_root),
               "resolution": 64, "grid": 4, "features": ["U-L2-R2-Res-Out"], "timesteps": [50],
-              "batch_size": 2, "device": "cpu", "compute_dtype": "float32", "runner": "sequential", **extra}
+              "batch_size": 2, "device": "cpu", "precision": "fp32", "runner": "sequential", **extra}
     return split_config(values)
 
 
@@ -191,10 +192,10 @@ def test_a_failed_run_leaves_the_store_byte_identical(store, data, monkeypatch):
 
 
 def test_a_cache_hit_needs_no_lock_and_no_shard_size(store, data, monkeypatch, capsys):
-    def no_lock(self):
-        raise AssertionError("a cache hit took the store's lock")
+    def no_lock(path):
+        raise AssertionError(f"a cache hit took the lock {path}")
 
-    monkeypatch.setattr(CacheStore, "_locked", no_lock)
+    monkeypatch.setattr(locks, "_exclusive", no_lock)
     summary = run_extract(config(data, store.parent), show_progress=False)  # shard_size: the store's (4)
     assert summary.shards == 0 and "cache hit" in summary.render()
 

@@ -40,7 +40,7 @@ def write_yaml(folder: Path, data: dict, cache_root: Path, names: list[str]) -> 
     path.write_text(yaml.safe_dump({
         "data": [data["json"]], "image_root": data["root"], "cache_root": str(cache_root), "resolution": 64,
         "grid": 4, "features": names, "timesteps": [50], "shard_size": 2, "batch_size": 2, "device": "cpu",
-        "compute_dtype": "float32", "write_webdataset": True}))
+        "precision": "fp32", "write_webdataset": True}))
     return path
 
 

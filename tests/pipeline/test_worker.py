@@ -29,7 +29,7 @@ def data(sample, tmp_path_factory):
 def config(data, cache_root, **extra):
     values = {"data": [data["json"]], "image_root": data["root"], "cache_root": str(cache_root),
               "resolution": 64, "grid": 4, "features": [OLD], "timesteps": [50], "shard_size": 4,
-              "batch_size": 4, "device": "cpu", "compute_dtype": "float32", **extra}
+              "batch_size": 4, "device": "cpu", "precision": "fp32", **extra}
     return split_config(values)
 
 

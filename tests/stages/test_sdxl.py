@@ -273,8 +273,8 @@ def test_question_guidance_on_an_sdxl_store_equals_recomputation_from_images(sdx
     guidance = GuidanceConfig(scale=SCALE, prompt_source="question")
     batch, source = _batch(sdxl_store, stage="sft", guidance=guidance)
     got = _hook(source, guidance)(batch)["U-L1-R1-B0-Cross-Q@t50"].double()  # the U-Net alone, cached latents
-    assert len(set(batch["questions"])) > 1 and got.shape[0] == len(batch["image_keys"]) >= 3
-    want = _from_scratch(sdxl_store, batch["image_keys"], batch["questions"])["amplified"].double()
+    assert len(set(batch.prompts["question"])) > 1 and got.shape[0] == len(batch.image_keys) >= 3
+    want = _from_scratch(sdxl_store, batch.image_keys, batch.prompts["question"])["amplified"].double()
     assert float((got - want).norm() / want.norm()) < 1e-4
 
 

@@ -60,7 +60,7 @@ def env(sample, store_builder, tmp_path_factory) -> Env:
         extract_yaml.write_text(yaml.safe_dump({
             **spec_summary(spec), "data": [str(data)], "image_root": str(sample.image_root),
             "cache_root": str(folder / "cache"), "shard_size": 4, "batch_size": 2, "device": "cpu",
-            "compute_dtype": "float32", "write_webdataset": False}))
+            "precision": "fp32", "write_webdataset": False}))
         store_builder(extract_yaml)
         stores[name] = find_yaml_store(extract_yaml).required()
     return Env(stores=stores, image_root=Path(sample.image_root), keys=[r["image"] for r in records[:2]],

@@ -22,9 +22,9 @@ from train.config import DEFAULT_CONFIGS, DataConfig, load_stage_config
 from train.model import load_tokenizer
 from stages.llava import load_llava_json
 from train.data import LlavaDataset
-from train.loop import FINAL_DIR
 from train.metrics import METRICS_FILE
 from train.model import ADAPTER_FILE, LLM_DIR
+from train.resume import FINAL_DIR
 from train.sampler import SeededRandomSampler
 from stages.serving import CachedFeatures
 from stages.store import StoreNotFound

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from stages.embedded.llm import build_tiny_tokenizer
-from train.collate import collate
+from train.batch import Batch, collate
 from train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX, tokenize_conversation
 from stages.llava import load_llava_json
 from train.data import LlavaDataset, MissingImageError
@@ -85,21 +85,21 @@ def test_load_llava_json_reads_records_and_rejects_malformed_ones(tmp_path):
 def test_image_item_carries_masked_ids_question_caption_and_float32_features(tok, source):
     item = dataset(tok, source)[2]
     expected = tokenize_conversation(RECORDS[2]["conversations"], template="v1", tokenizer=tok, has_image=True)
-    assert item["input_ids"].tolist() == expected.input_ids and item["labels"].tolist() == expected.labels
-    assert item["input_ids"].dtype == item["labels"].dtype == torch.long
-    assert (item["image_key"], item["question"], item["caption"]) == ("gqa/images/2354786.jpg",
+    assert item.input_ids.tolist() == expected.input_ids and item.labels.tolist() == expected.labels
+    assert item.input_ids.dtype == item.labels.dtype == torch.long
+    assert (item.image_key, item.prompts["question"], item.prompts["caption"]) == ("gqa/images/2354786.jpg",
                                                                       "What color is the bus?", "Yellow.")
-    assert set(item["features"]) == set(ARRAYS)
+    assert set(item.features) == set(ARRAYS)
     for name in ARRAYS:
-        assert item["features"][name].dtype == torch.float32 and item["features"][name].shape == (T, C)
-        assert torch.equal(item["features"][name], torch.from_numpy(source.arrays[name][1].astype(np.float32)))
+        assert item.features[name].dtype == torch.float32 and item.features[name].shape == (T, C)
+        assert torch.equal(item.features[name], torch.from_numpy(source.arrays[name][1].astype(np.float32)))
 
 
 def test_text_only_item_has_no_features_and_no_question(tok, source):
     item = dataset(tok, source)[1]
-    assert item["image_key"] is None and item["question"] is None and item["features"] is None
-    assert item["caption"] == "An author wrote it, as the cover says."
-    assert IMAGE_TOKEN_INDEX not in item["input_ids"].tolist()
+    assert item.image_key is None and item.prompts["question"] is None and item.features is None
+    assert item.prompts["caption"] == "An author wrote it, as the cover says."
+    assert IMAGE_TOKEN_INDEX not in item.input_ids.tolist()
 
 
 def test_missing_image_fails_naming_the_key_and_the_store(tok, source):
@@ -113,12 +113,12 @@ def test_missing_image_skip_drops_and_counts_the_sample(tok, source):
     data = dataset(tok, source, records, missing="skip")
     assert len(data) == len(RECORDS) and data.num_skipped == 2
     assert data.skipped_keys == ("ocr_vqa/images/missing.jpg", "textvqa/train_images/gone.jpg")
-    assert [data[i]["image_key"] for i in range(len(data))] == [r.get("image") for r in RECORDS]
+    assert [data[i].image_key for i in range(len(data))] == [r.get("image") for r in RECORDS]
 
 
 def test_without_a_feature_source_items_keep_their_image_key_but_carry_no_features(tok):
     item = dataset(tok, None, array_ids=())[0]
-    assert item["image_key"] == RECORDS[0]["image"] and item["features"] is None
+    assert item.image_key == RECORDS[0]["image"] and item.features is None
 
 
 @pytest.mark.parametrize("num_image_tokens", [1, 4, 16])
@@ -127,14 +127,14 @@ def test_image_sample_is_truncated_so_the_spliced_sequence_fits_max_length(tok, 
     max_length = full.input_ids.index(IMAGE_TOKEN_INDEX) + num_image_tokens + 8  # image + 8 more ids fit
     item = dataset(tok, source, max_length=max_length, num_image_tokens=num_image_tokens)[3]
     assert len(full.input_ids) - 1 + num_image_tokens > max_length  # the case needs truncating
-    assert len(item["input_ids"]) - 1 + num_image_tokens == max_length
-    assert item["input_ids"].tolist() == full.input_ids[:len(item["input_ids"])]
-    assert item["labels"].tolist() == full.labels[:len(item["labels"])]
+    assert len(item.input_ids) - 1 + num_image_tokens == max_length
+    assert item.input_ids.tolist() == full.input_ids[:len(item.input_ids)]
+    assert item.labels.tolist() == full.labels[:len(item.labels)]
 
 
 def test_text_only_sample_is_truncated_to_max_length(tok, source):
     item = dataset(tok, source, max_length=20, num_image_tokens=4)[1]
-    assert len(item["input_ids"]) == len(item["labels"]) == 20
+    assert len(item.input_ids) == len(item.labels) == 20
 
 
 def test_truncating_the_image_placeholder_away_is_an_error(tok, source):
@@ -150,28 +150,28 @@ def test_collate_pads_right_masks_by_length_and_stacks_image_features_in_batch_o
     data = dataset(tok, source)
     items = [data[i] for i in (3, 1, 0)]
     batch = collate(items, pad_token_id=tok.pad_token_id)
-    lengths = [len(item["input_ids"]) for item in items]
+    lengths = [len(item.input_ids) for item in items]
     width = max(lengths)
-    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (3, width)
-    assert batch["attention_mask"].dtype == torch.bool
+    assert batch.input_ids.shape == batch.labels.shape == batch.attention_mask.shape == (3, width)
+    assert batch.attention_mask.dtype == torch.bool
     for row, (item, length) in enumerate(zip(items, lengths)):
-        assert torch.equal(batch["input_ids"][row, :length], item["input_ids"])
-        assert torch.equal(batch["labels"][row, :length], item["labels"])
-        assert batch["attention_mask"][row].tolist() == [True] * length + [False] * (width - length)
-        assert (batch["input_ids"][row, length:] == tok.pad_token_id).all()
-        assert (batch["labels"][row, length:] == IGNORE_INDEX).all()
-    assert batch["has_image"].tolist() == [True, False, True]
-    assert batch["image_keys"] == [RECORDS[3]["image"], None, RECORDS[0]["image"]]
-    assert batch["questions"] == ["What is in the image?", None, "What is in the image?"]
-    assert batch["captions"] == [RECORDS[i]["conversations"][1]["value"] for i in (3, 1, 0)]
+        assert torch.equal(batch.input_ids[row, :length], item.input_ids)
+        assert torch.equal(batch.labels[row, :length], item.labels)
+        assert batch.attention_mask[row].tolist() == [True] * length + [False] * (width - length)
+        assert (batch.input_ids[row, length:] == tok.pad_token_id).all()
+        assert (batch.labels[row, length:] == IGNORE_INDEX).all()
+    assert batch.has_image.tolist() == [True, False, True]
+    assert batch.image_keys == [RECORDS[3]["image"], None, RECORDS[0]["image"]]
+    assert batch.prompts["question"] == ["What is in the image?", None, "What is in the image?"]
+    assert batch.prompts["caption"] == [RECORDS[i]["conversations"][1]["value"] for i in (3, 1, 0)]
     for name in ARRAYS:
         expected = torch.from_numpy(source.arrays[name][[2, 0]].astype(np.float32))  # rows of records 3, 0
-        assert batch["features"][name].dtype == torch.float32 and torch.equal(batch["features"][name], expected)
+        assert batch.features[name].dtype == torch.float32 and torch.equal(batch.features[name], expected)
 
 
 def test_collate_of_text_only_batch_has_no_features(tok, source):
     batch = collate([dataset(tok, source)[1]], pad_token_id=tok.pad_token_id)
-    assert batch["features"] == {} and batch["has_image"].tolist() == [False]
+    assert batch.features == {} and batch.has_image.tolist() == [False]
 
 
 def test_dataloader_with_workers_yields_every_sample_once_in_sampler_order(tok, source):
@@ -180,9 +180,19 @@ def test_dataloader_with_workers_yields_every_sample_once_in_sampler_order(tok, 
     sampler = ModalityLengthGroupedSampler(data.modality_lengths, batch_size=4, seed=0)
     loader = DataLoader(data, batch_size=2, sampler=sampler, num_workers=2,
                         collate_fn=partial(collate, pad_token_id=tok.pad_token_id))
-    captions = [c for batch in loader for c in batch["captions"]]
+    captions = [c for batch in loader for c in batch.prompts["caption"]]
     assert captions == [records[i]["conversations"][1]["value"] for i in sampler.rank_order()]
     assert sorted(captions) == sorted(r["conversations"][1]["value"] for r in records)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_a_pinning_loader_pins_every_tensor_of_the_batch(tok, source):
+    loader = DataLoader(dataset(tok, source), batch_size=4, pin_memory=True,
+                        collate_fn=partial(collate, pad_token_id=tok.pad_token_id))
+    batch = next(iter(loader))
+    assert isinstance(batch, Batch) and batch.features
+    assert all(t.is_pinned() for t in (batch.input_ids, batch.labels, batch.attention_mask, batch.has_image,
+                                       *batch.features.values()))
 
 
 def test_collate_refuses_a_batch_where_only_some_image_samples_carry_features(tok, source):

@@ -20,13 +20,14 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from train.collate import collate
+from train.batch import collate
 from train.config import DataConfig, TrainConfig, VisionConfig
 from train.data import LlavaDataset
 from train.engine import CHECKPOINTS_DIR, cosine_with_warmup, deepspeed_config, op_build_env, seed_everything
-from train.loop import FINAL_DIR, TrainingInterrupted, train
+from train.loop import TrainingInterrupted, train
 from train.metrics import METRICS_FILE, TENSORBOARD_DIR
 from train.model import ADAPTER_FILE, LLM_DIR, build_model
+from train.resume import FINAL_DIR
 from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
 
 SD, CLIP = "U-L1-R1-B0-Cross-Q@t50", "clip"
@@ -230,9 +231,9 @@ def _noisy_hook(*, crash_at: int = 0, seen: list | None = None):
         if calls["n"] == crash_at:
             raise _Crash(f"simulated crash at micro-batch {crash_at}")
         if seen is not None:
-            seen.append(bool(batch["has_image"].any()))
+            seen.append(bool(batch.has_image.any()))
         scale = (1 + 0.1 * np.random.rand()) * (1 + 0.1 * random.random())
-        return {k: v * scale * (1 + 0.1 * torch.rand(len(v), 1, 1)) for k, v in batch["features"].items()}
+        return {k: v * scale * (1 + 0.1 * torch.rand(len(v), 1, 1)) for k, v in batch.features.items()}
     return prepare
 
 
@@ -295,7 +296,7 @@ def _poison_hook(*, at_call: int):
 
     def prepare(batch):
         calls.append(1)
-        features = dict(batch["features"])
+        features = dict(batch.features)
         if len(calls) == at_call:
             features[SD] = torch.full_like(features[SD], float("nan"))
         return features

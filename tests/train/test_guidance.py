@@ -16,7 +16,7 @@ from stages.extractor import amplify
 from stages.features import conditioned_id
 from stages.llava import load_llava_json
 from stages.serving import CachedFeatures, SpecFeatures, load_encoder
-from train.collate import collate
+from train.batch import collate
 from train.conditioning import GuidedFeatures, required_arrays
 from train.config import STAGE_TEMPLATES, DataConfig, GuidanceConfig, VisionConfig
 from train.data import LlavaDataset
@@ -85,8 +85,8 @@ def test_question_guided_features_equal_recomputation_from_images(store_name, re
     guidance = GuidanceConfig(scale=SCALE, prompt_source="question")
     batch, source = _batch(store, stage="sft", guidance=guidance)
     got = _hook(source, guidance)(batch)[SD_ARRAY].double()  # (N_img, T, C)
-    assert len(set(batch["questions"])) > 1 and got.shape[0] == len(batch["image_keys"]) >= 3
-    ref = {k: v.double() for k, v in _from_scratch(store, batch["image_keys"], batch["questions"]).items()}
+    assert len(set(batch.prompts["question"])) > 1 and got.shape[0] == len(batch.image_keys) >= 3
+    ref = {k: v.double() for k, v in _from_scratch(store, batch.image_keys, batch.prompts["question"]).items()}
     error = (got - ref["amplified"]).abs()
     if store.spec.feature_dtype == "float32":
         assert float(error.norm() / ref["amplified"].norm()) < 1e-4
@@ -102,16 +102,16 @@ def test_question_guided_features_equal_recomputation_from_images(store_name, re
 def test_prompt_dropout_one_keeps_the_cached_unconditional_features(train_store, no_unet):
     guidance = GuidanceConfig(scale=SCALE, prompt_dropout=1.0, prompt_source="question")
     batch, source = _batch(train_store, stage="sft", guidance=guidance)
-    assert "latents" in batch["features"]
-    assert torch.equal(_hook(source, guidance)(batch)[SD_ARRAY], batch["features"][SD_ARRAY])
+    assert "latents" in batch.features
+    assert torch.equal(_hook(source, guidance)(batch)[SD_ARRAY], batch.features[SD_ARRAY])
 
 
 def test_zero_scale_never_constructs_a_unet(train_store, no_unet):
     guidance = GuidanceConfig(scale=0.0, prompt_source="question")
     batch, source = _batch(train_store, stage="sft", guidance=guidance)
-    assert "latents" not in batch["features"]  # s = 0 does not even read the latents
+    assert "latents" not in batch.features  # s = 0 does not even read the latents
     out = _hook(source, guidance)(batch)
-    assert set(out) == {SD_ARRAY} and torch.equal(out[SD_ARRAY], batch["features"][SD_ARRAY])
+    assert set(out) == {SD_ARRAY} and torch.equal(out[SD_ARRAY], batch.features[SD_ARRAY])
     # the same path with s > 0 does build one, so the patch above would have caught it
     guided = GuidanceConfig(scale=SCALE, prompt_source="question")
     guided_batch, guided_source = _batch(train_store, stage="sft", guidance=guided)
@@ -123,7 +123,7 @@ def test_caption_guided_pretraining_combines_cached_arrays_without_a_unet(train_
     guidance = GuidanceConfig(scale=2.5, prompt_source="caption")
     batch, source = _batch(train_store, stage="pretrain", guidance=guidance)
     got = _hook(source, guidance)(batch)[SD_ARRAY]
-    stored = source.read(batch["image_keys"], [SD_ARRAY, CAPTION])
+    stored = source.read(batch.image_keys, [SD_ARRAY, CAPTION])
     uncond, caption = (torch.from_numpy(stored[a]).float() for a in (SD_ARRAY, CAPTION))
     assert not torch.equal(uncond, caption)
     torch.testing.assert_close(got, amplify(uncond, caption, 2.5), rtol=0, atol=0)
@@ -132,4 +132,4 @@ def test_caption_guided_pretraining_combines_cached_arrays_without_a_unet(train_
 def test_caption_prompt_dropout_one_keeps_the_unconditional_features(train_store, no_unet):
     guidance = GuidanceConfig(scale=2.5, prompt_dropout=1.0, prompt_source="caption")
     batch, source = _batch(train_store, stage="pretrain", guidance=guidance)
-    assert torch.equal(_hook(source, guidance)(batch)[SD_ARRAY], batch["features"][SD_ARRAY])
+    assert torch.equal(_hook(source, guidance)(batch)[SD_ARRAY], batch.features[SD_ARRAY])

@@ -2,6 +2,8 @@
 test_vision_modes.py)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from train.config import TrainConfig, VisionConfig
 from train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from train.fusion import load_adapter
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model, splice_image_tokens
-from train.projector import PROJECTORS, build_projector
+from train.projector import PROJECTORS, build_projector, read_config
 
 SD, CLIP = "U-L1-R1-B0-Cross-Q@t50", "clip"
 DIMS = {SD: 12, CLIP: 10}
@@ -134,8 +136,11 @@ def test_stage2_loads_stage1_adapter_and_rejects_a_mismatched_one(tiny_llm_dir, 
         assert torch.equal(a, b), name
     assert all(p.requires_grad for p in stage2.parameters())
     rebuilt, config = load_adapter(tmp_path / "s1" / ADAPTER_FILE)
-    assert config["llm"] == tiny_llm_dir and torch.equal(rebuilt.projector[0].weight,
-                                                         stage1.adapter.projector[0].weight)
+    assert config == stage1.adapter_config and config.llm == tiny_llm_dir
+    assert torch.equal(rebuilt.projector[0].weight, stage1.adapter.projector[0].weight)
+    header = read_config(tmp_path / "s1" / ADAPTER_FILE)  # the layout adapter files have always had
+    assert header == {"vision": dataclasses.asdict(_config(tiny_llm_dir).vision), "feature_dims": {SD: DIMS[SD]},
+                      "hidden_size": stage1.llm.config.hidden_size, "llm": tiny_llm_dir}
     with pytest.raises(ValueError, match="different setup"):
         build_model(_config(tiny_llm_dir, stage="sft", vision={"projector": "linear"},
                             pretrained_adapter=str(tmp_path / "s1" / ADAPTER_FILE)), feature_dims=DIMS)

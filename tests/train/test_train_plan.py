@@ -14,7 +14,7 @@ from stages.flops import ComputeBudget, count_gflop
 from stages.serving import load_encoder, prompted_features
 from train.cli import main
 from train.config import load_stage_config
-from train.collate import collate
+from train.batch import collate
 from train.data import LlavaDataset
 from train.model import load_llm, load_tokenizer, splice_image_tokens
 from train.plan import plan_training
@@ -39,9 +39,9 @@ def spliced_tokens(config, source):
     counts = []
     for i in range(len(dataset)):
         batch = collate([dataset[i]], pad_token_id=tokenizer.pad_token_id)
-        features = batch["features"].get(SD_ARRAY)
-        _, _, mask = splice_image_tokens(embeds=torch.zeros(*batch["input_ids"].shape, 8), input_ids=batch["input_ids"],
-                                         labels=batch["labels"], attention_mask=batch["attention_mask"],
+        features = batch.features.get(SD_ARRAY)
+        _, _, mask = splice_image_tokens(embeds=torch.zeros(*batch.input_ids.shape, 8), input_ids=batch.input_ids,
+                                         labels=batch.labels, attention_mask=batch.attention_mask,
                                          image_tokens=None if features is None else torch.zeros(1, 16, 8),
                                          max_length=config.max_length)
         counts.append(int(mask.sum()))

@@ -19,8 +19,8 @@ from train.cli import SetupError, prepare, run
 from train.conditioning import guidance_applies, required_arrays
 from train.config import DataConfig, GuidanceConfig, TrainConfig, VisionConfig
 from train.fusion import build_adapter
-from train.loop import FINAL_DIR
 from train.model import ADAPTER_FILE
+from train.resume import FINAL_DIR
 from train.vision_modes import VISION_MODES
 
 SD, CLIP = "U-L1-R1-B0-Cross-Q@t50", "CLIP-L-2"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+import stages.store.shard_files as shard_files
 import stages.store.writer as writer
 from stages.store import CacheStore, StoreReader, verify_store
 from stages.store.keys import encode_key
@@ -43,28 +44,28 @@ def test_a_second_job_exports_the_shard_only_after_the_first_jobs_records(tmp_pa
 
     # Job A stalls after writing its tar and before writing its zarr shard: at its next request for the
     # shard lock (a writer that lets the lock go in between) or else inside its zarr write.
-    real_tar, real_locked, real_write_one = writer.stage_tar_shard, CacheStore._shard_locked, CacheStore._write_one
+    real_tar, real_locked, real_write_zarr = shard_files.stage_tar_shard, writer.shard_lock, writer.write_zarr_shard
 
     def stage_tar_shard(*args, **kwargs):
         path = real_tar(*args, **kwargs)
         events.append(("tar", job.name, tuple(sorted(kwargs["arrays"]))))
         return path
 
-    def shard_locked(self, shard):
+    def shard_lock(paths, shard):
         if job.name == B:
             b_locking.set()
         if ("tar", A, (A,)) in events:
             stall_a_once()
-        return real_locked(self, shard)
+        return real_locked(paths, shard)
 
-    def write_one(self, plan, array_id, *args):
+    def write_zarr_shard(*args, **kwargs):
         stall_a_once()
-        real_write_one(self, plan, array_id, *args)
+        real_write_zarr(*args, **kwargs)
         events.append(("records", job.name))
 
-    monkeypatch.setattr(writer, "stage_tar_shard", stage_tar_shard)
-    monkeypatch.setattr(CacheStore, "_shard_locked", shard_locked)
-    monkeypatch.setattr(CacheStore, "_write_one", write_one)
+    monkeypatch.setattr(shard_files, "stage_tar_shard", stage_tar_shard)
+    monkeypatch.setattr(writer, "shard_lock", shard_lock)
+    monkeypatch.setattr(writer, "write_zarr_shard", write_zarr_shard)
 
     def add(array_id: str) -> None:
         job.name = array_id

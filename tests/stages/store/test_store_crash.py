@@ -70,7 +70,7 @@ def test_writer_killed_inside_a_shard_write_leaves_it_invisible_until_rewritten(
     store = _store(tmp_path)
     assert _writer(store.path, [0, 2]).wait(timeout=120) == 0
     # Die by SIGKILL at the worst moment: the zarr write of shard 1 is done but not yet durable or recorded.
-    trap = ("import os, signal; import stages.store.writer as w; real = w.fsync_path\n"
+    trap = ("import os, signal; import stages.store.shard_files as w; real = w.fsync_path\n"
             "def fsync_then_die(p):\n"
             "    if '/c/1/' in str(p): os.kill(os.getpid(), signal.SIGKILL)\n"
             "    real(p)\n"
