@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from stages.errors import USAGE_ERROR
+from stages.errors import INTERRUPTED, USAGE_ERROR
 
 __all__ = ["main"]
 
@@ -24,17 +24,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else USAGE_ERROR
     command, rest = argv[0], argv[1:]
-    if command == "report":
-        from llava_sweep.report import main as report_main
+    try:  # the commands import torch, transformers and Ray (seconds): a Ctrl-C then is one line too
+        if command == "report":
+            from llava_sweep.report import main as command_main
+        elif "--dry-run" in rest:
+            from llava_sweep.plan import main as command_main
 
-        return report_main(rest)
-    if "--dry-run" in rest:
-        from llava_sweep.plan import main as plan_main
-
-        return plan_main([a for a in rest if a != "--dry-run"])
-    from llava_sweep.runner import main as run_main
-
-    return run_main(rest)
+            rest = [a for a in rest if a != "--dry-run"]
+        else:
+            from llava_sweep.runner import main as command_main
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted before it started; run the same command to start", file=sys.stderr)
+        return INTERRUPTED
+    return command_main(rest)
 
 
 if __name__ == "__main__":
