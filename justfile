@@ -48,7 +48,7 @@ eval-table *args:
 llava-bench-score *args:
     @python -m llava_eval.cli llava-bench-score "$@"
 
-# an experiment grid: extraction once per store, then each run's pretrain -> sft -> eval (--dry-run: the plan)
+# an experiment grid: extraction once per store, then each run's pretrain -> sft -> eval (--dry-run: the plan; --ray-address ADDR: on a Ray cluster)
 sweep sweep *args:
     @python -m llava_sweep.cli sweep "$@"
 

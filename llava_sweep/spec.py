@@ -336,7 +336,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
         raise ConfigError(f"sweep file {path} does not exist")
     values = load_config(path, overrides)
     unknown = sorted(set(values) - {"name", "root", "stages", "guidance_stage", "base", "axes", "runs", "gpu",
-                                    "description"})
+                                    "cluster", "description"})
     if unknown:
         raise ConfigError(f"{path}: unknown sweep fields {unknown}")
     name = str(values.get("name", path.stem))
