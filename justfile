@@ -48,7 +48,7 @@ eval-table *args:
 llava-bench-score *args:
     @python -m llava_eval.cli llava-bench-score "$@"
 
-# an experiment grid: extraction once per store, then each run's pretrain -> sft -> eval (--dry-run: the plan)
+# an experiment grid: extraction once per store, then each run's pretrain -> sft -> eval (--dry-run: the plan; --ray-address ADDR: on a Ray cluster)
 sweep sweep *args:
     @python -m llava_sweep.cli sweep "$@"
 
@@ -60,7 +60,7 @@ sweep-report sweep *args:
 analyze *args:
     @python -m analysis.cli "$@"
 
-# one static HTML report gathering the analyses: runs/analysis/inspect/index.html
+# one static HTML report gathering the analyses: runs/analysis/inspect/index.html (sweeps=[DIR,...]: sweep reports too)
 inspect *args:
     @python -m analysis.cli inspect "$@"
 
@@ -111,7 +111,7 @@ system-packages:
       $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
 
-bench: bench-extract bench-store bench-train bench-eval bench-analyze bench-decode
+bench: bench-extract bench-store bench-train bench-eval bench-analyze bench-decode bench-sweep
 
 bench-extract:
     python -m benchmarks.bench_extract
@@ -134,3 +134,7 @@ bench-analyze:
 # images decoded + resized per second per CPU core (sizes the CPU side of `just extract --dry-run`)
 bench-decode:
     python -m benchmarks.bench_decode
+
+# the sample sweep's wall time (extraction + training, from an empty cache) against the same stages on the fly
+bench-sweep:
+    python -m benchmarks.bench_sweep

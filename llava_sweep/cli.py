@@ -1,7 +1,7 @@
 """`python -m llava_sweep.cli` (the `just sweep` and `just sweep-report` recipes).
 
-    sweep SWEEP [key=value ...] [--dry-run] [--plan-json FILE] [--gpu NAME] ...
-        run the grid (extraction once per store, then each run's stages), or only plan it
+    sweep SWEEP [key=value ...] [--dry-run] [--plan-json FILE] [--gpu NAME] [--ray-address ADDR] ...
+        run the grid (extraction once per store, then each run's stages; on a Ray cluster), or only plan it
     report SWEEP [key=value ...]
         the paper's tables and figures from the runs' results
 

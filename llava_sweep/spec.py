@@ -335,7 +335,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist")
     values = load_config(path, overrides)
-    unknown = sorted(set(values) - {"name", "root", "stages", "guidance_stage", "base", "axes", "runs",
+    unknown = sorted(set(values) - {"name", "root", "stages", "guidance_stage", "base", "axes", "runs", "cluster",
                                     "description"})
     if unknown:
         raise ConfigError(f"{path}: unknown sweep fields {unknown}")

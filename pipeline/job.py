@@ -25,11 +25,12 @@ from pipeline.worker import ShardWorker, WorkerBuilder, decode_row
 from stages.config import ConfigError
 from stages.preprocess import ImageSpec
 
-__all__ = ["start_ray", "restart_ray", "check_reachable", "check_embedded_budget", "run_shards", "WorkersLost",
-           "actor_capacity"]
+__all__ = ["PASSED_ENV", "start_ray", "restart_ray", "check_reachable", "check_embedded_budget", "run_shards",
+           "WorkersLost", "actor_capacity"]
 
-_PASSED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "DFC_EMBEDDED_HOME", "XDG_CACHE_HOME",
-               "TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS")
+# what Ray workers inherit from the driver: the models, caches and hub settings it runs with
+PASSED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "DFC_EMBEDDED_HOME", "XDG_CACHE_HOME",
+              "TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS")
 _DECODE_BASE_MEMORY = 512 << 20  # a decode worker imports torch and PIL (~250 MB resident)
 
 
@@ -40,7 +41,7 @@ def start_ray(run: RunConfig) -> tuple[bool, float]:
     if ray.is_initialized():
         return False, 0.0
     _quiet_ray_logs()
-    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", **{k: os.environ[k] for k in _PASSED_ENV if k in os.environ}}
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", **{k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
     if run.ray_address is None:  # "local": a fresh instance, never another process's cluster
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         ray.init(address="local", num_cpus=run.num_cpus, include_dashboard=False, configure_logging=False,
