@@ -1,7 +1,8 @@
 """`inspect`: every analysis on a handful of images and prompts, gathered into one static HTML report —
 `runs/analysis/<name>/index.html` beside one folder per analysis (each with its numbers, figures, config
 and store fingerprint). ITM and the attention maps run with fewer timesteps and trials than `analyze itm`
-(the settings are in each folder's config.json)."""
+(the settings are in each folder's config.json). `--sweeps` adds a section per `just sweep-report` folder
+(`analysis.sweeps`)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ from analysis.commands.common import add_benchmark_roots, add_common, add_images
 from analysis.fixtures import BENCHMARKS, EMBEDDED
 from analysis.outputs import RunDir
 from analysis.report import Section, write_report
+from analysis.sweeps import sweep_sections
 
 HELP = "static HTML report (index.html + PNGs) of every analysis on a handful of images and prompts"
 
@@ -27,6 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", default=EMBEDDED, help="CLIPModel directory of the ITM baseline ('none' to skip)")
     parser.add_argument("--clip-config", default=pairs.DEFAULT_CLIP,
                         help="extraction YAML of the CLIP arrays for pairs ('none' to skip; default %(default)s)")
+    parser.add_argument("--sweeps", nargs="*", default=[], metavar="DIR",
+                        help="`just sweep-report` folders (<sweep root>/report) shown as sections (default: none)")
 
 
 def _run(module: ModuleType, name: str, argv: list[str]) -> RunDir:
@@ -48,6 +52,7 @@ def _provenance(run: RunDir) -> list[str]:
 
 def run(args: argparse.Namespace) -> RunDir:
     out = open_run(args)
+    sweeps = sweep_sections(args.sweeps, out.path)  # a folder that is no sweep report stops here, in seconds
     common = ["--out", str(out.path), "--extract-config", args.extract_config]
     common += ["--cache-root", args.cache_root] if args.cache_root else []
     common += ["--device", args.device] if args.device else []
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> RunDir:
         Section("Image-text matching", "Table 1, Tables 6-7", runs["itm"].path,
                 images=[f"{b}.png" for b in BENCHMARKS], tables=[f"{b}.csv" for b in BENCHMARKS],
                 notes=_provenance(runs["itm"])),
+        *sweeps,
     ]
     write_report(out.path, sections, title="Diffusion features: analysis report", intro=[
         f"Features of {args.extract_config} on {args.data}; every section's folder holds its numbers (CSV/JSON), "

@@ -2,9 +2,11 @@
 fixtures in their official layouts, and the YAMLs that find the stores: what `just analyze` reads, in miniature.
 
 64 px images, a 4x4 token grid, two feature names at t=50 with caption-conditioned arrays, four images of
-the bundled sample; built once per session."""
+the bundled sample; built once per session. And a `just sweep-report` folder (`sweep_report`) for `inspect
+sweeps=[...]`."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,3 +58,34 @@ def analysis_env(tmp_path_factory, sample, store_builder) -> AnalysisEnv:
                        keys=tuple(r["image"] for r in records),
                        captions=tuple(r["conversations"][1]["value"] for r in records),
                        mmvp_vlm=folder / "mmvp-vlm", winoground=folder / "winoground")
+
+
+@pytest.fixture
+def sweep_report(tmp_path) -> Path:
+    """The report folder of a three-run sweep `tiny` (SD at t = 50 and 200, a CLIP baseline), written by
+    `llava_sweep.report.write_report` itself from result records made up here (no training): MMVP and BLINK
+    (mean and one subtask) per run, two training stages' losses per run."""
+    from llava_sweep.report import RunResults, write_report
+    from llava_sweep.spec import Sweep, SweepRun
+    from train.config import TrainConfig, VisionConfig
+
+    def result(run: str, name: str, metrics: dict) -> tuple[Path, dict]:
+        record = {"checkpoint": {"label": "final"}, "identity": {"checkpoint": hashlib.sha256(run.encode()).hexdigest(),
+                                                                 "data": hashlib.sha256(name.encode()).hexdigest()},
+                  "eval_root": str(tmp_path / "eval"), "key": f"{name}-key", "metrics": metrics}
+        return tmp_path / "runs" / run / "eval" / name / "result.json", record
+
+    runs = []
+    for i, (name, timestep) in enumerate((("t50", 50), ("t200", 200), ("clip", None))):
+        vision = VisionConfig(sd_array=f"U-L1-R1-B0-Cross-Q@t{timestep}") if timestep else VisionConfig(mode="clip")
+        blink = (5 + i) / 12
+        runs.append(RunResults(
+            run=SweepRun(name=name, settings={"timestep": timestep} if timestep else {"mode": "clip"}, stages=(),
+                         extractions=()),
+            config=TrainConfig(vision=vision),
+            results={"mmvp": result(name, "mmvp", {"pair_accuracy": (i + 1) / 8}),
+                     "blink": result(name, "blink", {"mean_accuracy": blink, "per_subtask": {"counting": blink / 2}})},
+            losses={f"pretrain/{name}": [2.0, 1.5 - i / 10], f"sft/{name}": [1.4, 1.1]}))
+    sweep = Sweep(name="tiny", path=Path("configs/sweeps/tiny.yaml"), root=tmp_path / "sweep",
+                  runs=tuple(r.run for r in runs), stages={}, extractions={}, values={})
+    return write_report(sweep, runs).parent
