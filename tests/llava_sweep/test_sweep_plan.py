@@ -144,3 +144,23 @@ def test_the_paper_sweeps_share_their_stores(name, runs, jobs, monkeypatch):
     if name == "paper-fig3":
         values = sweep.extractions["sd-0"].values
         assert (len(values["features"]), values["timesteps"]) == (6, [10, 25, 50, 100, 200, 500])
+
+
+def test_the_planned_extraction_jobs_are_what_the_sweep_then_writes(tmp_path):
+    """Two runs over one store: the plan has one job, and running the sweep's extraction items (the runner's
+    own `run_items`, each `just extract` a subprocess) writes exactly the zarr bytes it planned, one store."""
+    from llava_sweep.execution import run_items
+
+    sweep = load_sweep(write_sweep(tmp_path, axes={"timestep": [50, 200]}, stages=["pretrain"]),
+                       ["base.overrides.extract=[runner=sequential,write_webdataset=false,cache_root="
+                        f"{tmp_path / 'cache'}]"])
+    plan = plan_sweep(sweep, BUDGET)
+    assert list(plan.extractions) == ["sd-0"] and plan.extractions["sd-0"]["runs"] == ["t50", "t200"]
+    outcomes = run_items(sweep, [("extract/sd-0", ())], since=0.0, say=print)
+    assert outcomes["extract/sd-0"].status == "ran"
+    stores = [p for p in (tmp_path / "cache").iterdir() if (p / "zarr").is_dir()]
+    assert [str(s) for s in stores] == [plan.extractions["sd-0"]["store"]]
+    written = sum(p.stat().st_size for p in stores[0].glob("zarr/*/c/**/*") if p.is_file())
+    assert written == plan.extractions["sd-0"]["bytes"] > 0
+    assert sorted(p.name for p in (stores[0] / "zarr").iterdir() if p.is_dir()) == sorted(
+        ["latents", f"{A}@t50", f"{A}@t200"])
