@@ -37,7 +37,8 @@ from typing import Any, Sequence  # noqa: E402
 
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from llava_sweep.plan import plan_sweep  # noqa: E402
-from llava_sweep.spec import TRAIN_STAGES, Sweep, load_sweep  # noqa: E402
+from llava_sweep.load import load_sweep  # noqa: E402
+from llava_sweep.spec import TRAIN_STAGES, Sweep  # noqa: E402
 from stages.config import load_config  # noqa: E402
 from stages.flops import ComputeBudget  # noqa: E402
 

@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from llava_sweep.spec import TRAIN_STAGES, ExtractionJob, Stage, Sweep, load_sweep
+from llava_sweep.load import load_sweep
+from llava_sweep.spec import TRAIN_STAGES, ExtractionJob, Stage, Sweep
 from pipeline.config import split_config
 from pipeline.plan import ExtractPlan, plan_extract, write_plan
 from stages.config import ConfigError

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from llava_eval.table import KEYS, TABLE2, TABLE5, Column, Row, cell, column_value, record_row
-from llava_sweep.spec import AXES, TRAIN_STAGES, Sweep, SweepRun, load_sweep
+from llava_sweep.load import load_sweep
+from llava_sweep.spec import AXES, TRAIN_STAGES, Sweep, SweepRun
 from llava_sweep.state import eval_results
 from stages.config import ConfigError
 from stages.errors import INTERRUPTED, UserError, print_user_error

@@ -22,7 +22,8 @@ from dataclasses import asdict
 from typing import Callable, Sequence
 
 from llava_sweep.execution import EXTRACT, LOGS_DIR, Outcome, items, run_items
-from llava_sweep.spec import Sweep, SweepRun, load_sweep
+from llava_sweep.load import load_sweep
+from llava_sweep.spec import Sweep, SweepRun
 from stages.errors import INTERRUPTED, UserError, print_user_error
 
 __all__ = ["LOGS_DIR", "SUMMARY_FILE", "run_sweep", "main"]

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import pytest
 import yaml
 
-from llava_sweep.spec import load_sweep
+from llava_sweep.load import load_sweep
 from stages.locations import REPO
 
 RUNS = ("s0", "s4")  # the axis labels of guidance_scale 0 and 4

@@ -12,7 +12,7 @@ import yaml
 
 from llava_sweep.cli import main
 from llava_sweep.plan import PLAN_FILE, plan_sweep
-from llava_sweep.spec import load_sweep
+from llava_sweep.load import load_sweep
 from pipeline.config import load_extract_config
 from pipeline.plan import plan_extract
 from stages.flops import ComputeBudget
