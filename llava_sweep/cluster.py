@@ -17,42 +17,20 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import ray
 
 from llava_sweep.execution import EXTRACT, LOGS_DIR, Outcome, blocked, items, progress_line, run_item, run_items
-from llava_sweep.spec import Sweep, SweepRun
-from stages.config import ConfigError, build_dataclass
+from llava_sweep.spec import Reservation, Sweep, SweepRun
+from stages.config import ConfigError
 from stages.locations import REPO
 
-__all__ = ["Reservation", "Cluster"]
+__all__ = ["Cluster"]
 
 # what a stage's command sees of the driver's environment besides the extraction's (`pipeline.job.PASSED_ENV`)
 STAGE_ENV = ("OMP_NUM_THREADS", "TORCH_EXTENSIONS_DIR")
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """What each training and evaluation stage reserves on one node: the sweep's `cluster` field."""
-
-    gpus_per_run: int = 1  # also the trainer's ranks (`torchrun` when > 1); 0 on CPU nodes
-    cpus_per_run: float = 1.0
-    resources_per_run: dict[str, float] = field(default_factory=dict)  # custom (`ray start --resources`)
-
-    def __post_init__(self) -> None:
-        if self.gpus_per_run < 0 or self.cpus_per_run < 0:
-            raise ValueError("cluster.gpus_per_run and cluster.cpus_per_run must be >= 0")
-        if not isinstance(self.resources_per_run, dict) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                for v in self.resources_per_run.values()):
-            raise ValueError(f"cluster.resources_per_run must map Ray resource names to amounts > 0, got "
-                             f"{self.resources_per_run!r}")
-
-    @property
-    def request(self) -> dict[str, float]:
-        return {"CPU": self.cpus_per_run, "GPU": self.gpus_per_run, **self.resources_per_run}
 
 
 @ray.remote(max_retries=0)  # a lost node fails its stage: the same command resumes it (checkpoints)
@@ -96,8 +74,7 @@ class Cluster:
         answers there or no node holds a stage's reservation (Ray would wait for one forever)."""
         from pipeline.job import PASSED_ENV, actor_capacity, check_reachable
 
-        reservation = build_dataclass(Reservation, sweep.values.get("cluster") or {}, where=f"{sweep.path}",
-                                      prefix="cluster.")
+        reservation = sweep.cluster
         check_reachable(address)
         env = {k: os.environ[k] for k in (*PASSED_ENV, *STAGE_ENV) if k in os.environ}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from llava_sweep.spec import ARRAY_FIELDS, AXES, STAGES, TRAIN_STAGES, ExtractionJob, Stage, Sweep, SweepRun
+from llava_sweep.spec import (ARRAY_FIELDS, AXES, STAGES, TRAIN_STAGES, ExtractionJob, Reservation, Stage, Sweep,
+                              SweepRun)
 from stages.cache_spec import CacheSpec
-from stages.config import ConfigError, load_config
+from stages.config import ConfigError, build_dataclass, load_config
 
 __all__ = ["load_sweep"]
 
@@ -239,5 +240,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
             raise ConfigError(f"{path}: two runs are named {run_name!r}; give the explicit runs a name")
         seen.add(run_name)
         runs.append(builder.build(setting, run_name))
+    cluster = build_dataclass(Reservation, _mapping(values.get("cluster") or {}, "cluster"), where=str(path),
+                              prefix="cluster.")
     return Sweep(name=name, path=path, root=root, runs=tuple(runs), stages=builder.stages,
-                 extractions=builder.extraction_jobs(), values=values)
+                 extractions=builder.extraction_jobs(), cluster=cluster, values=values)

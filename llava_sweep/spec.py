@@ -38,7 +38,7 @@ import yaml
 
 from stages.config import ConfigError
 
-__all__ = ["AXES", "STAGES", "TRAIN_STAGES", "ARRAY_FIELDS", "Axis", "Stage", "ExtractionJob", "SweepRun", "Sweep"]
+__all__ = ["AXES", "STAGES", "TRAIN_STAGES", "ARRAY_FIELDS", "Axis", "Reservation", "Stage", "ExtractionJob", "SweepRun", "Sweep"]
 
 STAGES = ("pretrain", "sft", "eval")
 TRAIN_STAGES = ("pretrain", "sft")
@@ -66,6 +66,28 @@ AXES: Mapping[str, Axis] = {
     "prompt_source": Axis("{}", "guidance.prompt_source of the guidance stage: question | caption"),
     "prompt_dropout": Axis("d{:g}", "guidance.prompt_dropout of the guidance stage"),
 }
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What each training and evaluation stage reserves on one node: the sweep's `cluster` field."""
+
+    gpus_per_run: int = 1  # also the trainer's ranks (`torchrun` when > 1); 0 on CPU nodes
+    cpus_per_run: float = 1.0
+    resources_per_run: dict[str, float] = field(default_factory=dict)  # custom (`ray start --resources`)
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_run < 0 or self.cpus_per_run < 0:
+            raise ValueError("cluster.gpus_per_run and cluster.cpus_per_run must be >= 0")
+        if not isinstance(self.resources_per_run, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                for v in self.resources_per_run.values()):
+            raise ValueError(f"cluster.resources_per_run must map Ray resource names to amounts > 0, got "
+                             f"{self.resources_per_run!r}")
+
+    @property
+    def request(self) -> dict[str, float]:
+        return {"CPU": self.cpus_per_run, "GPU": self.gpus_per_run, **self.resources_per_run}
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,7 @@ class Sweep:
     runs: tuple[SweepRun, ...]
     stages: Mapping[str, Stage]
     extractions: Mapping[str, ExtractionJob]
+    cluster: Reservation  # what each stage reserves when the sweep runs on a Ray cluster
     values: Mapping[str, Any] = field(repr=False)  # the sweep file as read
 
     def run(self, name: str) -> SweepRun:

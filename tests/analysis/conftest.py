@@ -66,7 +66,7 @@ def sweep_report(tmp_path) -> Path:
     `llava_sweep.report.write_report` itself from result records made up here (no training): MMVP and BLINK
     (mean and one subtask) per run, two training stages' losses per run."""
     from llava_sweep.report import RunResults, write_report
-    from llava_sweep.spec import Sweep, SweepRun
+    from llava_sweep.spec import Reservation, Sweep, SweepRun
     from train.config import TrainConfig, VisionConfig
 
     def result(run: str, name: str, metrics: dict) -> tuple[Path, dict]:
@@ -87,5 +87,5 @@ def sweep_report(tmp_path) -> Path:
                      "blink": result(name, "blink", {"mean_accuracy": blink, "per_subtask": {"counting": blink / 2}})},
             losses={f"pretrain/{name}": [2.0, 1.5 - i / 10], f"sft/{name}": [1.4, 1.1]}))
     sweep = Sweep(name="tiny", path=Path("configs/sweeps/tiny.yaml"), root=tmp_path / "sweep",
-                  runs=tuple(r.run for r in runs), stages={}, extractions={}, values={})
+                  runs=tuple(r.run for r in runs), stages={}, extractions={}, cluster=Reservation(), values={})
     return write_report(sweep, runs).parent

@@ -112,6 +112,7 @@ def test_runs_needing_one_store_share_one_extraction_job_holding_the_union_of_th
     ({"axes": {"colour": ["red"]}}, "unknown sweep axes ['colour']"),
     ({"runs": [{"name": "twin", "mode": "clip"}, {"name": "twin", "mode": "sd"}]}, "two runs are named 'twin'"),
     ({"stages": ["sft", "pretrain"]}, "stages must be a non-empty ordered subset"),
+    ({"cluster": {"gpus_per_run": -1}}, "cluster.gpus_per_run and cluster.cpus_per_run must be >= 0"),
 ])
 def test_a_bad_sweep_file_is_one_line_exit_2_and_nothing_is_written(fields, message, tmp_path, capsys):
     path = write_sweep(tmp_path, **fields)
