@@ -11,12 +11,13 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Iterator, Sequence
 
 import google_crc32c
 import numpy as np
@@ -120,20 +121,27 @@ def clear_stale_temps(path: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def stage_bytes(path: Path, data: bytes) -> Path:
-    """`data` in a hidden temp sibling of `path`, fsynced; the temp is removed again when writing fails
-    (a full disk). The first half of an atomic write, for callers publishing several files."""
+@contextlib.contextmanager
+def staged_file(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
+    """(file, its path): a hidden temp sibling of `path` to write, fsynced when the block ends; removed again
+    when writing fails (a full disk). The first half of an atomic write, for callers publishing several files."""
     clear_stale_temps(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as fh:
-            fh.write(data)
+            yield fh, tmp
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def stage_bytes(path: Path, data: bytes) -> Path:
+    """`data` in a hidden temp sibling of `path`, fsynced (`staged_file`)."""
+    with staged_file(path) as (fh, tmp):
+        fh.write(data)
     return tmp
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -24,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from stages.store.keys import check_array_id, encode_key
-from stages.store.layout import clear_stale_temps
+from stages.store.layout import staged_file
 
 __all__ = ["stage_tar_shard", "tar_shard_size", "npy_size"]
 
@@ -88,25 +87,16 @@ def stage_tar_shard(path: Path, *, keys: Sequence[str | None], rows: range,
         check_array_id(array_id)
         if len(data) != len(keys):
             raise ValueError(f"array {array_id!r}: {len(data)} rows for a shard of {len(keys)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     shard = int(path.stem)
-    clear_stale_temps(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for i, key in enumerate(keys):
-                    if key is None or key in failed:
-                        continue
-                    stem, digests = encode_key(key), {}
-                    for array_id in sorted(arrays):  # canonical: a tar does not depend on how it was computed
-                        payload = _npy_bytes(arrays[array_id][i])
-                        digests[f"{array_id}.npy"] = hashlib.sha256(payload).hexdigest()
-                        _add(tar, f"{stem}.{array_id}.npy", payload)
-                    _add(tar, f"{stem}.json", _sample_json(key, row=rows[i], shard=shard, store=store, digests=digests))
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with staged_file(path) as (fh, tmp):
+        with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for i, key in enumerate(keys):
+                if key is None or key in failed:
+                    continue
+                stem, digests = encode_key(key), {}
+                for array_id in sorted(arrays):  # canonical: a tar does not depend on how it was computed
+                    payload = _npy_bytes(arrays[array_id][i])
+                    digests[f"{array_id}.npy"] = hashlib.sha256(payload).hexdigest()
+                    _add(tar, f"{stem}.{array_id}.npy", payload)
+                _add(tar, f"{stem}.json", _sample_json(key, row=rows[i], shard=shard, store=store, digests=digests))
     return tmp
