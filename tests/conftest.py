@@ -125,3 +125,12 @@ def train_store_fp32(tmp_path_factory, sample) -> TrainStore:
 def make_train_store(tmp_path_factory, sample):
     """`make_train_store(spec)`: a store of any `CacheSpec` over the same JSON subsets."""
     return functools.partial(_make_store, tmp_path_factory, sample)
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if the run gets as far as starting Ray."""
+    def refuse(run):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr("pipeline.job.start_ray", refuse)

@@ -9,8 +9,6 @@ two SFTs, ready together once the pretraining is done, run at once, one per node
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,8 +16,7 @@ import pytest
 
 from llava_sweep.runner import SUMMARY_FILE
 from tests.llava_sweep.conftest import RUNS, blink_result, finish, start_sweep
-from tests.pipeline.test_multinode import (CLUSTER_ENV, ancestors, cmdline, free_port, start_node, stop_node,
-                                           wait_for_nodes)
+from tests.pipeline.test_multinode import CLUSTER_ENV, ancestors, cmdline, two_nodes
 
 pytestmark = pytest.mark.slow
 
@@ -29,24 +26,12 @@ RESULT_FIELDS = ("identity", "key", "metrics", "predictions")  # not the paths a
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ray-cluster")
-    session = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
-    address = f"127.0.0.1:{free_port()}"
     with pytest.MonkeyPatch.context() as patch:
         for key, value in CLUSTER_ENV.items():
             patch.setenv(key, value)  # the nodes, this process and the sweep: no token authentication
-        head = start_node(["--head", f"--port={address.rsplit(':', 1)[1]}", "--num-cpus=1", SLOT,
-                           "--include-dashboard=false", f"--temp-dir={session}"], root / "head.log")
-        nodes = [head]
-        try:
-            wait_for_nodes(address, 1, started=head, log=root / "head.log")
-            nodes.append(start_node([f"--address={address}", "--num-cpus=1", SLOT], root / "worker.log"))
-            wait_for_nodes(address, 2, started=nodes[1], log=root / "worker.log")
-            yield {"address": address, "head": head, "worker": nodes[1]}
-        finally:
-            for node in reversed(nodes):
-                stop_node(node)
-            shutil.rmtree(session, ignore_errors=True)
+        with two_nodes(tmp_path_factory.mktemp("ray-cluster"), head=["--num-cpus=1", SLOT],
+                       worker=["--num-cpus=1", SLOT]) as nodes:
+            yield nodes
 
 
 def _trainers(cluster, root: Path) -> dict[str, str]:

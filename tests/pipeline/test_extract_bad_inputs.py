@@ -30,14 +30,6 @@ def _one_error_line(capsys) -> str:
     return err[0]
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    def refuse(run):
-        raise AssertionError("Ray was started")
-
-    monkeypatch.setattr("pipeline.job.start_ray", refuse)
-
-
 @pytest.fixture(scope="module")
 def data(sample, tmp_path_factory) -> dict[str, Path]:
     """Six images of the bundled sample, and a JSON that adds a key with a NUL byte, one with a 304-byte

@@ -48,15 +48,6 @@ def test_a_bug_is_not_reported_as_a_user_mistake_but_keeps_its_traceback(tmp_pat
     assert "error:" not in capsys.readouterr().err
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fail the test if the run gets as far as starting Ray."""
-    def refuse(run):
-        raise AssertionError("Ray was started")
-
-    monkeypatch.setattr("pipeline.job.start_ray", refuse)
-
-
 @pytest.fixture(scope="module")
 def planned_store(tmp_path_factory):
     """A store as a first run leaves it before its Ray job: fingerprint, keys and arrays on disk."""

@@ -10,6 +10,7 @@ the sequential runner, the work units every actor runs): the plain two-node run,
 shards are left (the driver runs them again on the head). Errors: an address nothing listens on fails
 in seconds (Ray itself retries for minutes), a request no node can place fails instead of waiting.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -92,28 +94,35 @@ def stop_node(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, monkeypatch_module):
-    """The two nodes; a test that kills the worker node runs last (`worker_killed`)."""
-    root = tmp_path_factory.mktemp("ray-cluster")
+@contextlib.contextmanager
+def two_nodes(root: Path, *, head: list[str], worker: list[str]) -> Iterator[dict]:
+    """A head and a second node on loopback (`head` / `worker`: their CPUs and resources), stopped on exit;
+    the caller sets `CLUSTER_ENV` first."""
     session = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
     port = free_port()
     address = f"127.0.0.1:{port}"
-    for key, value in CLUSTER_ENV.items():
-        monkeypatch_module.setenv(key, value)  # wait_for_nodes connects without a token too
-    slot = '--resources={"extractor": 1}'
-    head = start_node(["--head", f"--port={port}", "--num-cpus=3", slot, "--include-dashboard=false",
-                       f"--temp-dir={session}"], root / "head.log")
-    nodes = [head]
+    nodes = [start_node(["--head", f"--port={port}", *head, "--include-dashboard=false", f"--temp-dir={session}"],
+                        root / "head.log")]
     try:
-        wait_for_nodes(address, 1, started=head, log=root / "head.log")
-        nodes.append(start_node([f"--address={address}", "--num-cpus=2", slot], root / "worker.log"))
+        wait_for_nodes(address, 1, started=nodes[0], log=root / "head.log")
+        nodes.append(start_node([f"--address={address}", *worker], root / "worker.log"))
         wait_for_nodes(address, 2, started=nodes[1], log=root / "worker.log")
-        yield {"address": address, "head": head, "worker": nodes[1]}
+        yield {"address": address, "head": nodes[0], "worker": nodes[1]}
     finally:
         for node in reversed(nodes):
             stop_node(node)
         shutil.rmtree(session, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, monkeypatch_module):
+    """The two nodes; a test that kills the worker node runs last (`worker_killed`)."""
+    for key, value in CLUSTER_ENV.items():
+        monkeypatch_module.setenv(key, value)  # wait_for_nodes connects without a token too
+    slot = '--resources={"extractor": 1}'
+    with two_nodes(tmp_path_factory.mktemp("ray-cluster"), head=["--num-cpus=3", slot],
+                   worker=["--num-cpus=2", slot]) as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="module")
