@@ -105,6 +105,7 @@ def _hub_row(row: Mapping[str, Any], position: int) -> dict[str, Any]:
 
 class MMVP(Benchmark):
     name = "mmvp"
+    folder_names = ("MMVP",)
 
     def __init__(self, *, corrected: bool = True) -> None:
         self.corrected = corrected
