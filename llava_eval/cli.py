@@ -34,7 +34,7 @@ from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 from stages.locations import REPO
 
 if TYPE_CHECKING:
-    from llava_eval.benchmarks import Benchmark, EvalItem
+    from llava_eval.benchmarks import Benchmark
     from llava_eval.features import EvalFeatures
     from llava_eval.results import ResultFiles
     from llava_eval.run import Checkpoint
@@ -114,9 +114,11 @@ def _export(config: EvalConfig, checkpoint: Checkpoint) -> tuple[Path, list[tupl
     from llava_eval.sources import WRITTEN_IMAGES, load_benchmarks
 
     eval_dir = checkpoint.run_dir / EVAL_DIR
+    written = Path(_cache_root(config, checkpoint), WRITTEN_IMAGES)
     root, loaded = load_benchmarks(_selected(config), eval_root=_eval_root(config), paths=config.paths,
-                                   view=eval_dir / "images", written=Path(_cache_root(config, checkpoint), WRITTEN_IMAGES))
-    return root, [(one, write_llava_json(one.items, eval_dir / "data" / f"{one.benchmark.name}.json")) for one in loaded]
+                                   view=eval_dir / "images", written=written)
+    return root, [(one, write_llava_json(one.items, eval_dir / "data" / f"{one.benchmark.name}.json"))
+                  for one in loaded]
 
 
 def extract_args(config: EvalConfig) -> list[str]:

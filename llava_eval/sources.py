@@ -39,7 +39,7 @@ class LoadedBenchmark:
 def benchmark_folder(benchmark: Benchmark, *, eval_root: Path | None, paths: Mapping[str, str]) -> Path:
     """The folder `benchmark` is read from; `ConfigError` naming the setting when there is none."""
     if benchmark.name in paths:
-        folder = Path(paths[benchmark.name])
+        folder = Path(paths[benchmark.name]).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"paths.{benchmark.name}: {folder} is not a folder")
         return folder

@@ -48,10 +48,6 @@ class Benchmark(ABC):
         """`read(locate(folder))`."""
         return self.read(self.locate(folder), out=out)
 
-    def source_files(self, folder: Path) -> list[Path]:
-        """The files besides its items' images that `load(folder)` reads (question files, parquet files)."""
-        return list(self.locate(folder).found.files)
-
     @abstractmethod
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> dict[str, Any]:
         """Metrics from raw generated texts by item id (the official scorer's definitions)."""

@@ -21,7 +21,6 @@ from llava_eval.benchmarks.coco import CAPTION_PROMPT
 from llava_eval.benchmarks.coco_layouts import CAPTIONS_VAL, KARPATHY_TEST, cocoid_of
 from llava_eval.benchmarks.fixtures import hub_image, photo_jpeg, write_parquet
 from llava_eval.benchmarks.hf_local import split_of
-from llava_eval.benchmarks.mmvp import INSTRUCTION
 from llava_eval.benchmarks.naturalbench import SUFFIXES
 
 __all__ = ["write_lmms_parquet", "LMMS_DATASETS", "save_to_disk", "hub_cache", "write_coco_captions_val",
