@@ -62,6 +62,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         from llava_eval.benchmarks import BENCHMARKS
 
+        if not isinstance(self.paths, Mapping):
+            raise ConfigError(f"paths must map benchmarks to their folders (paths.mmvp=/data/MMVP), got {self.paths!r}")
         unknown = [b for b in (*self.benchmarks, *self.paths) if b not in BENCHMARKS]
         if unknown:
             raise ConfigError(f"unknown benchmarks {unknown}; valid: {sorted(BENCHMARKS)}")

@@ -33,7 +33,7 @@ from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
 from llava_eval.benchmarks.choices import extract_choice, format_options, option_letters
 from llava_eval.benchmarks.fixtures import photo_jpeg
 from llava_eval.benchmarks.hf_local import iter_rows
-from llava_eval.benchmarks.layouts import Found, ImageFiles, Layout, LayoutMismatch, data_files_with
+from llava_eval.benchmarks.layouts import Found, ImageFiles, Layout, data_files_with, first_file
 
 __all__ = ["MMVP", "CORRECTED_ANSWERS", "INSTRUCTION"]
 
@@ -89,9 +89,7 @@ def _read_questions(path: Path) -> list[dict[str, str]]:
 
 
 def _find_official(root: Path) -> Found:
-    if not (root / QUESTIONS).is_file():
-        raise LayoutMismatch(f"{root / QUESTIONS} does not exist")
-    return Found(root, (root / QUESTIONS,))
+    return Found(root, (first_file(root, (QUESTIONS,)),))
 
 
 _HUB_FILES = data_files_with(["image", *(_HUB_COLUMNS[name] for name in _COLUMNS[1:])], splits=("train",))
@@ -116,17 +114,20 @@ class MMVP(Benchmark):
 
     def _read_official(self, found: Found, images: ImageFiles) -> list[EvalItem]:
         (csv_path,) = found.files
-        return self._paired([
-            self._item(row, lambda index: images.file(found.root / IMAGES / f"{index}.jpg",
-                                                      what=f"the image of question {index}"),
-                       where=f"mmvp: {csv_path} row {n}")
-            for n, row in enumerate(_read_questions(csv_path), start=2)], csv_path)  # row 1 is the header
+
+        def image(index: int) -> str:
+            return images.file(found.root / IMAGES / f"{index}.jpg", what=f"the image of question {index}")
+        items = [self._item(row, image, where=f"mmvp: {csv_path} row {n}")
+                 for n, row in enumerate(_read_questions(csv_path), start=2)]  # row 1 is the header
+        return self._paired(items, csv_path)
 
     def _read_hub(self, found: Found, images: ImageFiles) -> list[EvalItem]:
-        return self._paired([
-            self._item(_hub_row(row, position), lambda _: images.embedded(row["image"], where=f"mmvp: row {position}"),
-                       where=f"mmvp: row {position}")
-            for position, row in enumerate(iter_rows(found.files), start=1)], found.files[0])
+        items = []
+        for position, row in enumerate(iter_rows(found.files), start=1):
+            where = f"mmvp: {found.files[0].parent} row {position}"
+            items.append(self._item(_hub_row(row, position), lambda _: images.embedded(row["image"], where=where),
+                                    where=where))
+        return self._paired(items, found.files[0])
 
     @staticmethod
     def _paired(items: list[EvalItem], source: Path) -> list[EvalItem]:
