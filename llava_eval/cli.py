@@ -2,7 +2,9 @@
 
     eval [key=value ...]               answer and score the benchmarks for a trained run's final/ weights or
                                        one of its checkpoints (run=<run>/checkpoints/step-N); default
-                                       configs/eval/sample.yaml: runs/sample-sft on the embedded fixtures
+                                       configs/eval/sample.yaml: runs/sample-sft on the embedded fixtures;
+                                       eval_root=<folder> and/or paths.<benchmark>=<folder> say where the
+                                       benchmarks are (docs/evaluation.md)
     export [key=value ...]             write each benchmark's images as LLaVA JSON under <run>/eval/data/ and
                                        print, one per line, the `extract` arguments that cache them
     table RUN [RUN ...] [--out PREFIX] the paper's Table 2 and Table 5 layouts over runs' results, printed and
@@ -21,9 +23,9 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 
@@ -32,10 +34,11 @@ from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 from stages.locations import REPO
 
 if TYPE_CHECKING:
-    from llava_eval.benchmarks import Benchmark, EvalItem
+    from llava_eval.benchmarks import Benchmark
     from llava_eval.features import EvalFeatures
     from llava_eval.results import ResultFiles
     from llava_eval.run import Checkpoint
+    from llava_eval.sources import LoadedBenchmark
 
 __all__ = ["EvalConfig", "load_eval_config", "extract_args", "planned_results", "run_eval", "main"]
 
@@ -46,7 +49,8 @@ DEFAULT_CONFIG = REPO / "configs/eval/sample.yaml"
 class EvalConfig:
     run: str = "runs/sample-sft"  # a training run's output_dir (its final/), or <run>/checkpoints/step-N
     benchmarks: tuple[str, ...] = ()  # () = every benchmark
-    eval_root: str = ""  # one folder per benchmark in its official layout; "" = the embedded fixtures
+    eval_root: str = ""  # one folder per benchmark, in any accepted layout; "" = the embedded fixtures (unless paths)
+    paths: Mapping[str, str] = field(default_factory=dict)  # a benchmark's own folder: paths.mmvp=/data/MMVP
     cache_root: str = ""  # where the run's stores live; "" = where the run found them
     batch_size: int = 8
     max_new_tokens: int = 0  # 0 = each benchmark's own
@@ -58,9 +62,13 @@ class EvalConfig:
     def __post_init__(self) -> None:
         from llava_eval.benchmarks import BENCHMARKS
 
-        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
+        if not isinstance(self.paths, Mapping):
+            raise ConfigError(f"paths must map benchmarks to their folders (paths.mmvp=/data/MMVP), got {self.paths!r}")
+        unknown = [b for b in (*self.benchmarks, *self.paths) if b not in BENCHMARKS]
         if unknown:
             raise ConfigError(f"unknown benchmarks {unknown}; valid: {sorted(BENCHMARKS)}")
+        if not all(isinstance(path, str) and path for path in self.paths.values()):
+            raise ConfigError("paths: each benchmark's path must be a folder name (paths.mmvp=/data/MMVP)")
         known = {s for b in BENCHMARKS.values() for s in b.sd_settings}
         if not set(self.sd_settings) <= known:
             raise ConfigError(f"unknown sd_settings {sorted(set(self.sd_settings) - known)}; valid: {sorted(known)}")
@@ -72,44 +80,57 @@ def load_eval_config(overrides: Sequence[str] = ()) -> EvalConfig:
     return build_dataclass(EvalConfig, load_config(DEFAULT_CONFIG, overrides), where="eval config")
 
 
-def _eval_root(config: EvalConfig) -> Path:
+def _eval_root(config: EvalConfig) -> Path | None:
+    """The eval root given, the embedded fixtures' when neither it nor any benchmark path is, else None."""
     if config.eval_root:
         root = Path(config.eval_root)
         if not root.is_dir():
             raise ConfigError(f"eval_root {root} is not a folder (one sub-folder per benchmark; docs/evaluation.md)")
         return root
+    if config.paths:
+        return None
     from llava_eval.embedded import ensure_eval_root
 
     return ensure_eval_root()
 
 
 def _selected(config: EvalConfig) -> list[Benchmark]:
+    """The benchmarks named, else those given a path when there is no eval root, else all."""
     from llava_eval.benchmarks import BENCHMARKS, MMVP
 
-    chosen = [BENCHMARKS[name] for name in (config.benchmarks or BENCHMARKS)]
+    names = config.benchmarks or (tuple(config.paths) if config.paths and not config.eval_root else BENCHMARKS)
+    chosen = [BENCHMARKS[name] for name in names]
     return [MMVP(corrected=False) if b.name == MMVP.name and not config.mmvp_corrected else b for b in chosen]
 
 
-def _export(config: EvalConfig, root: Path, run_dir: Path) -> list[tuple[Benchmark, list[EvalItem], Path]]:
-    """Every selected benchmark with its items and the LLaVA JSON of their images (written now)."""
+def _cache_root(config: EvalConfig, checkpoint: Checkpoint) -> str:
+    from stages.locations import DEFAULT_CACHE_ROOT
+
+    return config.cache_root or checkpoint.config.data.cache_root or DEFAULT_CACHE_ROOT
+
+
+def _export(config: EvalConfig, checkpoint: Checkpoint) -> tuple[Path, list[tuple[LoadedBenchmark, Path]]]:
+    """The image root and every selected benchmark loaded, with the LLaVA JSON of its images (written now)."""
     from llava_eval.export import write_llava_json
     from llava_eval.results import EVAL_DIR
+    from llava_eval.sources import WRITTEN_IMAGES, load_benchmarks
 
-    loaded = []
-    for benchmark in _selected(config):
-        items = benchmark.load(root / benchmark.name)
-        data_json = write_llava_json(items, run_dir / EVAL_DIR / "data" / f"{benchmark.name}.json")
-        loaded.append((benchmark, items, data_json))
-    return loaded
+    eval_dir = checkpoint.run_dir / EVAL_DIR
+    written = Path(_cache_root(config, checkpoint), WRITTEN_IMAGES)
+    root, loaded = load_benchmarks(_selected(config), eval_root=_eval_root(config), paths=config.paths,
+                                   view=eval_dir / "images", written=written)
+    return root, [(one, write_llava_json(one.items, eval_dir / "data" / f"{one.benchmark.name}.json"))
+                  for one in loaded]
 
 
 def extract_args(config: EvalConfig) -> list[str]:
     """`extract` arguments (shell-quoted) that cache the selected benchmarks' images in the run's stores."""
     from llava_eval.run import Checkpoint
 
-    root, checkpoint = _eval_root(config), Checkpoint.locate(config.run)
+    checkpoint = Checkpoint.locate(config.run)
     train = checkpoint.config
-    data = [str(path) for _, _, path in _export(config, root, checkpoint.run_dir)]
+    root, loaded = _export(config, checkpoint)
+    data = [str(path) for _, path in loaded]
     cache_root = config.cache_root or train.data.cache_root
     extra = [f"cache_root={cache_root}"] if cache_root else []
     return [shlex.join([f"config={yaml}", f"data=[{','.join(data)}]", f"image_root={root}", *extra])
@@ -117,9 +138,8 @@ def extract_args(config: EvalConfig) -> list[str]:
 
 
 def _planned(config: EvalConfig, checkpoint: Checkpoint, features: EvalFeatures, root: Path,
-             loaded: list[tuple[Benchmark, list[EvalItem], Path]]
-             ) -> list[tuple[Benchmark, list[EvalItem], str, ResultFiles]]:
-    """Each (benchmark, items, SD prompt setting) to answer, with the result files of its identity."""
+             loaded: list[tuple[LoadedBenchmark, Path]]) -> list[tuple[LoadedBenchmark, str, ResultFiles]]:
+    """Each (benchmark, SD prompt setting) to answer, with the result files of its identity."""
     from llava_eval.identity import Generation, ResultIdentity, benchmark_digests, data_hash
     from llava_eval.results import ResultFiles, result_name
     from llava_eval.run import inference_dtype
@@ -127,8 +147,9 @@ def _planned(config: EvalConfig, checkpoint: Checkpoint, features: EvalFeatures,
     weights = checkpoint.sha256()  # once per invocation; refuses a checkpoint without weights
     dtype = str(inference_dtype(checkpoint.config, features.device)).removeprefix("torch.")
     planned = []
-    for benchmark, items, _ in loaded:
-        data = data_hash(benchmark_digests(benchmark, root, items))
+    for one, _ in loaded:
+        benchmark = one.benchmark
+        data = data_hash(benchmark_digests(one.located, root, one.items))
         generation = Generation(max_new_tokens=config.max_new_tokens or benchmark.max_new_tokens,
                                 template=checkpoint.config.template, dtype=dtype)
         settings = [s for s in benchmark.sd_settings if s in config.sd_settings] or benchmark.sd_settings
@@ -136,21 +157,19 @@ def _planned(config: EvalConfig, checkpoint: Checkpoint, features: EvalFeatures,
             identity = ResultIdentity(checkpoint=weights, benchmark=benchmark.name, options=benchmark.options(),
                                       data=data, sd_setting=setting if features.guided else None,
                                       generation=generation, features=features.settings)
-            planned.append((benchmark, items, setting,
-                            ResultFiles(checkpoint.run_dir, result_name(benchmark, setting), identity)))
+            planned.append((one, setting, ResultFiles(checkpoint.run_dir, result_name(benchmark, setting), identity)))
     return planned
 
 
-def _setup(config: EvalConfig
-           ) -> tuple[Checkpoint, EvalFeatures, Path, list[tuple[Benchmark, list[EvalItem], Path]]]:
-    """`_planned`'s inputs: the checkpoint, its features, the eval root and the loaded benchmarks, located and
+def _setup(config: EvalConfig) -> tuple[Checkpoint, EvalFeatures, Path, list[tuple[LoadedBenchmark, Path]]]:
+    """`_planned`'s inputs: the checkpoint, its features, the image root and the loaded benchmarks, located and
     checked before any weights load."""
     from llava_eval.features import EvalFeatures
     from llava_eval.run import Checkpoint
     from stages.models import default_device
 
-    root, checkpoint = _eval_root(config), Checkpoint.locate(config.run)  # every refusal before any weights load
-    loaded = _export(config, root, checkpoint.run_dir)
+    checkpoint = Checkpoint.locate(config.run)  # every refusal before any weights load
+    root, loaded = _export(config, checkpoint)
     device = torch.device(config.device) if config.device else default_device()
     features = EvalFeatures(checkpoint.config, cache_root=config.cache_root, device=device, image_root=root)
     return checkpoint, features, root, loaded
@@ -168,10 +187,10 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> list[dict]:
     from llava_eval.run import TrainedRun
 
     checkpoint, features, root, loaded = _setup(config)
-    for _, items, data_json in loaded:
-        features.check_cached([i.image for i in items if i.image is not None], data_json=data_json)
+    for one, data_json in loaded:
+        features.check_cached([i.image for i in one.items if i.image is not None], data_json=data_json)
     run, results = None, []
-    for benchmark, items, setting, files in _planned(config, checkpoint, features, root, loaded):
+    for one, setting, files in _planned(config, checkpoint, features, root, loaded):
         if config.force:
             files.clear()
         if files.done():
@@ -179,8 +198,9 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> list[dict]:
             results.append(files.read())
             continue
         run = run or TrainedRun.load(checkpoint, device=features.device)
-        result = evaluate_benchmark(run, features, benchmark, items, setting=setting, files=files,
-                                    batch_size=config.batch_size, eval_root=root, progress=progress)
+        result = evaluate_benchmark(run, features, one.benchmark, one.items, setting=setting, files=files,
+                                    batch_size=config.batch_size, eval_root=root, progress=progress,
+                                    source={"folder": str(one.located.folder), "layout": one.located.layout.name})
         print(f"{files.result}: {json.dumps(result['metrics'])}")
         results.append(result)
     return results
@@ -266,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(extract_args(config)))
             return 0
         run_eval(config)
-        if not config.eval_root:
+        if not config.eval_root and not config.paths:
             print("note: the embedded fixtures hold a handful of items per benchmark, and the embedded models are "
                   "tiny and random: these numbers only show that every step runs; they mean nothing")
         return 0

@@ -10,7 +10,7 @@ from stages.embedded import embedded_home, materialize
 
 __all__ = ["VERSION", "ensure_eval_root"]
 
-VERSION = 1  # bump whenever a fixture's bytes change
+VERSION = 2  # bump whenever a fixture's bytes change
 
 
 def _build(root: Path) -> None:

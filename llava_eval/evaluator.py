@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from tqdm import tqdm
 
@@ -35,9 +35,10 @@ def answer(run: TrainedRun, features: EvalFeatures, items: Sequence[EvalItem], s
 
 def evaluate_benchmark(run: TrainedRun, features: EvalFeatures, benchmark: Benchmark, items: Sequence[EvalItem],
                        *, setting: str, files: ResultFiles, batch_size: int, eval_root: Path,
-                       progress: bool = True) -> dict[str, Any]:
+                       source: Mapping[str, str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Answer what the predictions log of `files.identity` lacks, score everything, write the result file;
-    returns it. The identity's generation settings are the ones applied."""
+    returns it. The identity's generation settings are the ones applied. `eval_root` is the image root;
+    `source` the benchmark's folder and the layout read there (recorded as they are)."""
     sd_prompts = dict(zip((item.id for item in items), benchmark.sd_prompts(items, setting)))
     max_new_tokens = files.identity.generation.max_new_tokens
     done = files.answered()
@@ -55,7 +56,7 @@ def evaluate_benchmark(run: TrainedRun, features: EvalFeatures, benchmark: Bench
     predictions = {item.id: done[item.id] for item in items}
     result = {
         "metrics": benchmark.score(items, predictions),
-        "n_items": len(items), "eval_root": str(eval_root),
+        "n_items": len(items), "eval_root": str(eval_root), "source": dict(source or {}),
         "checkpoint": {"label": run.checkpoint.label, "path": str(run.checkpoint.weights_dir)},
         "run": {"path": str(run.checkpoint.run_dir), "config": dataclasses.asdict(run.config)},
         "seconds": round(time.perf_counter() - started, 3),

@@ -1,7 +1,8 @@
 """What an evaluation result is keyed by (DESIGN §8): the checkpoint's weights, the benchmark and its
-options, the bytes of every file its loader reads under the eval root, the SD prompt setting, and the
-generation and feature settings. A different identity is a different result (`llava_eval.results` keeps
-each in a folder named by its key); paths (the run's, the eval root's) are recorded, never keyed.
+options, the bytes of every file its loader reads (its data files and its items' images), the SD prompt
+setting, and the generation and feature settings. A different identity is a different result
+(`llava_eval.results` keeps each in a folder named by its key); paths (the run's, the benchmark's folder, the
+image root) are recorded, never keyed.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from llava_eval.benchmarks.base import Benchmark, EvalItem
+from llava_eval.benchmarks.base import EvalItem
+from llava_eval.benchmarks.layouts import Located
 from stages.store.fingerprint import Fingerprint
 from stages.store.layout import file_sha256
 
@@ -22,12 +24,12 @@ def file_digests(root: Path, paths: Iterable[str]) -> dict[str, str]:
     return {path: file_sha256(Path(root) / path)[1] for path in sorted(set(paths))}
 
 
-def benchmark_digests(benchmark: Benchmark, eval_root: Path, items: Sequence[EvalItem]) -> dict[str, str]:
-    """`file_digests` of every file `benchmark.load(eval_root / benchmark.name)` read to give `items`: its
-    source files and its items' images, by path relative to the eval root."""
-    folder = Path(eval_root) / benchmark.name
-    sources = [f"{benchmark.name}/{path.relative_to(folder).as_posix()}" for path in benchmark.source_files(folder)]
-    return file_digests(eval_root, [*sources, *(item.image for item in items if item.image is not None)])
+def benchmark_digests(located: Located, image_root: Path, items: Sequence[EvalItem]) -> dict[str, str]:
+    """`file_digests` of every file a benchmark's loader read to give `items`: the data files of its located
+    folder, by `<benchmark>/<path under the folder>`, and its items' images, by key under the image root."""
+    sources = {f"{located.benchmark}/{path.relative_to(located.folder).as_posix()}": file_sha256(path)[1]
+               for path in located.found.files}
+    return {**sources, **file_digests(image_root, [item.image for item in items if item.image is not None])}
 
 
 def data_hash(digests: Mapping[str, str]) -> str:

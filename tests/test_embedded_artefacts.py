@@ -23,7 +23,7 @@ PINNED = {
     "tiny-sd15": "be19de41e9ffd3630dcb93359ce36ce6f2e5b777b412f5a60e7997ac5b35a6db",
     "tiny-sd21-768": "1387069a30ca905808165924fdf752463351506015060920823ca8fdc09288d2",
     "tiny-sdxl": "4c88d74601c01d35a78dfcec3cbfc345f8eb7e61800bd3ab3053e14d97c4feca",
-    "eval-benchmarks": "d908b09a0ab66850941bac7c31af037ad861f085db08a6261204ec39ed9c4cb5",
+    "eval-benchmarks": "76cc4fe9aac7294556e7a76dad74dabf71566acfdbfd436e24c1476ff0069cbe",
     "analysis-tiny-clip": "fcd61bc3e1573973a8f058a94cfdf52fc2320a8452341aa75ffcb95aea7fe64d",
     "analysis-mmvp-vlm": "43436dfdae3877dad2a7e900fab25a08b60fecccb0a5ab45158754519b17fd26",
     "analysis-winoground": "370f350d22e39e6d6de5734ef109194e200316351ba7b982154af05826a6fa0d",

@@ -1,52 +1,52 @@
-"""What every benchmark provides: items read from its official local layout, prompts for the diffusion
-pass, a scorer, and a tiny fixture of itself in that layout (the embedded default).
+"""What every benchmark provides: items read from any of its accepted local layouts, prompts for the
+diffusion pass, a scorer, and a tiny fixture of itself in its official layout (the embedded default).
 
-Image keys are relative to the *eval root*, the folder holding one sub-folder per benchmark named by the
-registry (`<eval_root>/mmvp/MMVP Images/1.jpg` has key `mmvp/MMVP Images/1.jpg`), so the benchmarks'
-images never collide with each other in a shared feature store. Benchmarks that ship their images inside
-parquet files (NaturalBench, BLINK) write them out once under their own folder, as DESIGN §7 asks.
+Image keys are relative to an *image root* holding one folder per benchmark named by the registry
+(`<eval_root>/mmvp/MMVP Images/1.jpg` has key `mmvp/MMVP Images/1.jpg`), so the benchmarks' images never
+collide with each other in a shared feature store. Images shipped inside data files (parquet, Arrow) are
+written out once, named by their content, as DESIGN §7 asks (`llava_eval.benchmarks.layouts`).
 """
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from stages.errors import UserError
+from llava_eval.benchmarks.items import BenchmarkLayoutError, EvalItem
+from llava_eval.benchmarks.layouts import ImageFiles, Layout, Located, locate
 from stages.llava import QUESTION  # the default SD prompt setting: the item's prompt conditions the U-Net
 
 __all__ = ["EvalItem", "Benchmark", "BenchmarkLayoutError"]
-
-
-class BenchmarkLayoutError(UserError, FileNotFoundError):
-    """A benchmark folder that does not hold the official layout (the message names the missing file)."""
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    id: str  # unique and stable within the benchmark: the key of its prediction
-    image: str | None  # image key relative to the eval root; None for a text-only question
-    prompt: str  # the human turn the model sees (question, options, instruction), without "<image>"
-    answer: Any  # JSON-serialisable ground truth (a letter, "yes", reference captions, ...)
-    meta: Mapping[str, Any] = field(default_factory=dict)  # JSON-serialisable: category, pair, type, ...
-    caption: str | None = None  # a reference caption: the SD prompt of COCO's ground-truth setting
 
 
 class Benchmark(ABC):
     """One benchmark. `name` is its registry key and its folder under the eval root."""
 
     name: str
+    folder_names: tuple[str, ...] = ()  # other names its folder may have under an eval root (LLaVA's playground)
     max_new_tokens: int = 16
     sd_settings: tuple[str, ...] = (QUESTION,)  # which texts may condition the U-Net (`sd_prompts`)
 
     @abstractmethod
-    def load(self, root: Path) -> list[EvalItem]:
-        """Items from `root` (= `<eval_root>/<name>`) in the official layout; `BenchmarkLayoutError` if not."""
+    def layouts(self) -> tuple[Layout, ...]:
+        """The layouts it reads, most specific first (`llava_eval.benchmarks.layouts`)."""
 
-    @abstractmethod
-    def source_files(self, root: Path) -> list[Path]:
-        """The files besides its items' images that `load(root)` reads (question files, parquet files)."""
+    def locate(self, folder: Path) -> Located:
+        """`folder` matched to the first accepted layout it holds; `BenchmarkLayoutError` naming every layout
+        tried when it holds none."""
+        return locate(self.name, Path(folder), self.layouts())
+
+    def read(self, located: Located, *, out: Path | None = None) -> list[EvalItem]:
+        """The items of a located folder, saying in one line (stderr) which layout was read; images embedded
+        in its data files are written under `out` (default: the folder)."""
+        items = located.read(ImageFiles(self.name, located.folder, Path(out or located.folder)))
+        print(located.summary(len(items)), file=sys.stderr)
+        return items
+
+    def load(self, folder: Path, *, out: Path | None = None) -> list[EvalItem]:
+        """`read(locate(folder))`."""
+        return self.read(self.locate(folder), out=out)
 
     @abstractmethod
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class Benchmark(ABC):
 
     @abstractmethod
     def write_fixture(self, root: Path) -> None:
-        """A handful of items in the official layout under `root`, from the bundled photos, answers known."""
+        """A handful of items in its official layout under `root`, from the bundled photos, answers known."""
 
     def write_outputs(self, items: Sequence[EvalItem], predictions: Mapping[str, str], folder: Path, *,
                       model_id: str) -> list[Path]:

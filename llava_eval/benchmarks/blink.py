@@ -1,22 +1,24 @@
 """BLINK (Fu et al., ECCV 2024), validation split: 14 perception subtasks of multiple-choice questions on
 one to four images.
 
-Layout: the Hub dataset BLINK-Benchmark/BLINK as stored there, one folder per subtask config holding its
-val parquet file (`Counting/val-00000-of-00001.parquet`; the Hub's converted `Counting/val/0000.parquet`
-is read too). Columns `idx` (`val_Counting_1`), `prompt` (the question, "Select from the following
-choices." and the options as `(A) ...`), `choices`, `answer` (`(A)`), `image_1` and, for multi-image
-questions, `image_2` .. `image_4`.
+Layout: the Hub dataset BLINK-Benchmark/BLINK, which lmms-eval's blink tasks read too (`hf_local`: parquet
+files, `save_to_disk` folders or a hub-cache folder), one folder per subtask config holding its val split
+(`Counting/val-00000-of-00001.parquet`; the Hub's converted `Counting/val/0000.parquet`); the test split's
+files beside them are not read. Columns `idx` (`val_Counting_1`), `prompt` (the question, "Select from the
+following choices." and the options as `(A) ...`), `choices`, `answer` (`(A)`), `image_1` and, for
+multi-image questions, `image_2` .. `image_4`; a row's subtask is its `sub_task` column, else its folder.
 
 The single-image protocol (zeyofu/BLINK_Benchmark eval/test_benchmark.py): a multi-image question sees
 its images concatenated left to right with a 10 px black margin between them, the canvas as tall as the
 tallest image and each image centred vertically (`concat_images_horizontally_with_margin`); the prompt
-is the dataset's `prompt`, after a disclaimer for Art_Style, Forensic_Detection and Jigsaw. Composites
-are written once to `composites/<Subtask>/<idx>.png`; a single image is written there unchanged.
+is the dataset's `prompt`, after a disclaimer for Art_Style, Forensic_Detection and Jigsaw. A single image
+is written out unchanged; a composite is written once as PNG, named by the sha256 of its images' bytes.
 Scoring (eval/evaluate.py): accuracy per subtask and their unweighted mean. The official answer
 extraction asks GPT-3.5 when the answer is not a bare choice; here `choices.extract_choice` decides.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -24,7 +26,8 @@ from typing import Any, Mapping, Sequence
 from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
 from llava_eval.benchmarks.choices import extract_choice, option_letters
 from llava_eval.benchmarks.fixtures import hub_image, photo_jpeg, write_parquet
-from llava_eval.benchmarks.hf_local import image_bytes, image_suffix, iter_rows, require_columns, write_once
+from llava_eval.benchmarks.hf_local import image_bytes, iter_rows, require_columns
+from llava_eval.benchmarks.layouts import Found, ImageFiles, Layout, LayoutMismatch, data_files_with
 
 __all__ = ["Blink", "SUBTASKS", "MARGIN", "compose_horizontally"]
 
@@ -36,7 +39,6 @@ DISCLAIMER = ("Disclaimer: This is not to make unfair assumptions about the peop
               "need to give your assessment on this question. You don't need to identify the real people. "
               "You just need to analyze based on the information I gave you.\n\n")
 DISCLAIMER_SUBTASKS = ("Art_Style", "Forensic_Detection", "Jigsaw")
-COMPOSITES = "composites"
 _IMAGE_COLUMNS = ("image_1", "image_2", "image_3", "image_4")
 _COLUMNS = ("idx", "prompt", "choices", "answer", "image_1")
 
@@ -77,49 +79,55 @@ def _png_composite(encoded: Sequence[bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def _val_files(root: Path, subtask: str) -> list[Path]:
-    folder = root / subtask
-    return sorted([*folder.glob("val-*.parquet"), *folder.glob("val/*.parquet")])
+def _subtask_of(path: Path) -> str | None:
+    return next((part for part in reversed(path.parts) if part in SUBTASKS), None)
+
+
+def _find(root: Path) -> Found:
+    try:
+        found = data_files_with(_COLUMNS, splits=("val",))(root)
+    except LayoutMismatch as exc:
+        raise LayoutMismatch(f"{exc} (expected {root}/Counting/val-00000-of-00001.parquet and the other "
+                             f"subtasks: {', '.join(SUBTASKS)})") from None
+    return found
 
 
 class Blink(Benchmark):
     name = "blink"
+    folder_names = ("BLINK",)
     max_new_tokens = 128  # BLINK's prompts ask for no format: leave room for the letter in a sentence
 
-    def load(self, root: Path) -> list[EvalItem]:
-        root = Path(root)
-        found = {subtask: files for subtask in SUBTASKS if (files := _val_files(root, subtask))}
-        if not found:
-            raise BenchmarkLayoutError(
-                f"blink: {root} holds no subtask: expected the Hugging Face dataset BLINK-Benchmark/BLINK as stored "
-                f"there, e.g. {root}/Counting/val-00000-of-00001.parquet (subtasks: {', '.join(SUBTASKS)})")
+    def layouts(self) -> tuple[Layout, ...]:
+        return (Layout("official BLINK-Benchmark/BLINK", _find, self._read, embedded=True),)
+
+    def _read(self, found: Found, images: ImageFiles) -> list[EvalItem]:
         items = []
-        for subtask, files in found.items():
-            for path in files:
-                require_columns(path, _COLUMNS, benchmark=self.name)
-            items.extend(self._item(row, subtask, root) for row in iter_rows(files))
+        for path in found.files:
+            require_columns(path, _COLUMNS, benchmark=self.name)
+            items += [self._item(row, row.get("sub_task") or _subtask_of(path), images) for row in iter_rows([path])]
         return items
 
-    def source_files(self, root: Path) -> list[Path]:
-        return [path for subtask in SUBTASKS for path in _val_files(Path(root), subtask)]
-
-    def _item(self, row: Mapping[str, Any], subtask: str, root: Path) -> EvalItem:
+    def _item(self, row: Mapping[str, Any], subtask: str | None, images: ImageFiles) -> EvalItem:
         idx = str(row["idx"])
         where = f"blink: {subtask} question {idx}"
+        if subtask not in SUBTASKS:
+            raise BenchmarkLayoutError(f"blink: question {idx} names no subtask (its `sub_task` is {subtask!r} and "
+                                       f"its folder is none of {', '.join(SUBTASKS)})")
         choices = [str(choice) for choice in row["choices"]]
         answer = str(row["answer"]).strip().strip("()")
         if len(answer) != 1 or answer not in option_letters(len(choices)):
             raise BenchmarkLayoutError(f"{where}: answer {row['answer']!r} is not one of its choices' letters")
         columns = [_IMAGE_COLUMNS[0], *(c for c in _IMAGE_COLUMNS[1:] if row.get(c) is not None)]
-        encoded = [image_bytes(row[column], where=f"{where} {column}") for column in columns]
-        if len(encoded) == 1:
-            path = root / COMPOSITES / subtask / f"{idx}{image_suffix(encoded[0], where=where)}"
-            write_once(path, encoded[0])
+        if len(columns) == 1:
+            image = images.embedded(row[columns[0]], where=f"{where} {columns[0]}")
         else:
-            path = write_once(root / COMPOSITES / subtask / f"{idx}.png", lambda: _png_composite(encoded))
+            encoded = [image_bytes(row[column], where=f"{where} {column}") for column in columns]
+            digest = hashlib.sha256(f"composite margin={MARGIN}".encode()
+                                    + b"".join(hashlib.sha256(data).digest() for data in encoded)).hexdigest()
+            image = images.derived(digest, lambda: _png_composite(encoded), suffix=".png")
         prompt = (DISCLAIMER if subtask in DISCLAIMER_SUBTASKS else "") + str(row["prompt"])
-        return EvalItem(id=idx, image=f"{self.name}/{path.relative_to(root).as_posix()}", prompt=prompt,
-                        answer=answer, meta={"subtask": subtask, "choices": choices, "n_images": len(encoded)})
+        return EvalItem(id=idx, image=image, prompt=prompt, answer=answer,
+                        meta={"subtask": subtask, "choices": choices, "n_images": len(columns)})
 
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> dict[str, Any]:
         """Accuracy per subtask and their unweighted mean (`mean_accuracy`), as fractions."""

@@ -1,11 +1,9 @@
 """COCO captions, Karpathy test split (Karpathy & Fei-Fei, CVPR 2015): 5,000 val2014 images with five
 reference captions each.
 
-Layout: Karpathy's `dataset_coco.json` (cs.stanford.edu/people/karpathy/deepimagesent, `{"images": [{
-"filepath", "filename", "split", "cocoid", "sentences": [{"raw", ...}]}]}`; only `split == "test"` is
-read) or, failing that, the test file most captioning code ships, `coco_karpathy_test.json`
-(salesforce/BLIP's annotation, `[{"image": "val2014/<file>", "caption": [...]}]`). Images are under the
-benchmark folder at `<filepath>/<filename>` (resp. `<image>`); that relative path is the item's id.
+Layouts (`coco_layouts`): Karpathy's `dataset_coco.json`, BLIP's `coco_karpathy_test.json`, COCO's own
+`captions_val2014.json` with the shipped Karpathy test ids, and lmms-eval's two copies (lmms-lab/COCO-Caption,
+yerevann/coco-karpathy). An item's id is the image's path in COCO's layout (`val2014/<file>`).
 
 Prompt "Provide a one-sentence caption for the provided image." (LLaVA-1.5's response-format prompt for
 captions, given with TextCaps in its instruction mix). `max_new_tokens = 64`, as lmms-eval's
@@ -35,43 +33,44 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
+from llava_eval.benchmarks.coco_layouts import KARPATHY, caption_layouts
 from llava_eval.benchmarks.fixtures import photo_jpeg
+from llava_eval.benchmarks.layouts import Layout
 from stages.errors import UserError
 
 __all__ = ["CocoCaptions", "JavaNotFoundError", "CAPTION_PROMPT", "SD_NONE", "SD_GT", "SD_MISMATCHED",
            "mismatched_partners", "spice_available"]
 
 CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
-KARPATHY = "dataset_coco.json"
-KARPATHY_TEST = "coco_karpathy_test.json"
 SD_NONE, SD_GT, SD_MISMATCHED = "none", "gt", "mismatched"
 _SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
-# The fixture: (photo, cocoid, split, five captions), captions true of the photos. The train entries are
-# there to be filtered out; their images are not written.
+# The fixture: (photo, cocoid, split, five captions), captions true of the photos. The test entries borrow real
+# Karpathy test ids (so COCO's other layouts keep them); the train entries are there to be filtered out, their
+# images are not written.
 _FIXTURE = (
-    ("astronaut", 900001, "test", (
+    ("astronaut", 253964, "test", (
         "A woman astronaut in an orange suit smiles for a portrait.",
         "An astronaut posing in front of a flag and a model space shuttle.",
         "A smiling woman wearing an orange space suit with patches.",
         "Portrait of a female astronaut in her orange flight suit.",
         "A woman in an orange jumpsuit sits next to a space shuttle model."),
     ),
-    ("chelsea", 900002, "test", (
+    ("chelsea", 350334, "test", (
         "A tabby cat looks straight at the camera.",
         "Close up of a striped cat with green eyes.",
         "A brown and grey tabby cat with a pink nose.",
         "The face of a cat with long white whiskers.",
         "A cat staring at the viewer in close up."),
     ),
-    ("coffee", 900003, "test", (
+    ("coffee", 493284, "test", (
         "A cup of coffee on a red saucer with a spoon.",
         "An espresso in a white cup on a wooden table.",
         "A white coffee cup sitting on a red plate.",
         "A small cup of coffee with foam and a metal spoon.",
         "Coffee served in a white cup on a red saucer."),
     ),
-    ("rocket", 900004, "test", (
+    ("rocket", 283277, "test", (
         "A rocket standing on a launch pad at dusk.",
         "A white rocket between tall towers under a blue sky.",
         "A space rocket ready for launch in the evening.",
@@ -128,38 +127,6 @@ def mismatched_partners(ids: Sequence[str], *, seed: int) -> list[int]:
     return partners
 
 
-def _caption_file(root: Path) -> Path:
-    """Karpathy's full split file, else his test-split file: the one `load` reads."""
-    for name in (KARPATHY, KARPATHY_TEST):
-        if (root / name).is_file():
-            return root / name
-    raise BenchmarkLayoutError(f"coco: {root / KARPATHY} does not exist (COCO captions need Karpathy's "
-                               f"{KARPATHY}, or {KARPATHY_TEST}, and the images they name)")
-
-
-def _test_images(root: Path) -> list[tuple[str, list[str], dict[str, Any]]]:
-    """(image path relative to `root`, reference captions, meta) of each test image, in file order."""
-    path = _caption_file(root)
-    read = _read_karpathy if path.name == KARPATHY else _read_karpathy_test
-    with path.open(encoding="utf-8") as fh:
-        data = json.load(fh)
-    try:
-        return read(data)
-    except (KeyError, TypeError) as exc:
-        raise BenchmarkLayoutError(f"coco: {path} is not in the layout of {path.name} "
-                                   f"({type(exc).__name__}: {exc})") from None
-
-
-def _read_karpathy(data: Any) -> list[tuple[str, list[str], dict[str, Any]]]:
-    return [(f"{image['filepath']}/{image['filename']}", [s["raw"] for s in image["sentences"]],
-             {"cocoid": image["cocoid"]}) for image in data["images"] if image["split"] == "test"]
-
-
-def _read_karpathy_test(data: Any) -> list[tuple[str, list[str], dict[str, Any]]]:
-    return [(entry["image"], [entry["caption"]] if isinstance(entry["caption"], str) else list(entry["caption"]),
-             {}) for entry in data]
-
-
 class CocoCaptions(Benchmark):
     name = "coco"
     max_new_tokens = 64
@@ -168,24 +135,14 @@ class CocoCaptions(Benchmark):
     def __init__(self, *, mismatch_seed: int = 0) -> None:
         self.mismatch_seed = mismatch_seed
 
-    def load(self, root: Path) -> list[EvalItem]:
-        root = Path(root)
-        entries = _test_images(root)
-        if not entries:
-            raise BenchmarkLayoutError(f"coco: no test-split images in {root} ({KARPATHY} or {KARPATHY_TEST})")
-        items = []
-        for path, references, meta in entries:
-            if not (root / path).is_file():
-                raise BenchmarkLayoutError(f"coco: {root / path} does not exist (a test image of the "
-                                           "Karpathy split)")
-            if not references:
-                raise BenchmarkLayoutError(f"coco: test image {path} has no reference caption")
-            items.append(EvalItem(id=path, image=f"{self.name}/{path}", prompt=CAPTION_PROMPT,
-                                  answer=references, meta=meta, caption=references[0].strip()))
-        return items
+    def layouts(self) -> tuple[Layout, ...]:
+        return caption_layouts(self._item)
 
-    def source_files(self, root: Path) -> list[Path]:
-        return [_caption_file(Path(root))]
+    def _item(self, path: str, image: str, references: list[str], cocoid: int) -> EvalItem:
+        if not references:
+            raise BenchmarkLayoutError(f"coco: test image {path} has no reference caption")
+        return EvalItem(id=path, image=image, prompt=CAPTION_PROMPT, answer=references, meta={"cocoid": cocoid},
+                        caption=references[0].strip())
 
     def options(self) -> dict[str, Any]:
         return {"mismatch_seed": self.mismatch_seed}

@@ -1,11 +1,15 @@
 """LLaVA-Bench (In-the-Wild) (Liu et al., LLaVA-1.5): 60 open questions over 24 images in three categories,
 conversation ("conv"), detailed description ("detail") and complex reasoning ("complex").
 
-Layout (the Hub dataset liuhaotian/llava-bench-in-the-wild, extracted as LLaVA's docs/Evaluation.md
-says): `questions.jsonl` (`question_id, image, text, category`), `context.jsonl` (`image, caption`, the
-judge's view of each image), `answers_gpt4.jsonl` (the reference answers, `question_id, text, ...`) and
-`images/`. The prompt is the question as is; answers may be long, so up to 1024 new tokens
-(llava/eval/model_vqa.py).
+Layouts:
+- LLaVA's (the Hub dataset liuhaotian/llava-bench-in-the-wild, as downloaded or extracted to LLaVA's
+  `playground/data/eval/llava-bench-in-the-wild`, docs/Evaluation.md): `questions.jsonl` (`question_id,
+  image, text, category`), `context.jsonl` (`image, caption`, the judge's view of each image),
+  `answers_gpt4.jsonl` (the reference answers, `question_id, text, ...`) and `images/`;
+- lmms-eval's copy, the Hub dataset lmms-lab/llava-bench-in-the-wild (split `train`), one row per question:
+  columns `question_id`, `question`, `image` (embedded), `caption` (the judge's context), `gpt_answer`
+  (the reference answer) and `category` (lmms-eval's llava-in-the-wild/utils.py).
+The prompt is the question as is; answers may be long, so up to 1024 new tokens (llava/eval/model_vqa.py).
 
 Its score needs a judge this project does not have: GPT-4 rates the reference and the model's answer to
 each question, and the relative score is the ratio of their mean ratings. So `score` reports that no
@@ -27,6 +31,8 @@ from typing import Any, Mapping, Sequence
 
 from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
 from llava_eval.benchmarks.fixtures import photo_jpeg
+from llava_eval.benchmarks.hf_local import iter_rows
+from llava_eval.benchmarks.layouts import Found, ImageFiles, Layout, data_files_with, first_file
 
 __all__ = ["LlavaBench", "write_answer_file", "summarize_reviews", "QUESTIONS", "CONTEXT", "REFERENCE_ANSWERS"]
 
@@ -34,6 +40,7 @@ QUESTIONS = "questions.jsonl"
 CONTEXT = "context.jsonl"
 REFERENCE_ANSWERS = "answers_gpt4.jsonl"
 IMAGES = "images"
+_LMMS_COLUMNS = ("question_id", "question", "image", "caption", "gpt_answer", "category")
 _UNPARSED = [-1.0, -1.0]  # what eval_gpt_review_bench.py's parse_score records when the judge's reply is odd
 
 # The fixture: (image, photo, caption, [(question id, category, question, reference answer)]), true of the
@@ -68,16 +75,28 @@ def _read_jsonl(path: Path, *, what: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _find_llava(root: Path) -> Found:
+    first_file(root, (QUESTIONS,))  # the others are refused by name when read
+    return Found(root, tuple(root / name for name in (QUESTIONS, CONTEXT, REFERENCE_ANSWERS)))
+
+
 ANSWER_FILE = "llava-bench-answers.jsonl"  # beside the run's result file
 
 
 class LlavaBench(Benchmark):
     name = "llava-bench"
+    folder_names = ("llava-bench-in-the-wild",)
     max_new_tokens = 1024
 
-    def load(self, root: Path) -> list[EvalItem]:
+    def layouts(self) -> tuple[Layout, ...]:
+        return (Layout("LLaVA's liuhaotian/llava-bench-in-the-wild", _find_llava,
+                       self._read_llava),
+                Layout("lmms-eval's lmms-lab/llava-bench-in-the-wild",
+                       data_files_with(_LMMS_COLUMNS, splits=("train",)), self._read_lmms, embedded=True))
+
+    def _read_llava(self, found: Found, images: ImageFiles) -> list[EvalItem]:
         """The questions in the order of questions.jsonl, each with its reference answer."""
-        root = Path(root)
+        root = found.root
         questions = _read_jsonl(root / QUESTIONS, what="LLaVA-Bench needs questions.jsonl, context.jsonl, "
                                 "answers_gpt4.jsonl and images/")
         described = {row.get("image") for row in _read_jsonl(root / CONTEXT, what="the judge's image captions")}
@@ -89,21 +108,23 @@ class LlavaBench(Benchmark):
             if missing:
                 raise BenchmarkLayoutError(f"llava-bench: {root / QUESTIONS}: a question has no {missing[0]!r}")
             qid, image = question["question_id"], question["image"]
-            if not (root / IMAGES / image).is_file():
-                raise BenchmarkLayoutError(f"llava-bench: {root / IMAGES / image} does not exist "
-                                           f"(the image of question {qid})")
+            key = images.file(root / IMAGES / image, what=f"the image of question {qid}")
             if image not in described:
                 raise BenchmarkLayoutError(f"llava-bench: {root / CONTEXT} has no caption of {image}")
             if references.get(qid) is None:
                 raise BenchmarkLayoutError(f"llava-bench: {root / REFERENCE_ANSWERS} has no answer to "
                                            f"question {qid}")
-            items.append(EvalItem(id=str(qid), image=f"{self.name}/{IMAGES}/{image}", prompt=question["text"],
-                                  answer=references[qid],
-                                  meta={"question_id": qid, "category": question["category"]}))
+            items.append(self._item(qid, key, question["text"], references[qid], question["category"]))
         return items
 
-    def source_files(self, root: Path) -> list[Path]:
-        return [Path(root) / name for name in (QUESTIONS, CONTEXT, REFERENCE_ANSWERS)]
+    def _read_lmms(self, found: Found, images: ImageFiles) -> list[EvalItem]:
+        return [self._item(row["question_id"], images.embedded(row["image"], where=f"llava-bench: question "
+                                                                                   f"{row['question_id']}"),
+                           row["question"], row["gpt_answer"], row["category"]) for row in iter_rows(found.files)]
+
+    def _item(self, qid: Any, image: str, question: str, reference: str, category: str) -> EvalItem:
+        return EvalItem(id=str(qid), image=image, prompt=question, answer=reference,
+                        meta={"question_id": qid, "category": category})
 
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> dict[str, Any]:
         """No number: the relative score needs the GPT-4 judge (see the module doc)."""

@@ -1,11 +1,15 @@
 """NaturalBench (Li et al., NeurIPS 2024): 1,900 samples of two images x two questions, built so that a
 question's answer flips between the images and an image's answer flips between the questions.
 
-Layout: the Hub dataset BaiqiL/NaturalBench saved locally, its parquet files (`data/train-*.parquet`)
-or a `Dataset.save_to_disk` folder (`data-*.arrow`), anywhere under the benchmark folder. Columns
-`Index, Image_0, Image_1, Question_0, Question_1, Image_<i>_Question_<j>` (answers `Yes`/`No` or `A`/`B`)
-and the question type (`Question_Type`; earlier card versions `Question Type`): `yes_no` or
-`multiple_choice`. The embedded images are written once to `images/<Index>_<i>.<ext>`.
+Layouts (`hf_local`: parquet files, a `save_to_disk` folder or a hub-cache folder, anywhere under the
+benchmark folder):
+- the Hub dataset BaiqiL/NaturalBench (split `train`, `data/train-*.parquet`), one row per sample: columns
+  `Index, Image_0, Image_1, Question_0, Question_1, Image_<i>_Question_<j>` (answers `Yes`/`No` or `A`/`B`)
+  and the question type (`Question_Type`; earlier card versions `Question Type`): `yes_no` or
+  `multiple_choice`;
+- lmms-eval's copy, BaiqiL/NaturalBench-lmms-eval (split `test`), one row per question and image: columns
+  `Index` (4 × sample + k, k = 0..3 for q0_i0, q0_i1, q1_i0, q1_i1, the order lmms-eval's aggregation
+  assumes), `Image`, `Question`, `Question_Type` and `answer`.
 
 Everything below follows the official scorer (Baiqi-Li/NaturalBench naturalbench_vqa.py, the same code in
 lmms-eval lmms_eval/tasks/naturalbench/utils.py):
@@ -27,8 +31,8 @@ from typing import Any, Mapping, Sequence
 
 from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
 from llava_eval.benchmarks.fixtures import hub_image, photo_jpeg, write_parquet
-from llava_eval.benchmarks.hf_local import (column_names, image_bytes, image_suffix, iter_rows, require_columns,
-                                          write_once)
+from llava_eval.benchmarks.hf_local import column_names, iter_rows, require_columns
+from llava_eval.benchmarks.layouts import Found, ImageFiles, Layout, data_files_with
 
 __all__ = ["NaturalBench", "SUFFIXES", "extract_answer"]
 
@@ -40,7 +44,7 @@ _CANDIDATES = {"yes_no": ("yes", "no"), "multiple_choice": ("a", "b")}  # (first
 _TYPE_COLUMNS = ("Question_Type", "Question Type")
 _COLUMNS = ("Image_0", "Image_1", "Question_0", "Question_1",
             "Image_0_Question_0", "Image_1_Question_0", "Image_0_Question_1", "Image_1_Question_1")
-IMAGES = "images"
+_LMMS_COLUMNS = ("Index", "Image", "Question", "Question_Type", "answer")
 
 # The fixture: two samples; every answer is true of the photos.
 _FIXTURE = (
@@ -63,57 +67,54 @@ def extract_answer(text: str, question_type: str) -> str | None:
     return min(found)[1] if found else None
 
 
-def _data_files(root: Path) -> list[Path]:
-    parquet = sorted(p for p in root.rglob("*.parquet") if p.is_file())
-    files = parquet or sorted(p for p in root.rglob("data-*.arrow") if p.is_file())
-    if not files:
-        raise BenchmarkLayoutError(
-            f"naturalbench: {root} holds no data files: expected the Hugging Face dataset BaiqiL/NaturalBench "
-            f"saved locally, as parquet ({root}/data/train-*.parquet) or with save_to_disk (data-*.arrow)")
-    return files
-
-
 class NaturalBench(Benchmark):
     name = "naturalbench"
+    folder_names = ("NaturalBench",)
 
-    def load(self, root: Path) -> list[EvalItem]:
-        root = Path(root)
-        files = _data_files(root)
-        present = column_names(files[0])
-        type_column = next((name for name in _TYPE_COLUMNS if name in present), _TYPE_COLUMNS[0])
-        for path in files:
+    def layouts(self) -> tuple[Layout, ...]:
+        return (Layout("official BaiqiL/NaturalBench", data_files_with((*_COLUMNS, _TYPE_COLUMNS), splits=("train",)),
+                       self._read_samples, embedded=True),
+                Layout("lmms-eval's BaiqiL/NaturalBench-lmms-eval", data_files_with(_LMMS_COLUMNS, splits=("test",)),
+                       self._read_questions, embedded=True))
+
+    def _read_samples(self, found: Found, images: ImageFiles) -> list[EvalItem]:
+        present = column_names(found.files[0])
+        type_column = next(name for name in _TYPE_COLUMNS if name in present)
+        for path in found.files:
             require_columns(path, (*_COLUMNS, type_column), benchmark=self.name)
         items: list[EvalItem] = []
-        for position, row in enumerate(iter_rows(files)):
-            items.extend(self._sample_items(row, row.get("Index", position), row[type_column], root))
+        for position, row in enumerate(iter_rows(found.files)):
+            index = row.get("Index", position)
+            where = f"naturalbench: sample {index}"
+            keys = [images.embedded(row[f"Image_{i}"], where=f"{where} Image_{i}") for i in (0, 1)]
+            items += [self._item(index, j, i, image=keys[i], question=row[f"Question_{j}"],
+                                 answer=row[f"Image_{i}_Question_{j}"], question_type=row[type_column])
+                      for j in (0, 1) for i in (0, 1)]
         return items
 
-    def source_files(self, root: Path) -> list[Path]:
-        return _data_files(Path(root))
+    def _read_questions(self, found: Found, images: ImageFiles) -> list[EvalItem]:
+        for path in found.files:
+            require_columns(path, _LMMS_COLUMNS, benchmark=self.name)
+        items = []
+        for row in iter_rows(found.files):
+            sample, k = divmod(int(row["Index"]), 4)
+            image = images.embedded(row["Image"], where=f"naturalbench: question {row['Index']} Image")
+            items.append(self._item(sample, k // 2, k % 2, image=image, question=row["Question"],
+                                    answer=row["answer"], question_type=row["Question_Type"]))
+        return items
 
-    def _sample_items(self, row: Mapping[str, Any], index: Any, question_type: str,
-                      root: Path) -> list[EvalItem]:
-        where = f"naturalbench: sample {index}"
+    def _item(self, sample: Any, j: int, i: int, *, image: str, question: str, answer: Any,
+              question_type: str) -> EvalItem:
+        where = f"naturalbench: sample {sample}"
         if question_type not in SUFFIXES:
             raise BenchmarkLayoutError(f"{where}: unknown question type {question_type!r} "
                                        f"(expected one of {sorted(SUFFIXES)})")
-        keys = []
-        for i in (0, 1):
-            data = image_bytes(row[f"Image_{i}"], where=f"{where} Image_{i}")
-            name = f"{index}_{i}{image_suffix(data, where=f'{where} Image_{i}')}"
-            write_once(root / IMAGES / name, data)
-            keys.append(f"{self.name}/{IMAGES}/{name}")
-        items = []
-        for j in (0, 1):
-            prompt = f"{row[f'Question_{j}'].rstrip()} {SUFFIXES[question_type]}"
-            for i in (0, 1):
-                answer = str(row[f"Image_{i}_Question_{j}"]).strip()
-                if answer.lower() not in _CANDIDATES[question_type]:
-                    raise BenchmarkLayoutError(f"{where}: Image_{i}_Question_{j} is {answer!r}, not one of "
-                                               f"{_CANDIDATES[question_type]}")
-                items.append(EvalItem(id=f"{index}_q{j}_i{i}", image=keys[i], prompt=prompt, answer=answer,
-                                      meta={"sample": index, "question": j, "image": i, "type": question_type}))
-        return items
+        answer = str(answer).strip()
+        if answer.lower() not in _CANDIDATES[question_type]:
+            raise BenchmarkLayoutError(f"{where}: Image_{i}_Question_{j} is {answer!r}, not one of "
+                                       f"{_CANDIDATES[question_type]}")
+        return EvalItem(id=f"{sample}_q{j}_i{i}", image=image, prompt=f"{question.rstrip()} {SUFFIXES[question_type]}",
+                        answer=answer, meta={"sample": sample, "question": j, "image": i, "type": question_type})
 
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> dict[str, Any]:
         """Q-Acc, I-Acc, Acc and G-Acc (fractions) over the samples, as the official scorer defines them."""

@@ -11,8 +11,9 @@ from collections import Counter
 import pytest
 
 from llava_eval.benchmarks.base import BenchmarkLayoutError, EvalItem
-from llava_eval.benchmarks.coco import (CAPTION_PROMPT, KARPATHY, KARPATHY_TEST, CocoCaptions, JavaNotFoundError,
+from llava_eval.benchmarks.coco import (CAPTION_PROMPT, CocoCaptions, JavaNotFoundError,
                                       mismatched_partners, spice_available)
+from llava_eval.benchmarks.coco_layouts import KARPATHY, KARPATHY_TEST
 from llava_eval.benchmarks.gqa import GQA, QUESTIONS, SHORT_ANSWER, normalize_prediction
 from llava_eval.benchmarks.llava_bench import (CONTEXT, REFERENCE_ANSWERS, LlavaBench, summarize_reviews,
                                              write_answer_file)
@@ -38,7 +39,7 @@ def test_fixture_loads_with_image_keys_under_the_benchmark_folder(benchmark, eva
     (GQA(), QUESTIONS),
     (GQA(), "images/n100002.jpg"),
     (CocoCaptions(), KARPATHY),
-    (CocoCaptions(), "val2014/COCO_val2014_000000900003.jpg"),
+    (CocoCaptions(), "val2014/COCO_val2014_000000493284.jpg"),
     (LlavaBench(), LLAVA_QUESTIONS),
     (LlavaBench(), CONTEXT),
     (LlavaBench(), REFERENCE_ANSWERS),

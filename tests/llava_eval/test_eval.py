@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from llava_eval.benchmarks import BENCHMARKS
-from llava_eval.cli import load_eval_config, main, run_eval
+from llava_eval.cli import extract_args, load_eval_config, main, planned_results, run_eval
 from llava_eval.export import write_llava_json
 from llava_eval.features import EvalFeatures
 from llava_eval.results import ResultFiles, stored_results
@@ -189,6 +189,20 @@ def test_another_eval_root_with_the_same_file_names_gets_its_own_result(env, tmp
     assert len(_result_files(run, "mmvp")) == 2
 
 
+def test_a_benchmark_given_by_its_own_path_is_the_result_it_is_under_the_eval_root(env, tmp_path):
+    """`paths.mmvp=<a link to the same folder>`: the image root is the run's folder of links, the image keys and
+    the data hash are the eval root's, so the result identity is the same (the result "exists")."""
+    run = _run(env, "by-path")
+    linked = tmp_path / "MMVP"
+    linked.symlink_to(env["eval_root"] / "mmvp", target_is_directory=True)
+    by_path = load_eval_config([f"run={run}", f"paths.mmvp={linked}", "max_new_tokens=4"])
+    assert [f.identity for f in planned_results(by_path)] == \
+        [f.identity for f in planned_results(_eval_config(env, run, benchmarks=["mmvp"]))]
+    (line,) = extract_args(by_path)
+    assert f"image_root={run}/eval/images" in line and f"data=[{run}/eval/data/mmvp.json]" in line
+    assert (run / "eval" / "images" / "mmvp").resolve() == (env["eval_root"] / "mmvp").resolve()
+
+
 def test_other_pictures_under_the_cached_names_get_their_own_features(env, tmp_path, store_builder, capsys):
     """A second eval root whose files have the cached names but other pictures: their features are
     computed from those files (equal to an extraction of that root), never read from the store."""
@@ -271,13 +285,16 @@ def _refusal(capsys, argv) -> str:
     """The one-line error of a refused `eval` (exit status 2)."""
     capsys.readouterr()  # drop what building the run printed
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("eval: error:"), err
-    return err
+    said, error, rest = capsys.readouterr().err.strip().partition("eval: error:")
+    assert error and all(line.endswith(" items") for line in said.splitlines()), said  # the layouts read, if any
+    return error + rest
 
 
 def test_missing_benchmark_files_are_refused_naming_them(env, tmp_path, capsys):
     run = _run(env, "refusals")
+    err = _refusal(capsys, ["eval", f"run={run}", f"eval_root={tmp_path}", "benchmarks=[mmvp]"])
+    assert "no folder mmvp or MMVP" in err and "paths.mmvp=" in err and len(err.splitlines()) == 1
+    (tmp_path / "mmvp").mkdir()
     err = _refusal(capsys, ["eval", f"run={run}", f"eval_root={tmp_path}", "benchmarks=[mmvp]"])
     assert "Questions.csv" in err and len(err.splitlines()) == 1  # refused before any weights load
 
