@@ -23,6 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import platform  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -38,6 +39,7 @@ from benchmarks.gpu_workloads import (BACKBONES, build_llm, compile_regions, ext
                                       extraction_inputs, llm_batch, llm_parameters, load_encoder, train_step)
 from benchmarks.throughput import (achieved, counted_gflop, known_gpu, mean_seconds,  # noqa: E402
                                    peak_memory_gib, release_memory, reset_peak_memory, sweep)
+from stages.errors import UserError, print_user_error  # noqa: E402
 from stages.flops import GPUS  # noqa: E402
 from stages.models import PRECISIONS, default_device, resolve_precision  # noqa: E402
 
@@ -73,6 +75,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--batches must be positive and ascending")
     if args.repeats < 1 or args.warmup < 0 or args.llm_layers < 0 or args.budget_s <= 0:
         parser.error("--repeats must be >= 1, --warmup and --llm-layers >= 0, --budget-s > 0")
+    if args.resolution is not None and args.resolution < 1 or args.llm_seq is not None and args.llm_seq < 1:
+        parser.error("--resolution and --llm-seq must be positive")
     return args
 
 
@@ -207,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 "repeats": args.repeats, "warmup": args.warmup, "compile": args.compile,
                 "channels_last": args.channels_last, "sdpa": args.sdpa, "budget_s": args.budget_s}
     payload: dict[str, Any] = {"device": described, "settings": settings, "extraction": {}, "llm": None}
-    sections = [*args.models, *(["llm"] if args.llm_layers else [])]
+    sections = [*dict.fromkeys(args.models), *(["llm"] if args.llm_layers else [])]
     end = time.monotonic() + args.budget_s
     for i, section in enumerate(sections):  # each section gets an equal share of the time left
         deadline = time.monotonic() + (end - time.monotonic()) / (len(sections) - i)
@@ -217,12 +221,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
         else:
             payload["extraction"][section] = extraction_section(section, run, deadline=deadline)
         release_memory(device)
-    path = write_results("gpu", payload, root=args.out)
-    table = report(payload)
-    (args.out / "gpu.md").write_text(table + "\n")
+        path = write_results("gpu", payload, root=args.out)  # after every section: a killed run keeps the rest
+        table = report(payload)
+        (args.out / "gpu.md").write_text(table + "\n")
     print(f"{table}\n\nwrote {path} and {args.out / 'gpu.md'}")
     return path
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:  # a resolution the models cannot down-sample evenly, say: one line
+        sys.exit(print_user_error("bench-gpu", exc))
