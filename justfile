@@ -111,7 +111,7 @@ system-packages:
       $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
 
-bench: bench-extract bench-store bench-train bench-eval bench-analyze bench-decode bench-sweep
+bench: bench-extract bench-store bench-train bench-eval bench-analyze bench-decode bench-sweep bench-gpu
 
 bench-extract:
     python -m benchmarks.bench_extract
@@ -134,6 +134,11 @@ bench-analyze:
 # images decoded + resized per second per CPU core (sizes the CPU side of `just extract --dry-run`)
 bench-decode:
     python -m benchmarks.bench_decode
+
+# images/s of extraction (SD 2.1-base, SDXL) and tokens/s of a 7B-shaped LLM step per batch size vs the GPU's bf16
+# peak; full size in bf16 on CUDA, the embedded tiny models on CPU (--budget-s 300 --out DIR for a timed GPU lease)
+bench-gpu *args:
+    python -m benchmarks.bench_gpu "$@"
 
 # the sample sweep's wall time (extraction + training, from an empty cache) against the same stages on the fly
 bench-sweep:

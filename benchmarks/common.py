@@ -40,11 +40,12 @@ def best_seconds_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int 
     return {name: min(values) for name, values in times.items()}
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, payload: dict[str, Any], *, root: Path = RESULTS) -> Path:
+    """`root/<name>.json`, the machine's description first."""
+    root.mkdir(parents=True, exist_ok=True)
     payload = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
                            "threads": torch.get_num_threads()}, **payload}
-    path = RESULTS / f"{name}.json"
+    path = root / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

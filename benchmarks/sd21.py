@@ -1,7 +1,8 @@
 """The full-size Stable Diffusion 2.1-base architecture (DESIGN §6), for shape checks and FLOP counts.
 
 Built on the meta device: no weights are needed (or downloadable here) to count FLOPs or check that
-feature names give the paper's shapes at 512 px.
+feature names give the paper's shapes at 512 px. `just bench-gpu` builds it on a GPU, with the libraries'
+default random initialisation, to time it.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ SD21_BASE_TEXT = dict(
 
 
 def sd21_base_modules(device: str | torch.device = "meta") -> dict[str, torch.nn.Module]:
-    """`{"unet", "vae", "text_encoder"}` with the SD 2.1-base configs, weights uninitialised on `device`."""
+    """`{"unet", "vae", "text_encoder"}` with the SD 2.1-base configs on `device` (meta: shapes without values;
+    elsewhere the libraries' default random initialisation), float32."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 

@@ -1,5 +1,6 @@
 """The full-size SDXL-base architecture (stabilityai/stable-diffusion-xl-base-1.0 configs), for shape
-checks and FLOP counts on the meta device: no weights are needed (or downloadable here)."""
+checks and FLOP counts on the meta device: no weights are needed (or downloadable here). `just bench-gpu`
+builds it on a GPU, with the libraries' default random initialisation, to time it."""
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,8 @@ SDXL_BASE_TEXT_2 = dict(  # OpenCLIP ViT-bigG/14's text tower, with its projecti
 
 
 def sdxl_base_modules(device: str | torch.device = "meta") -> dict[str, torch.nn.Module]:
-    """`{"unet", "vae", "text_encoder", "text_encoder_2"}` with SDXL-base's configs, weights uninitialised."""
+    """`{"unet", "vae", "text_encoder", "text_encoder_2"}` with SDXL-base's configs on `device` (meta: shapes
+    without values; elsewhere the libraries' default random initialisation), float32."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
