@@ -45,6 +45,35 @@ def _bucket(base: str) -> Any:
     return MemoryStore() if base == "memory://" else from_url(base + ("/" if base.startswith("file:") else ""))
 
 
+class _Readable(io.RawIOBase):
+    """obstore's buffered object reader as a standard binary file (it returns obstore `Bytes`)."""
+
+    def __init__(self, reader: Any) -> None:
+        super().__init__()
+        self._reader = reader
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = memoryview(self._reader.read(len(buffer)))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._reader.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._reader.tell()
+
+    def close(self) -> None:
+        self._reader.close()
+        super().close()
+
+
 class _Stat:
     def __init__(self, meta: dict[str, Any]) -> None:
         self.st_size = int(meta["size"])
@@ -176,18 +205,24 @@ class ObjectPath:
         for rel in sorted(found):
             yield self / rel
 
+    def rglob(self, pattern: str) -> Iterator["ObjectPath"]:
+        """Objects under this prefix whose name matches `pattern`."""
+        for meta in self.walk_objects():
+            if fnmatch.fnmatchcase(meta["path"].rsplit("/", 1)[-1], pattern):
+                yield ObjectPath(self.base, meta["path"])
+
     def read_bytes(self) -> bytes:
         return obstore.get(self.store, self.key).bytes().to_bytes()
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
 
-    def open(self, mode: str = "rb", encoding: str | None = None) -> Any:
+    def open(self, mode: str = "r", encoding: str | None = None) -> Any:
         if mode not in ("r", "rb"):
             raise OSError(f"{self}: objects are written whole (stages.store.location), not opened with {mode!r}")
         if mode == "r":
             return io.StringIO(self.read_text(encoding or "utf-8"))
-        return obstore.open_reader(self.store, self.key, buffer_size=8 << 20)
+        return io.BufferedReader(_Readable(obstore.open_reader(self.store, self.key, buffer_size=8 << 20)), 1 << 20)
 
     # ---- the writes a path can make by itself (the store's protocol is in stages.store.location) --------
     def write_bytes(self, data: bytes) -> None:
