@@ -82,9 +82,10 @@ class _Renewer(threading.Thread):
 
 
 @contextlib.contextmanager
-def lease(path: ObjectPath, *, ttl: float = LEASE_TTL) -> Iterator[None]:
+def lease(path: ObjectPath, *, ttl: float | None = None) -> Iterator[None]:
     """Hold the exclusive lease `path` for the block (waiting while another holder has a live one).
-    `LeaseLost` at the end of the block if it was lost meanwhile."""
+    `LeaseLost` at the end of the block if it was lost meanwhile. `ttl`: `LEASE_TTL` unless given."""
+    ttl = LEASE_TTL if ttl is None else ttl
     while (e_tag := _try_take(path, ttl)) is None:
         time.sleep(_POLL)
     renewer = _Renewer(path, e_tag, ttl)

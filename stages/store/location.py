@@ -31,6 +31,7 @@ from obstore.exceptions import AlreadyExistsError
 from zarr.storage import LocalStore, ObjectStore
 
 from stages.errors import UserError
+from stages.store.damage import StoreDamaged
 from stages.store.leases import lease
 from stages.store.objects import ObjectPath
 
@@ -143,7 +144,6 @@ class PosixLocation:
         except OSError as exc:
             if exc.errno != errno.ELOOP:
                 raise
-            from stages.store.meta import StoreDamaged
             raise StoreDamaged(f"{path} is a symbolic link; a store holds no links (writes through one land "
                                "outside the cache root): remove it") from None
         with os.fdopen(fd, "a") as fh:

@@ -227,6 +227,8 @@ class StoreReader:
         try:
             with self.files.pinned(remote, record) if info.raw else contextlib.nullcontext(remote) as path:
                 self._read_checked(array_id, shard, local, dest, out, path)
+        except StoreCorruption:
+            raise
         except CorruptDownload as exc:
             raise self._corruption(array_id, shard, local.tolist(), f"its download failed its check ({exc})") from None
         except OSError as exc:

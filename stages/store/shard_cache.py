@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -24,13 +25,27 @@ from typing import Any, Iterator, Sequence
 
 import obstore
 
+from stages.config import ConfigError
 from stages.store.objects import ObjectPath
 from stages.store.records import CompletionRecord
 
-__all__ = ["ShardCache", "DirectFiles", "CorruptDownload", "DEFAULT_CACHE_DIR", "files_for"]
+__all__ = ["ShardCache", "DirectFiles", "CorruptDownload", "DEFAULT_CACHE_DIR", "files_for", "parse_size"]
 
 DEFAULT_CACHE_DIR = Path("~/.cache/diffusion-feature-cache/shards").expanduser()
 _CHUNK = 8 << 20
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str, *, setting: str) -> int | None:
+    """`"200GB"`, `"1.5GiB"`, `"1000000"` as bytes; `""` as None (no limit). `ConfigError` naming `setting`."""
+    if not str(text).strip():
+        return None
+    found = _SIZE.match(str(text))
+    if found is None:
+        raise ConfigError(f"{setting}={text!r} is not a size; write e.g. 200GB, 1.5GiB or a number of bytes")
+    return int(float(found.group(1)) * _UNITS[(found.group(2) or "").upper()])
 
 
 class CorruptDownload(OSError):
@@ -59,6 +74,11 @@ class ShardCache:
         self.downloaded = 0  # bytes this process downloaded
         self.evicted = 0  # copies this process evicted
         self._prefetcher: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, directory: str, limit: str, *, setting: str) -> "ShardCache":
+        """From a config's `cache_dir` ("" = the default) and `cache_limit` (`parse_size`)."""
+        return cls(directory or DEFAULT_CACHE_DIR, limit=parse_size(limit, setting=setting))
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_prefetcher": None}  # each DataLoader worker prefetches for itself
