@@ -30,7 +30,7 @@ from pipeline.manifest import build_manifest
 from pipeline.shards import pending
 from stages.cache_spec import fingerprint_for
 from stages.flops import ComputeBudget, architecture_dir
-from stages.store.objects import as_location
+from stages.store.objects import as_location, is_url
 from stages.store.webdataset_shards import npy_size, tar_shard_size
 
 __all__ = ["ShardWork", "ExtractPlan", "plan_extract", "write_plan", "extractor_memory", "zarr_shard_bytes"]
@@ -93,7 +93,8 @@ class ExtractPlan:
             f"  shards: {s['to_compute']} to compute ({s['new']} new), {s['complete']} complete, "
             f"{s['other_data']} left for other data files",
             f"  bytes written: {gb(b['total'])} (zarr {gb(b['zarr'])}, webdataset {gb(b['webdataset'])}); "
-            f"store when complete: {gb(b['store_when_complete'])}",
+            f"store when complete: {gb(b['store_when_complete'])}"
+            + (" (uploaded to the object store: the workers' egress)" if self.store and is_url(self.store) else ""),
         ]
         lines += [f"    {a}: {v['per_image']} B/image, {gb(v['zarr'])} written" for a, v in self.bytes_per_array.items()]
         parts = ", ".join(f"{k} {v:.1f}" for k, v in self.gflop_per_image.items())
