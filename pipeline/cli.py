@@ -29,6 +29,7 @@ from typing import Sequence
 from pipeline import store_cli
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 from stages.flops import add_budget_arguments, budget_from_arguments
+from stages.store.objects import as_location
 from stages.writable import check_writable_dir, check_writable_file
 
 __all__ = ["main", "extract_main", "PLANS_DIR"]
@@ -104,15 +105,15 @@ def _dry_run(overrides: Sequence[str], args: argparse.Namespace) -> int:
         if args.plan_json:  # checked before planning; the default folder under the cache root likewise
             check_writable_file(args.plan_json, setting="--plan-json")
         else:
-            check_writable_dir(Path(config.run.cache_root) / PLANS_DIR, setting="the plan folder (--plan-json FILE "
+            check_writable_dir(as_location(config.run.cache_root) / PLANS_DIR, setting="the plan folder (--plan-json FILE "
                                "writes elsewhere)")
         plan = plan_extract(config, budget=budget_from_arguments(args))
     except UserError as exc:
         return print_user_error("extract", exc)
     print(plan.render())
     # named after the store it is for (`reference`: a model priced on its reference architecture, store unknown)
-    store = Path(plan.store).name if plan.store else "reference"
-    path = args.plan_json or Path(config.run.cache_root) / PLANS_DIR / f"extract-{store}.json"
+    store = as_location(plan.store).name if plan.store else "reference"
+    path = args.plan_json or as_location(config.run.cache_root) / PLANS_DIR / f"extract-{store}.json"
     print(f"wrote {write_plan(plan, path)}")
     return 0
 

@@ -24,6 +24,7 @@ from pipeline.rows import ShardStats, ShardTask
 from pipeline.worker import ShardWorker, WorkerBuilder, decode_row
 from stages.config import ConfigError
 from stages.preprocess import ImageSpec
+from stages.store.objects import as_location
 
 __all__ = ["PASSED_ENV", "start_ray", "restart_ray", "check_reachable", "check_embedded_budget", "run_shards",
            "WorkersLost", "actor_capacity"]
@@ -216,7 +217,7 @@ def run_shards(tasks: Sequence[ShardTask], *, builder: WorkerBuilder, image_root
     except ray.exceptions.RayError as exc:
         cause = _cause(exc, lambda e: isinstance(e, _LOST) and not getattr(e, "actor_init_failed", False))
         if cause is None or _worker_error(exc) is not None:
-            raise _failure(exc, log_dir=Path(builder.store_path) / "logs") from exc
+            raise _failure(exc, log_dir=as_location(builder.store_path) / "logs") from exc
         lost = _lost_reason(cause)
     if lost is not None:  # raised here, not chained: the Ray error's frames would keep the pool alive
         raise WorkersLost(lost)

@@ -30,6 +30,7 @@ from pipeline.manifest import build_manifest
 from pipeline.shards import pending
 from stages.cache_spec import fingerprint_for
 from stages.flops import ComputeBudget, architecture_dir
+from stages.store.objects import as_location, is_url
 from stages.store.webdataset_shards import npy_size, tar_shard_size
 
 __all__ = ["ShardWork", "ExtractPlan", "plan_extract", "write_plan", "extractor_memory", "zarr_shard_bytes"]
@@ -92,7 +93,8 @@ class ExtractPlan:
             f"  shards: {s['to_compute']} to compute ({s['new']} new), {s['complete']} complete, "
             f"{s['other_data']} left for other data files",
             f"  bytes written: {gb(b['total'])} (zarr {gb(b['zarr'])}, webdataset {gb(b['webdataset'])}); "
-            f"store when complete: {gb(b['store_when_complete'])}",
+            f"store when complete: {gb(b['store_when_complete'])}"
+            + (" (uploaded to the object store: the workers' egress)" if self.store and is_url(self.store) else ""),
         ]
         lines += [f"    {a}: {v['per_image']} B/image, {gb(v['zarr'])} written" for a, v in self.bytes_per_array.items()]
         parts = ", ".join(f"{k} {v:.1f}" for k, v in self.gflop_per_image.items())
@@ -166,7 +168,7 @@ def plan_extract(config: ExtractConfig, *, budget: ComputeBudget) -> ExtractPlan
                      "(stages.flops.REFERENCE_MODELS); its store is unknown until the weights are there, so every "
                      "usable image counts as new, and `extract` itself needs the model downloaded")
     return ExtractPlan(
-        store=str(Path(run.cache_root) / store) if store else None, shard_size=shard_size,
+        store=str(as_location(run.cache_root) / store) if store else None, shard_size=shard_size,
         images={"new": sum(w.images for w in work), "reusing_latents": sum(w.images for w in work if w.reuse_latents),
                 "cached": schedule.reused_images, "failing_checks": len(manifest.missing) + len(manifest.refused),
                 "missing": len(manifest.missing), "refused": len(manifest.refused),
@@ -182,7 +184,7 @@ def plan_extract(config: ExtractConfig, *, budget: ComputeBudget) -> ExtractPlan
 
 def write_plan(plan: ExtractPlan, path: str | Path) -> Path:
     """The plan as JSON at `path` (with the time it was made)."""
-    path = Path(path)
+    path = as_location(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **plan.as_dict()}
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.rows import ShardStats
+from stages.store.layout import write_bytes_atomic
+from stages.store.objects import ObjectPath
 
 __all__ = ["Summary", "Progress", "ErrorLog"]
 
@@ -105,37 +107,35 @@ class ErrorLog:
     A listing for people: the completion records hold every failure. So writing it never fails a run
     (a full disk): the first `OSError` is kept in `error`, the file removed, and nothing more is written."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | ObjectPath) -> None:
         self.path = path
         self.error: str | None = None
+        self._text = ""
 
     def _give_up(self, exc: OSError) -> None:
         self.error = f"{self.path} could not be written ({exc.strerror or exc}); the completion records list the failures"
-        for path in (self.path, self.path.with_name(f".{self.path.name}.tmp")):
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:
-                pass
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def reset(self, rows: list[Mapping[str, str]]) -> None:
         """Rewrite the file with `rows` (left alone when it holds them already: a cache hit writes nothing)."""
-        text = "".join(_json_line(r) for r in rows)
+        self._text = "".join(_json_line(r) for r in rows)
         try:
-            if self.path.is_file() and self.path.read_text(encoding="utf-8") == text:
+            if self.path.is_file() and self.path.read_text(encoding="utf-8") == self._text:
                 return
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(self.path)
+            write_bytes_atomic(self.path, self._text.encode("utf-8"))
         except OSError as exc:
             self._give_up(exc)
 
     def append_failed(self, failed: Mapping[str, str]) -> None:
         if not failed or self.error is not None:
             return
-        try:
-            with self.path.open("a", encoding="utf-8") as fh:
-                for key, reason in sorted(failed.items()):
-                    fh.write(_json_line({"key": key, "kind": "failed", "reason": reason}))
+        self._text += "".join(_json_line({"key": key, "kind": "failed", "reason": reason})
+                              for key, reason in sorted(failed.items()))
+        try:  # rewritten whole: objects cannot be appended to
+            write_bytes_atomic(self.path, self._text.encode("utf-8"))
         except OSError as exc:
             self._give_up(exc)
 

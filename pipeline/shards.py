@@ -24,6 +24,8 @@ from stages.image_files import changed_keys
 from stages.preprocess import ImageSpec
 from stages.store import DEFAULT_SHARD_SIZE, CacheStore, StoreMeta
 from stages.store.layout import ShardPlan, new_shard_plans
+from stages.store.meta import is_store
+from stages.store.objects import as_location
 from stages.store.records import ShardRecords
 from stages.store.repair import cheap_problems
 
@@ -148,8 +150,8 @@ class Pending:
 def _existing_meta(config: ExtractConfig) -> StoreMeta | None:
     """The store `config` would write into, read-only; None when it does not exist."""
     fingerprint = fingerprint_for(config.spec)
-    path = Path(config.run.cache_root) / fingerprint.short
-    if not path.exists():
+    path = as_location(config.run.cache_root) / fingerprint.short
+    if not is_store(path):
         return None
     meta = StoreMeta.load(path, expect=fingerprint)
     if config.run.shard_size is not None and config.run.shard_size != meta.shard_size:

@@ -10,6 +10,7 @@ from typing import Sequence
 from stages.errors import UserError, print_user_error
 from stages.locations import DEFAULT_CACHE_ROOT, REPO
 from stages.store import CacheStore, StoreMeta, list_caches
+from stages.store.objects import as_location
 from stages.store.meta import is_store
 from stages.store.repair import Problem, repair_store
 from stages.store.verify import check_store
@@ -63,7 +64,7 @@ def caches_main(argv: Sequence[str] | None = None) -> int:
             return _drop(args.drop[0], args.drop[1:])
         except UserError as exc:
             return print_user_error("caches", exc)
-    if not Path(args.root).is_dir():
+    if not as_location(args.root).is_dir():
         parser.error(f"{args.root} is not a directory (the cache root extract writes to: cache_root=...)")
     infos = list_caches(args.root)
     if not infos:
@@ -95,7 +96,7 @@ def _cache_spec_of(config: Path) -> dict | None:
 def extract_command(store: str | Path) -> str:
     """`just extract ...` that fills `store` again: the bundled config whose cache fields the store
     recorded (`cache_spec` attribute), else a placeholder for the user's; data paths are not recorded."""
-    store = Path(store)
+    store = as_location(store)
     spec = StoreMeta.load(store, expect=None).attrs.get("cache_spec")
     config = next((c for c in sorted(CONFIGS.glob("*.yaml")) if spec is not None and _cache_spec_of(c) == spec), None)
     name = config.relative_to(CONFIGS.parent.parent) if config else "<the config that made it>"
@@ -142,10 +143,10 @@ def verify_main(argv: Sequence[str] | None = None) -> int:
                              "rewrite damaged index files the store proves, remove leftover temp files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if not Path(args.store).is_dir():
+    if not as_location(args.store).is_dir():
         parser.error(f"{args.store} is not a directory")  # exit status 2, as for any bad argument
     try:
-        _refuse_cache_root(Path(args.store))
+        _refuse_cache_root(as_location(args.store))
     except UserError as exc:
         return print_user_error("verify", exc)
     problems = check_store(args.store, require_complete=not args.allow_incomplete, progress=not args.no_progress)

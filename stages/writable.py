@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from stages.config import ConfigError
+from stages.store.objects import is_url
 
 __all__ = ["check_writable_dir", "check_writable_file"]
 
@@ -46,6 +47,8 @@ def check_writable_dir(path: str | Path, *, setting: str) -> None:
     create files in, or one it can create (its nearest existing part a writable directory)."""
     if not str(path):
         raise ConfigError(f"{setting} is empty; name a directory")
+    if is_url(path):
+        return  # an object store: no directories to check; its first write names a refusal
     problem = _problem(Path(path))
     if problem:
         raise ConfigError(f"{setting}={path} {problem}; choose a directory you can write to")

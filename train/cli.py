@@ -48,7 +48,7 @@ from train.metrics import StepMetrics  # noqa: E402
 from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model, load_tokenizer  # noqa: E402
 from train.resume import FINAL_DIR, check_resume, run_outputs  # noqa: E402
 from train.sampler import make_sampler  # noqa: E402
-from train.stores import locate_stores, resolve_data_path  # noqa: E402
+from train.stores import locate_stores, resolve_data_path, shard_cache  # noqa: E402
 
 __all__ = ["SetupError", "Prepared", "RunResult", "prepare", "run", "main"]
 
@@ -159,7 +159,9 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
     vision, guidance = config.vision, config.guidance
     array_ids = required_arrays(vision, guidance)
     if source is None:
-        source = CachedFeatures(locate_stores(config.data), array_ids=array_ids)
+        source = CachedFeatures(locate_stores(config.data), array_ids=array_ids, cache=shard_cache(config.data))
+        for reader in source.readers:  # object stores: download shards into the local cache ahead of the reads
+            reader.prefetch()
     _check_token_counts(vision, source)
     data_path, _ = resolve_data_path(config.data.data_path)
     tokenizer = load_tokenizer(config.model)

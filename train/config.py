@@ -15,6 +15,7 @@ from stages.config import ConfigError, build_dataclass, load_config
 from stages.llava import PROMPT_SOURCES, QUESTION
 from stages.locations import REPO
 from stages.store.layout import write_json_atomic
+from stages.store.shard_cache import parse_size
 from train.vision_modes import VISION_MODES, VisionMode
 
 __all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGES", "PRECISIONS", "OPTIMIZERS",
@@ -103,6 +104,8 @@ class DataConfig:
     extract_configs: tuple[str, ...] = ()  # extraction YAMLs whose stores to read (found by fingerprint)
     cache_root: str = ""  # where those stores live; "" = each YAML's own cache_root
     stores: tuple[str, ...] = ()  # explicit cache store directories (in addition to extract_configs)
+    cache_dir: str = ""  # local copies of object-store shards ("" = ~/.cache/diffusion-feature-cache/shards)
+    cache_limit: str = ""  # at most this much there, e.g. "200GB" (LRU eviction); "" = no limit
     missing: str = "error"  # image not in the cache: "error" or "skip" (and count)
     group_by_modality_length: bool = False
     num_workers: int = 0
@@ -110,6 +113,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.missing in ("error", "skip"), f"data.missing must be 'error' or 'skip', got {self.missing!r}")
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        parse_size(self.cache_limit, setting="data.cache_limit")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from train.data import LlavaDataset
 from train.model import load_tokenizer
 from train.resume import total_steps
 from train.sampler import make_sampler
-from train.stores import locate_stores, resolve_data_path
+from train.stores import locate_stores, resolve_data_path, shard_cache
 
 __all__ = ["TOKEN_SAMPLE", "TrainPlan", "plan_training", "llm_parameters", "main"]
 
@@ -65,7 +65,7 @@ class _Arrays:
 
 
 def _arrays_from_stores(config: TrainConfig, array_ids: Sequence[str]) -> _Arrays:
-    source = CachedFeatures(locate_stores(config.data), array_ids=array_ids)
+    source = CachedFeatures(locate_stores(config.data), array_ids=array_ids, cache=shard_cache(config.data))
     infos = {a: source.reader_for(a).infos[a] for a in array_ids}
     return _Arrays(shapes={a: i.sample_shape for a, i in infos.items()},
                    bytes={a: i.chunk_nbytes + 4 * i.checksummed for a, i in infos.items()},
@@ -161,6 +161,7 @@ class TrainPlan:
     budget: dict[str, Any]
     gpu_hours: float
     notes: list[str] = field(default_factory=list)
+    bytes_to_download: int = 0  # from object stores, given what the local cache holds now
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +184,8 @@ class TrainPlan:
             f"would add {f['naive_extra'] / 1e6:.4g} PFLOP ({f['naive_over_cached']:.2f}x the run)",
             f"  at {self.budget['utilization']:.0%} of {self.budget['gpu']} ({self.budget['peak_tflops']:g} TFLOP/s "
             f"dense): {self.gpu_hours:.3g} GPU-hours; reads {self.bytes_read_per_epoch / 1e9:.3f} GB per epoch",
+            f"  egress: downloads {self.bytes_to_download / 1e9:.3f} GB from object stores (the local cache holds "
+            "the rest; local stores download nothing)",
         ]
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
@@ -285,7 +288,9 @@ def plan_training(config: TrainConfig, *, world_size: int, budget: ComputeBudget
                            "image_tokens": image_tokens},
         parameters={"llm": llm_params, "adapter": adapter_params}, gflop_per_sample=per_sample, gflop=totals,
         bytes_read_per_epoch=round(per_epoch * batch * image_share * bytes_per_image),
-        budget=budget.as_dict(), gpu_hours=budget.gpu_hours(totals["total"]), notes=notes)
+        budget=budget.as_dict(), gpu_hours=budget.gpu_hours(totals["total"]), notes=notes,
+        bytes_to_download=0 if arrays.source is None else sum(
+            reader.download_bytes() for reader in arrays.source.readers))
 
 
 def main(stage: str, argv: Sequence[str]) -> int:

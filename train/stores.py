@@ -15,8 +15,9 @@ from typing import Any
 from stages.config import ConfigError
 from stages.locations import SAMPLE_DATA, is_sample_data, resolve_sample_data
 from stages.serving import LocatedStore, explicit_store, find_yaml_store
+from stages.store.shard_cache import ShardCache
 
-__all__ = ["resolve_data_path", "locate_stores"]
+__all__ = ["resolve_data_path", "locate_stores", "shard_cache"]
 
 
 def resolve_data_path(data_path: str) -> tuple[Path, Path | None]:
@@ -32,6 +33,11 @@ def resolve_data_path(data_path: str) -> tuple[Path, Path | None]:
     if not path.is_file():
         raise ConfigError(f"data.data_path {data_path!r} is not a file (a LLaVA JSON)")
     return path, None
+
+
+def shard_cache(data: Any) -> ShardCache:
+    """The local cache of object-store shards a `DataConfig` names (`data.cache_dir`, `data.cache_limit`)."""
+    return ShardCache.from_settings(data.cache_dir, data.cache_limit, setting="data.cache_limit")
 
 
 def locate_stores(data: Any) -> list[LocatedStore]:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 from stages.cache_spec import CacheSpec, cache_spec_from, cache_spec_from_yaml, fingerprint_for
 from stages.store import Fingerprint, FingerprintMismatch, StoreNotFound, find_store
 from stages.store.meta import read_header
+from stages.store.objects import ObjectPath, as_location
 from stages.store.registry import describe_missing
 
 __all__ = ["LocatedStore", "YamlStore", "find_yaml_store", "explicit_store"]
@@ -20,7 +21,7 @@ __all__ = ["LocatedStore", "YamlStore", "find_yaml_store", "explicit_store"]
 class LocatedStore(NamedTuple):
     """A store directory and the fingerprint it must have (every `StoreReader` on it checks it again)."""
 
-    path: Path
+    path: Path | ObjectPath
     fingerprint: Fingerprint
 
 
@@ -79,4 +80,4 @@ def explicit_store(store: str | Path, *, setting: str = "store") -> LocatedStore
     except FingerprintMismatch as exc:
         raise StoreNotFound(f"{setting} {store} does not have the fingerprint its recorded cache_spec gives with "
                             f"the model as it is now; re-extract it with `just extract`.\n{exc}") from exc
-    return LocatedStore(Path(store), expected)
+    return LocatedStore(as_location(store), expected)

@@ -24,6 +24,7 @@ from stages.preprocess import ImageSpec
 from stages.serving.compute import compute_arrays, load_encoder, load_images
 from stages.serving.locate import LocatedStore
 from stages.store import Fingerprint, KeyNotInStore, StoreNotFound, StoreReader
+from stages.store.shard_cache import ShardCache
 
 __all__ = ["FeatureSource", "SpecFeatures", "CachedFeatures"]
 
@@ -63,13 +64,14 @@ class SpecFeatures:
 
     def __init__(self, spec: CacheSpec | None = None, *, store: LocatedStore | None = None,
                  store_arrays: Sequence[str] | None = None, image_root: str | Path | None = None,
-                 compute_missing: bool = False, device: str | torch.device | None = None) -> None:
+                 compute_missing: bool = False, device: str | torch.device | None = None,
+                 cache: ShardCache | None = None) -> None:
         if store is None and (spec is None or image_root is None or not compute_missing):
             raise ValueError("features without a store are computed: give spec, image_root and compute_missing")
         self._spec, self.device, self.compute_missing = spec, device, compute_missing
         self.image_root = None if image_root is None else Path(image_root)
         self.reader = None if store is None else StoreReader(store.path, expect=store.fingerprint,
-                                                             array_ids=store_arrays)
+                                                             array_ids=store_arrays, cache=cache)
         self.held = frozenset(self.reader.keys) if self.reader is not None else frozenset()
         self._stale: dict[str, bool] = {}  # held key -> its image file changed since its rows were computed
         self.counts: Counter[str] = Counter()
@@ -198,7 +200,8 @@ class CachedFeatures:
     `array_ids` has it complete; with `image_root`, changed images are computed (`SpecFeatures.stale`)."""
 
     def __init__(self, stores: Sequence[LocatedStore], *, array_ids: Sequence[str],
-                 image_root: str | Path | None = None, device: str | torch.device | None = None) -> None:
+                 image_root: str | Path | None = None, device: str | torch.device | None = None,
+                 cache: ShardCache | None = None) -> None:
         owners: dict[str, LocatedStore] = {}
         held: dict[LocatedStore, list[str]] = {}
         for store in stores:
@@ -212,7 +215,7 @@ class CachedFeatures:
                                 "timestep or prompt source to the extraction YAML and run `just extract` again")
         self.array_ids = tuple(array_ids)
         self.units = [SpecFeatures(store=store, store_arrays=[a for a in self.array_ids if owners[a] == store],
-                                   image_root=image_root, device=device)
+                                   image_root=image_root, device=device, cache=cache)
                       for store in dict.fromkeys(owners[a] for a in self.array_ids)]
         self._owner = {a: i for i, unit in enumerate(self.units) for a in unit.reader.array_ids}
         self._keys = frozenset.intersection(*(unit.held for unit in self.units))

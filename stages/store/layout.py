@@ -22,8 +22,11 @@ from typing import Any, BinaryIO, Iterator, Sequence
 import google_crc32c
 import numpy as np
 
+from stages.store.location import clear_stale_temps, fsync_path, location
+from stages.store.objects import ObjectPath, as_location
+
 __all__ = ["ShardPlan", "new_shard_plans", "StorePaths", "remove_durably", "clear_stale_temps", "stage_bytes",
-           "stage_json", "write_bytes_atomic", "write_json_atomic", "write_index", "read_json", "fsync_path",
+           "stage_json", "staged_file", "publish", "write_bytes_atomic", "write_json_atomic", "write_index", "read_json", "fsync_path",
            "shard_chunk_key", "read_shard_index", "read_raw_rows", "empty_aligned", "file_sha256", "ChunkCorruption",
            "MISSING"]
 
@@ -31,6 +34,7 @@ MISSING = np.uint64(2**64 - 1)  # zarr's shard-index marker for an inner chunk t
 _IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one preadv call takes
 _CALL_BYTES = 1 << 20  # bytes per preadv call, so that they are still in the CPU cache for their crc32c
 _BLOCK = 1 << 24
+StorePath = Path | ObjectPath
 
 
 class ChunkCorruption(OSError):
@@ -67,8 +71,8 @@ def new_shard_plans(plans: Sequence[ShardPlan], keys: Sequence[str], *, shard_si
 class StorePaths:
     """Path arithmetic for one store root."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | ObjectPath) -> None:
+        self.root = as_location(root)
         self.fingerprint = self.root / "fingerprint.json"
         self.zarr = self.root / "zarr"
         self.index = self.root / "index"
@@ -97,37 +101,17 @@ def shard_chunk_key(shard: int, sample_ndim: int) -> str:
     return "/".join(["c", str(shard)] + ["0"] * sample_ndim)
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (directory entries need their own fsync to be durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_durably(path: Path) -> None:
-    """Unlink `path` if it exists and make the removal durable (fsync of its directory)."""
-    if path.exists():
-        path.unlink()
-        fsync_path(path.parent)
-
-
-def clear_stale_temps(path: Path) -> None:
-    """Remove `.<name>.<pid>.tmp` siblings of `path` left by a writer killed mid-write. Safe because each
-    file has one writer at a time (one per shard; index files under the store lock)."""
-    if path.parent.is_dir():
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+def remove_durably(path: StorePath) -> None:
+    """Remove `path` if it exists, durably (`Location.remove`)."""
+    location(path).remove(path)
 
 
 @contextlib.contextmanager
-def staged_file(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
-    """(file, its path): a hidden temp sibling of `path` to write, fsynced when the block ends; removed again
-    when writing fails (a full disk). The first half of an atomic write, for callers publishing several files."""
-    clear_stale_temps(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def staged_file(path: StorePath) -> Iterator[tuple[BinaryIO, Path]]:
+    """(file, its path): a local temp file to write what becomes `path`, fsynced when the block ends; removed
+    again when writing fails (a full disk). `publish(tmp, path)` puts it in place: the first half of an
+    atomic write, for callers publishing several files."""
+    tmp = location(path).staging(path)
     try:
         with tmp.open("wb") as fh:
             yield fh, tmp
@@ -138,8 +122,13 @@ def staged_file(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
         raise
 
 
-def stage_bytes(path: Path, data: bytes) -> Path:
-    """`data` in a hidden temp sibling of `path`, fsynced (`staged_file`)."""
+def publish(staged: Path, path: StorePath) -> None:
+    """Move a file staged by `staged_file` into place (atomic: readers see the old `path` or the new)."""
+    location(path).publish(staged, path)
+
+
+def stage_bytes(path: StorePath, data: bytes) -> Path:
+    """`data` in a local temp file for `path`, fsynced (`staged_file`)."""
     with staged_file(path) as (fh, tmp):
         fh.write(data)
     return tmp
@@ -154,28 +143,34 @@ def stage_json(path: Path, value: Any) -> Path:
     return stage_bytes(path, _json_bytes(value))
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """tmp file + fsync + rename + fsync(dir): readers see the old file, the new one, or none."""
-    os.replace(stage_bytes(path, data), path)
-    fsync_path(path.parent)
+def write_bytes_atomic(path: StorePath, data: bytes) -> None:
+    """Readers see the old file, the new one, or none (`Location.put_atomic`)."""
+    location(path).put_atomic(path, data)
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
+def write_json_atomic(path: StorePath, value: Any) -> None:
     """`write_bytes_atomic` of `value` as JSON (sorted keys, UTF-8)."""
     write_bytes_atomic(path, _json_bytes(value))
 
 
-def write_index(paths: StorePaths, shard: int, keys: Sequence[str | None], *, shard_size: int) -> None:
-    """Write the index file of shard `shard`: the key of each of its rows (None: padding)."""
-    write_json_atomic(paths.index_file(shard), {"shard": shard, "first_row": shard * shard_size, "keys": list(keys)})
+def write_index(paths: StorePaths, shard: int, keys: Sequence[str | None], *, shard_size: int,
+                new: bool = False) -> bool:
+    """Write the index file of shard `shard`: the key of each of its rows (None: padding). `new`: only if it
+    does not exist yet (a conditional write: planning never replaces another planner's index); whether
+    it was written."""
+    path, value = paths.index_file(shard), {"shard": shard, "first_row": shard * shard_size, "keys": list(keys)}
+    if new:
+        return location(path).put_new(path, _json_bytes(value))
+    write_json_atomic(path, value)
+    return True
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: StorePath) -> Any:
     with path.open(encoding="utf-8") as fh:
         return json.load(fh)
 
 
-def file_sha256(path: Path) -> tuple[int, str]:
+def file_sha256(path: StorePath) -> tuple[int, str]:
     """(size, sha256 hex) of a file, read in blocks."""
     digest, size = hashlib.sha256(), 0
     with path.open("rb") as fh:

@@ -1,4 +1,5 @@
-"""The store's locks: `flock` locks on files under the store root.
+"""The store's locks: exclusive locks named by files under the store root (`Location.exclusive`: `flock`
+on a POSIX file system, a lease object on an object store, `stages.store.leases`).
 
 Metadata changes (planning keys, creating, resizing and removing arrays, rewriting index files) hold the
 store lock (`.lock`); everything that writes one shard's files (its zarr shard files, records and tar)
@@ -9,47 +10,15 @@ different shards are written at once. Across nodes `flock` needs a file system t
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import os
-from pathlib import Path
-from typing import Iterator
 
-from stages.errors import UserError
-from stages.store.layout import StorePaths
-from stages.store.meta import StoreDamaged
+from stages.store.layout import StorePath, StorePaths
+from stages.store.location import StoreLockError, location
 
 __all__ = ["StoreLockError", "store_lock", "shard_lock"]
 
 
-class StoreLockError(UserError, OSError):
-    """The store's file system refuses `flock` (Lustre mounted without `-o flock`, NFS with `nolock`)."""
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """An exclusive `flock` on `path` (created if absent, never through a link) for the block."""
-    path.parent.mkdir(exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise StoreDamaged(f"{path} is a symbolic link; a store holds no links (writes through one land outside "
-                           "the cache root): remove it") from None
-    with os.fdopen(fd, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            raise StoreLockError(f"cannot lock {path} ({exc.strerror}): the cache root's file system does not "
-                                 "support flock; on Lustre mount it with -o flock, on NFS without nolock or "
-                                 "local_lock (docs/pipeline.md, \"Shared cache directories\")") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _exclusive(path: StorePath) -> contextlib.AbstractContextManager[None]:
+    return location(path).exclusive(path)
 
 
 def store_lock(paths: StorePaths) -> contextlib.AbstractContextManager[None]:

@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from typing import Sequence
 
-from stages.store.layout import fsync_path, remove_durably, write_index, write_json_atomic
+from stages.store.layout import remove_durably, write_index, write_json_atomic
+from stages.store.location import location
 from stages.store.locks import shard_lock, store_lock
 from stages.store.meta import StoreMeta
 from stages.store.reader import StoreCorruption, StoreReader
@@ -61,8 +61,7 @@ class StoreMaintenance:
                 raise KeyError(f"no array {unknown[0]!r} in {meta.paths.root}")
             for array_id in array_ids:
                 for directory in (meta.paths.done / array_id, meta.paths.zarr / array_id):
-                    shutil.rmtree(directory, ignore_errors=True)
-                    fsync_path(directory.parent)
+                    location(directory).remove_tree(directory)
             self.meta.refresh()
 
     def add_identity(self) -> list[str]:

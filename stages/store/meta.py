@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping
 
 from stages.errors import UserError
 from stages.store.arrays import ArrayInfo, ArraySpec, array_info, document_problem, legacy_problem, sealed_spec
+from stages.store.damage import StoreDamaged
 from stages.store.fingerprint import Fingerprint, FingerprintMismatch
 from stages.store.layout import ShardPlan, StorePaths, read_json
 from stages.store.records import CompletionRecord, ShardRecords, TarRecord
@@ -35,11 +36,6 @@ __all__ = ["StoreMeta", "DamagedArray", "StoreNotFound", "StoreDamaged", "Edited
 
 class StoreNotFound(UserError, FileNotFoundError):
     """No feature store at a path, or none for a fingerprint under a cache root."""
-
-
-class StoreDamaged(UserError):
-    """A store whose metadata is damaged: it cannot be opened, planned into, or an array of it read until
-    it is repaired. The message names the file and field, and the fix."""
 
 
 class EditedShardSize(StoreDamaged):

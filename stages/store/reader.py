@@ -12,13 +12,13 @@ served. A mismatch raises `StoreCorruption`; an array whose metadata was edited,
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
 
 from stages.errors import UserError
 from stages.image_files import ImageStamp
@@ -26,7 +26,11 @@ from stages.store.arrays import ArrayInfo
 from stages.store.fingerprint import Fingerprint
 from stages.store.identity import row_tags, values_crc32c
 from stages.store.layout import ChunkCorruption, StorePaths, empty_aligned, file_sha256, read_raw_rows
+from stages.store.location import location
 from stages.store.meta import StoreMeta, StoreNotFound, is_store
+from stages.store.objects import ObjectPath, as_location
+from stages.store.shard_cache import CorruptDownload, ShardCache, files_for
+from stages.store.records import CompletionRecord
 from stages.store.registry import describe_missing
 
 __all__ = ["StoreReader", "KeyNotInStore", "StoreNotFound", "StoreCorruption"]
@@ -60,9 +64,10 @@ class StoreReader:
     at construction (`meta`).
     """
 
-    def __init__(self, path: str | Path, *, expect: Fingerprint | None,
-                 array_ids: Sequence[str] | None = None) -> None:
+    def __init__(self, path: str | Path | ObjectPath, *, expect: Fingerprint | None,
+                 array_ids: Sequence[str] | None = None, cache: ShardCache | None = None) -> None:
         self.meta = StoreMeta.load(path, expect=expect)
+        self.files = files_for(self.meta.paths.root, cache)  # where shard files are read (a local copy)
         every = [*self.meta.array_ids, *sorted(self.meta.damaged_arrays)]
         self.array_ids: list[str] = self._check_ids(every if array_ids is None else array_ids)
         self._row = {k: plan.rows[i] for plan in self.meta.plans for i, k in enumerate(plan.keys) if k is not None}
@@ -73,14 +78,14 @@ class StoreReader:
         self._zarr: dict[str, zarr.Array] = {}
 
     @classmethod
-    def open(cls, cache_root: str | Path, fingerprint: Fingerprint, *,
-             array_ids: Sequence[str] | None = None) -> "StoreReader":
+    def open(cls, cache_root: str | Path | ObjectPath, fingerprint: Fingerprint, *,
+             array_ids: Sequence[str] | None = None, cache: ShardCache | None = None) -> "StoreReader":
         """The store for `fingerprint` under `cache_root`; a clear error (naming the differing fields
         of the stores that do exist) when there is none."""
-        path = Path(cache_root) / fingerprint.short
+        path = as_location(cache_root) / fingerprint.short
         if not is_store(path):
             raise StoreNotFound(describe_missing(cache_root, fingerprint))
-        return cls(path, expect=fingerprint, array_ids=array_ids)
+        return cls(path, expect=fingerprint, array_ids=array_ids, cache=cache)
 
     @property
     def paths(self) -> StorePaths:
@@ -145,7 +150,7 @@ class StoreReader:
     # ---- data ------------------------------------------------------------------------------
     def _zarr_array(self, array_id: str) -> zarr.Array:
         if array_id not in self._zarr:
-            group = zarr.open_group(store=LocalStore(self.paths.zarr, read_only=True), mode="r")
+            group = location(self.paths.zarr).zarr_group(self.paths.zarr, "r")
             self._zarr[array_id] = group[array_id]
         return self._zarr[array_id]
 
@@ -160,7 +165,7 @@ class StoreReader:
             f"shards with `just verify {root} --repair`, then recompute them with `just extract` (same config as "
             "before).", finding)
 
-    def _shard(self, array_id: str, shard: int, local: np.ndarray) -> "_Shard":
+    def _shard(self, array_id: str, shard: int, local: np.ndarray, path: Path | ObjectPath) -> "_Shard":
         """What this process checks a shard against, set up when it first reads it: the file must have its
         recorded size; rows are then checked against the record's identity digests, or, for records
         written before those, the whole file against the record's sha256 (here, before any of its samples
@@ -169,7 +174,6 @@ class StoreReader:
         if found is not None and found.identity is not None:  # every row read is checked: nothing to redo
             return found
         info, record = self.infos[array_id], self.meta.record(array_id, shard)
-        path = self.paths.shard_file(array_id, shard, len(info.sample_shape))
         try:
             stat = path.stat()
             if found is not None and found.stat == (stat.st_size, stat.st_mtime_ns):
@@ -215,8 +219,24 @@ class StoreReader:
 
     def _read_rows(self, array_id: str, shard: int, local: np.ndarray, dest: np.ndarray, out: np.ndarray) -> None:
         """Rows `local` (ascending, within shard `shard`) of one array into `out[dest]`, checked: each
-        sample's crc32c (layout 2) and identity digest, or the file's sha256 (see `_shard`)."""
-        info, checked = self.infos[array_id], self._shard(array_id, shard, local)
+        sample's crc32c (layout 2) and identity digest, or the file's sha256 (see `_shard`). Uncompressed
+        shards are read from a local file (`self.files`: an object store's through the local cache),
+        compressed ones through zarr."""
+        info, record = self.infos[array_id], self.meta.record(array_id, shard)
+        remote = self.paths.shard_file(array_id, shard, len(info.sample_shape))
+        try:
+            with self.files.pinned(remote, record) if info.raw else contextlib.nullcontext(remote) as path:
+                self._read_checked(array_id, shard, local, dest, out, path)
+        except StoreCorruption:
+            raise
+        except CorruptDownload as exc:
+            raise self._corruption(array_id, shard, local.tolist(), f"its download failed its check ({exc})") from None
+        except OSError as exc:
+            raise self._corruption(array_id, shard, local.tolist(), f"the shard file cannot be read ({exc})") from None
+
+    def _read_checked(self, array_id: str, shard: int, local: np.ndarray, dest: np.ndarray, out: np.ndarray,
+                      path: Path | ObjectPath) -> None:
+        info, checked = self.infos[array_id], self._shard(array_id, shard, local, path)
         try:
             if info.raw:
                 checked.index, crcs = read_raw_rows(
@@ -280,6 +300,22 @@ class StoreReader:
         rows = np.arange(self.meta.shard_size)
         self._read_rows(array_id, shard, rows, rows, out)
         return out
+
+    def _shard_files(self, array_ids: Sequence[str] | None) -> list[tuple[Path | ObjectPath, CompletionRecord]]:
+        """(shard file, completion record) of each complete shard of the uncompressed `array_ids`, in shard order."""
+        array_ids = self.array_ids if array_ids is None else self._check_ids(array_ids)
+        raw = [a for a in array_ids if self.infos[a].raw]
+        return [(self.paths.shard_file(a, shard, len(self.infos[a].sample_shape)), self.meta.record(a, shard))
+                for shard in self.meta.complete_shards(array_ids) for a in raw]
+
+    def prefetch(self, array_ids: Sequence[str] | None = None) -> None:
+        """Start downloading the shards of an object store into the local cache ahead of the reads
+        (`ShardCache.prefetch`); nothing to do for a POSIX store."""
+        self.files.prefetch(self._shard_files(array_ids))
+
+    def download_bytes(self, array_ids: Sequence[str] | None = None) -> int:
+        """Bytes reading every complete shard would download now, given the local cache (0 for a POSIX store)."""
+        return self.files.missing_bytes([record for _, record in self._shard_files(array_ids)])
 
     def complete_shards(self, array_ids: Sequence[str] | None = None) -> list[int]:
         array_ids = self.array_ids if array_ids is None else self._check_ids(array_ids)

@@ -10,6 +10,7 @@ from typing import Any
 from stages.errors import UserError
 from stages.store.fingerprint import Fingerprint, diff_fields
 from stages.store.meta import StoreMeta, is_store, read_header
+from stages.store.objects import ObjectPath, as_location
 
 __all__ = ["CacheInfo", "find_store", "list_caches", "describe_missing"]
 
@@ -37,7 +38,7 @@ class CacheInfo:
 def find_store(cache_root: str | Path, fingerprint: Fingerprint) -> Path | None:
     """`<cache_root>/<fingerprint.short>` if it holds this fingerprint; None if absent.
     A directory of that name with another fingerprint raises `FingerprintMismatch`."""
-    path = Path(cache_root) / fingerprint.short
+    path = as_location(cache_root) / fingerprint.short
     if not is_store(path):
         return None
     read_header(path, expect=fingerprint)
@@ -47,7 +48,7 @@ def find_store(cache_root: str | Path, fingerprint: Fingerprint) -> Path | None:
 def describe_missing(cache_root: str | Path, fingerprint: Fingerprint) -> str:
     """Why no store matches: the stores that do exist and how their fingerprints differ."""
     lines = [f"no store for fingerprint {fingerprint.short} under {cache_root}"]
-    root = Path(cache_root)
+    root = as_location(cache_root)
     others = sorted(p for p in root.iterdir() if is_store(p)) if root.is_dir() else []
     for path in others:
         try:
@@ -62,7 +63,9 @@ def describe_missing(cache_root: str | Path, fingerprint: Fingerprint) -> str:
     return "\n".join(lines)
 
 
-def _bytes_on_disk(root: Path) -> int:
+def _bytes_on_disk(root: Path | ObjectPath) -> int:
+    if isinstance(root, ObjectPath):
+        return sum(meta["size"] for meta in root.walk_objects())
     total = 0
     for folder, _, files in os.walk(root):
         for name in files:
@@ -89,7 +92,7 @@ def _summarise(path: Path) -> CacheInfo:
 
 def list_caches(root: str | Path) -> list[CacheInfo]:
     """Every store directly under `root`, sorted by creation time; damaged ones too, with their problems."""
-    root = Path(root)
+    root = as_location(root)
     if not root.is_dir():
         return []
     return sorted((_summarise(p) for p in root.iterdir() if is_store(p)), key=lambda c: (c.created, c.fingerprint))

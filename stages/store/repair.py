@@ -31,6 +31,7 @@ from typing import Sequence
 
 from stages.store.layout import StorePaths, file_sha256, read_json, write_bytes_atomic
 from stages.store.meta import EditedShardSize, StoreMeta
+from stages.store.objects import as_location
 from stages.store.writer import CacheStore
 
 __all__ = ["Problem", "cheap_problems", "structural_problems", "index_disagreements", "leftover_problems",
@@ -112,7 +113,7 @@ def _tar_rows(meta: StoreMeta, shard: int) -> dict[int, str] | None:
         return None
     rows: dict[int, str] = {}
     try:
-        with tarfile.open(path) as tar:
+        with path.open("rb") as fh, tarfile.open(fileobj=fh) as tar:
             for member in tar:
                 if member.name.partition(".")[2] == "json":
                     entry = json.load(tar.extractfile(member))
@@ -210,7 +211,7 @@ def repair_store(path: str | Path, problems: Sequence[Problem]) -> list[str]:
         try:
             StoreMeta.load(path, expect=None)
         except EditedShardSize as exc:
-            return [restore_shard_size(Path(path), exc.shard_size)]
+            return [restore_shard_size(as_location(path), exc.shard_size)]
     return repair(CacheStore(StoreMeta.load(path, expect=None)), problems)
 
 

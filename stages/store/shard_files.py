@@ -1,29 +1,33 @@
 """One shard's files, written durably: a zarr shard file and its completion record, a webdataset tar and
 its digest record. The caller (`CacheStore`) holds the shard's lock (`stages.store.locks`).
 
-A completion record is removed before its shard file is rewritten and written only once that file is
-fsynced, so readers, who trust records only, never see a shard half written. A tar and its digest
+A completion record is removed before its shard file is rewritten and written only once that file is in
+place (whole: one atomic write, `stages.store.location`), so readers, who trust records only, never see
+a shard half written. A tar and its digest
 record are staged aside and renamed into place, so a failed write leaves the old ones as they were.
 """
 from __future__ import annotations
 
-import os
+import hashlib
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import MemoryStore
 
 from stages.image_files import ImageStamp
 from stages.store.identity import row_tags, values_crc32c
-from stages.store.layout import ShardPlan, file_sha256, fsync_path, remove_durably, stage_json, write_json_atomic
+from stages.store.layout import (ShardPlan, file_sha256, publish, remove_durably, shard_chunk_key, stage_json,
+                                 write_bytes_atomic, write_json_atomic)
 from stages.store.meta import StoreDamaged, StoreMeta
 from stages.store.reader import StoreReader
 from stages.store.records import CompletionRecord, TarRecord
 from stages.store.webdataset_shards import stage_tar_shard
 
-__all__ = ["row_identity", "write_zarr_shard", "write_tar_shard"]
+__all__ = ["row_identity", "encode_shard", "write_zarr_shard", "write_tar_shard"]
 
 
 def _now() -> str:
@@ -38,34 +42,38 @@ def row_identity(meta: StoreMeta, plan: ShardPlan, array_id: str, values: np.nda
     return tuple((values_crc32c(values) ^ tags).tolist())
 
 
+def encode_shard(array: zarr.Array, values: np.ndarray) -> bytes:
+    """The bytes of a shard file of `array` holding `values` (a whole shard), as zarr encodes them: written
+    through zarr into memory, so the store receives them in one atomic write and their sha256 needs no
+    read-back. A shard's bytes do not depend on its position in the array."""
+    documents: dict[str, Any] = {}
+    meta = array.metadata.update_shape(values.shape)
+    documents.update(meta.to_buffer_dict(default_buffer_prototype()))
+    one = zarr.open_array(MemoryStore(store_dict=documents), mode="r+").with_config({"write_empty_chunks": True})
+    one[...] = values
+    return documents[shard_chunk_key(0, values.ndim - 1)].to_bytes()
+
+
 def write_zarr_shard(meta: StoreMeta, plan: ShardPlan, array_id: str, array: zarr.Array, values: np.ndarray, *,
                      failed: dict[str, str], images: dict[str, ImageStamp], decode_limits: dict[str, int]) -> None:
-    """Write `values` (already in the stored dtype) as shard `plan` of `array` in one zarr write, make it
-    durable, then write its completion record."""
+    """Write `values` (already in the stored dtype) as shard `plan` of `array` in one atomic write (a
+    rename, or one PUT on an object store), then its completion record."""
     paths, info = meta.paths, meta.infos[array_id]
     record = paths.record(array_id, plan.index)
     shard_file = paths.shard_file(array_id, plan.index, values.ndim - 1)
     remove_durably(record)  # a rewrite makes the shard invisible until it is done again
-    between = [shard_file.parents[i] for i in range(values.ndim - 1)]  # c/<shard>/0...: made by zarr
+    between = [shard_file.parents[i] for i in range(values.ndim - 1)]  # c/<shard>/0...
     links = [d for d in between if d.is_symlink()]
     if links:
         raise StoreDamaged(f"{links[0]} is a symbolic link; a store holds no links (the shard would be "
                            "written outside the cache root): remove it")
-    if shard_file.parent.is_dir():
-        for stale in shard_file.parent.glob(f"{shard_file.name}.*.partial"):
-            stale.unlink(missing_ok=True)  # left by a writer killed inside zarr's atomic write
-    # from scratch: zarr reads an existing shard's index before writing into it, and a damaged one
-    # (a truncated file, a flipped index byte) would make every later write fail its checksum
-    shard_file.unlink(missing_ok=True)
-    array[plan.rows.start:plan.rows.stop] = values  # the whole shard in one write
-    fsync_path(shard_file)
-    for directory in (shard_file.parents[i] for i in range(values.ndim + 1)):
-        fsync_path(directory)
-    nbytes, digest = file_sha256(shard_file)
+    data = encode_shard(array, values)
+    write_bytes_atomic(shard_file, data)
     write_json_atomic(record, CompletionRecord(
         array_id=array_id, shard=plan.index, rows=(plan.rows.start, plan.rows.stop),
         chunk_key=shard_file.relative_to(paths.zarr / array_id).as_posix(),
-        nbytes=nbytes, sha256=digest, dtype=info.dtype.str, sample_shape=info.sample_shape, failed=failed,
+        nbytes=len(data), sha256=hashlib.sha256(data).hexdigest(), dtype=info.dtype.str,
+        sample_shape=info.sample_shape, failed=failed,
         n_valid=sum(k is not None and k not in failed for k in plan.keys), written=_now(), images=images,
         identity=row_identity(meta, plan, array_id, values), decode_limits=decode_limits).to_json())
 
@@ -93,7 +101,6 @@ def write_tar_shard(meta: StoreMeta, plan: ShardPlan, arrays: Mapping[str, np.nd
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
-    os.replace(staged, tar)  # renames allocate nothing; between the two, verify sees a digest mismatch
-    os.replace(staged_record, record)
-    fsync_path(tar.parent)
+    publish(staged, tar)  # between the two, verify sees a digest mismatch
+    publish(staged_record, record)
     return tar

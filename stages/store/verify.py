@@ -97,7 +97,7 @@ def _check_tar(meta: StoreMeta, path: Path) -> list[str]:
     planned = set(k for k in meta.plans[shard].keys if k is not None)
     fields: dict[str, set[str]] = {}
     try:
-        with tarfile.open(path) as tar:
+        with path.open("rb") as fh, tarfile.open(fileobj=fh) as tar:
             for name in tar.getnames():
                 stem, _, field = name.partition(".")
                 fields.setdefault(decode_key(stem), set()).add(field)

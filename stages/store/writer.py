@@ -13,25 +13,25 @@ and resizing arrays) hold the store lock (`stages.store.locks`). Repair and remo
 """
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
+from zarr.storage import MemoryStore
 
 from stages.config import ConfigError
 from stages.image_files import ImageStamp
 from stages.store.arrays import DEFAULT_COMPRESSION, ArraySpec, array_document, package_versions
 from stages.store.fingerprint import Fingerprint
 from stages.store.keys import check_array_id, check_key
-from stages.store.layout import ShardPlan, StorePaths, fsync_path, new_shard_plans, write_bytes_atomic, write_index
+from stages.store.layout import ShardPlan, StorePath, new_shard_plans, write_bytes_atomic, write_index
+from stages.store.location import location
 from stages.store.locks import shard_lock, store_lock
 from stages.store.maintenance import StoreMaintenance
-from stages.store.meta import StoreDamaged, StoreMeta
+from stages.store.meta import StoreDamaged, StoreMeta, is_store
+from stages.store.objects import as_location
 from stages.store.records import CompletionRecord
 from stages.store.shard_files import write_tar_shard, write_zarr_shard
 
@@ -54,7 +54,7 @@ class CacheStore(StoreMaintenance):
         self.meta = meta
 
     @property
-    def path(self) -> Path:
+    def path(self) -> StorePath:
         return self.meta.paths.root
 
     @property
@@ -67,20 +67,20 @@ class CacheStore(StoreMaintenance):
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, *, fingerprint: Fingerprint) -> "CacheStore":
+    def open(cls, path: str | StorePath, *, fingerprint: Fingerprint) -> "CacheStore":
         """Open an existing store, refusing one made from other inputs than `fingerprint`
         (`FingerprintMismatch`, naming the differing fields)."""
         return cls(StoreMeta.load(path, expect=fingerprint))
 
     @classmethod
-    def open_or_create(cls, cache_root: str | Path, *, fingerprint: Fingerprint,
+    def open_or_create(cls, cache_root: str | StorePath, *, fingerprint: Fingerprint,
                        shard_size: int | None = None,
                        attrs: Mapping[str, Any] | None = None) -> "CacheStore":
         """The store for `fingerprint` under `cache_root` (`<root>/<fingerprint.short>`), created
         atomically (built in a temp dir, renamed) if absent. `shard_size` applies at creation; an
         explicit value different from an existing store's is an error."""
-        target = Path(cache_root) / fingerprint.short
-        if not target.exists():
+        target = as_location(cache_root) / fingerprint.short
+        if not is_store(target):
             cls._create(target, fingerprint=fingerprint, shard_size=shard_size or DEFAULT_SHARD_SIZE,
                         attrs=dict(attrs or {}))
         store = cls.open(target, fingerprint=fingerprint)
@@ -90,36 +90,26 @@ class CacheStore(StoreMaintenance):
         return store
 
     @staticmethod
-    def _create(target: Path, *, fingerprint: Fingerprint, shard_size: int, attrs: dict[str, Any]) -> None:
+    def _create(target: StorePath, *, fingerprint: Fingerprint, shard_size: int, attrs: dict[str, Any]) -> None:
+        """The store's two header files, created at once (`Location.create_dir`); `fingerprint.json` last, as
+        a store is a directory holding both."""
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         if "feature_cache" in attrs:
             raise ValueError("attrs key 'feature_cache' is reserved for the store's own metadata")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{os.getpid()}.{time.time_ns()}.tmp"
-        paths = StorePaths(tmp)
-        paths.root.mkdir()
-        paths.fingerprint.write_text(fingerprint.json, encoding="utf-8")
         own = {"layout_version": LAYOUT_VERSION, "fingerprint": fingerprint.fields,
                "fingerprint_json": fingerprint.json, "fingerprint_sha256": fingerprint.full,
                "shard_size": shard_size, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "versions": package_versions()}
-        zarr.open_group(store=LocalStore(paths.zarr), mode="w", zarr_format=3,
+        documents: dict[str, Any] = {}
+        zarr.open_group(store=MemoryStore(store_dict=documents), mode="w", zarr_format=3,
                         attributes={**attrs, "feature_cache": own})
-        for sub in (paths.index, paths.done):
-            sub.mkdir()
-        try:
-            os.rename(tmp, target)  # atomic; fails if another process created it first
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not target.exists():
-                raise
-            return
-        fsync_path(target.parent)
+        location(target).create_dir(target, {"zarr/zarr.json": documents["zarr.json"].to_bytes(),
+                                             "fingerprint.json": fingerprint.json.encode("utf-8")})
 
     # ---- helpers -------------------------------------------------------------------------
     def _group(self, mode: str = "r") -> zarr.Group:
-        return zarr.open_group(store=LocalStore(self.meta.paths.zarr, read_only=mode == "r"), mode=mode)
+        return location(self.meta.paths.zarr).zarr_group(self.meta.paths.zarr, mode)
 
     def refresh(self) -> StoreMeta:
         """The store's metadata with every plan, array and completion record written so far."""
@@ -158,7 +148,10 @@ class CacheStore(StoreMaintenance):
         with store_lock(self.meta.paths):
             plans = new_shard_plans(self._plans(), self._new_keys(keys), shard_size=self.shard_size)
             for plan in plans:
-                write_index(self.meta.paths, plan.index, plan.keys, shard_size=self.shard_size)
+                if not write_index(self.meta.paths, plan.index, plan.keys, shard_size=self.shard_size, new=True):
+                    raise StoreDamaged(f"store {self.path}: index/{plan.index:06d}.json was written by another "
+                                       "planner while this one held the store lock (a lease that expired?); "
+                                       "run the extraction again")
             self._grow_arrays()
         return [plan.index for plan in plans]
 
@@ -196,9 +189,7 @@ class CacheStore(StoreMaintenance):
                 raise ValueError(f"array {array_id!r} in {self.path} was created as {damaged.spec}; asked for {spec}")
             if damaged is not None and damaged.spec is None:  # its records and shards cannot be proven
                 for directory in (meta.paths.done / array_id, meta.paths.zarr / array_id / "c"):
-                    if directory.is_dir():  # records first: the shards turn invisible
-                        shutil.rmtree(directory)
-                        fsync_path(directory.parent)
+                    location(directory).remove_tree(directory)  # records first: the shards turn invisible
             path = meta.paths.zarr / array_id / "zarr.json"
             path.parent.mkdir(exist_ok=True)
             write_bytes_atomic(path, array_document(spec, n_rows=self.n_rows, fingerprint=self.fingerprint.full,

@@ -69,12 +69,12 @@ def test_two_writer_processes_on_disjoint_shards_make_a_complete_verified_store(
 def test_writer_killed_inside_a_shard_write_leaves_it_invisible_until_rewritten(tmp_path: Path) -> None:
     store = _store(tmp_path)
     assert _writer(store.path, [0, 2]).wait(timeout=120) == 0
-    # Die by SIGKILL at the worst moment: the zarr write of shard 1 is done but not yet durable or recorded.
-    trap = ("import os, signal; import stages.store.shard_files as w; real = w.fsync_path\n"
-            "def fsync_then_die(p):\n"
-            "    if '/c/1/' in str(p): os.kill(os.getpid(), signal.SIGKILL)\n"
-            "    real(p)\n"
-            "w.fsync_path = fsync_then_die\n"
+    # Die by SIGKILL at the worst moment: the shard file of shard 1 is in place but not yet recorded.
+    trap = ("import os, signal; import stages.store.shard_files as w; real = w.write_json_atomic\n"
+            "def die_before_record(p, value):\n"
+            "    if '/done/' in str(p) and p.name == '000001.json': os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    real(p, value)\n"
+            "w.write_json_atomic = die_before_record\n"
             f"from tests.stages.store.test_store_crash import write_shards; write_shards({str(store.path)!r}, [1])")
     assert _spawn(trap).wait(timeout=120) == -signal.SIGKILL
     assert (store.path / "zarr" / FEATURE / "c" / "1" / "0" / "0").is_file()  # data landed, no record
