@@ -22,6 +22,7 @@ REPORT_FILE = "report.md"
 RESULTS_FILE = "results.csv"  # every number: run, result, metric, value, checkpoint, hashes, result file
 TITLE = "# Sweep "  # report.md's first line names the sweep
 COPIED = ("*.md", "*.csv", "*.png", "*.pdf")
+EVAL_DIR = "eval"  # a run's results are under <run>/eval/ (llava_eval.results.EVAL_DIR)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -52,9 +53,10 @@ def _provenance(name: str, report: Path) -> str:
 
 def _trained(report: Path) -> Provenance:
     """What each run of the sweep trained (`analysis.training.run_model`), for the runs whose folders are here:
-    a result file is `<run>/eval/<result>/<key>/result.json`."""
-    runs = dict.fromkeys(Path(row["result_file"]).parents[3] for row in _rows(report / RESULTS_FILE))
-    return sum((run_model(run) for run in runs if run.is_dir()), Provenance())
+    a result file lies under `<run>/eval/`."""
+    results = [Path(row["result_file"]) for row in _rows(report / RESULTS_FILE)]
+    runs = dict.fromkeys(next((p.parent for p in path.parents if p.name == EVAL_DIR), None) for path in results)
+    return sum((run_model(run) for run in runs if run is not None and run.is_dir()), Provenance())
 
 
 def sweep_sections(reports: Sequence[str | Path], out: Path) -> list[Section]:

@@ -100,5 +100,5 @@ def training_section(runs: Sequence[Path], out: Path) -> Section:
         folder.csv("training.csv", ["run", "steps", "first loss", "last loss", "min loss", "peak lr",
                                     "median grad norm", "median samples/s", "skipped micro-batches"], rows)
         tables.append(Table("training.csv", "per run, over its optimizer steps"))
-    return Section("Training curves", f"{METRICS_FILE} of each run (loss, learning rate, gradient norm per "
-                   "optimizer step)", folder.path, provenance=provenance, images=images, tables=tables, notes=notes)
+    return Section("Training curves", f"`{METRICS_FILE}` of each run: loss, learning rate and gradient norm per "
+                   "optimizer step", folder.path, provenance=provenance, images=images, tables=tables, notes=notes)

@@ -13,8 +13,8 @@ from typing import Sequence
 
 from analysis.commands import attention, cka, itm, pairs, pca
 from analysis.commands.common import add_benchmark_roots, add_common, add_images, open_run
-from analysis.fixtures import BENCHMARKS, EMBEDDED
 from analysis.eval_tables import DEFAULT_PREFIX, eval_section, table_files
+from analysis.fixtures import BENCHMARKS, EMBEDDED
 from analysis.outputs import RunDir
 from analysis.provenance import run_provenance
 from analysis.report import Section, Table, write_report
