@@ -45,7 +45,8 @@ def eval_section(files: list[Path], out: Path, *, prefix: str | Path) -> Section
         markdown = path.with_suffix(".md")
         if markdown.is_file():
             shutil.copy2(markdown, folder / markdown.name)
-    provenance = Provenance(((f"{prefix}*.csv", f"written by `just eval-table` ({len(files)} file{'' if len(files) == 1 else 's'})"),))
+    provenance = Provenance(
+        (("tables", ", ".join(f"`{path}`" for path in files) + " as `just eval-table` wrote them"),) if files else ())
     for run in dict.fromkeys(r for path in files for r in _runs(path)):
         provenance += run_model(Path(run))
     notes = [] if files else [f"No evaluation table at `{prefix}.csv`: `just eval runs/sample-sft` then "

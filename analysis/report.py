@@ -117,11 +117,14 @@ def _figure(folder: Path, name: str, relative: str) -> str:
             f"<figcaption>{html.escape(name)}{links}</figcaption></figure>")
 
 
+_BADGE = f"<span class='badge'>{RANDOM_WEIGHTS}</span>"
+
+
 def _provenance(provenance: Provenance) -> str:
+    """The lines as a definition list, each `(tiny, random weights)` of `provenance.model_line` as a badge."""
     if not provenance.lines:
         return ""
-    badge = f"<span class='badge'>{RANDOM_WEIGHTS}</span>"
-    items = "".join(f"<dt>{inline(label, '')}</dt><dd>{inline(value, '').replace(f'({RANDOM_WEIGHTS})', badge)}</dd>"
+    items = "".join(f"<dt>{inline(label, '')}</dt><dd>{inline(value, '').replace(f'({RANDOM_WEIGHTS})', _BADGE)}</dd>"
                     for label, value in provenance.lines)
     return f"<dl class='prov'>{items}</dl>"
 
@@ -134,8 +137,7 @@ def _banner(sections: Sequence[Section]) -> str:
     return (f"<div class='banner'><strong>Tiny models with random weights.</strong> This report was made with "
             f"{names}: the project's embedded defaults, the real architectures at a tiny size with seeded random "
             "weights, run on tiny fixtures. Every figure and number below shows that each step runs end to end; "
-            "none of them says anything about what real models do. Sections that use them are marked "
-            f"<span class='badge'>{RANDOM_WEIGHTS}</span>.</div>")
+            f"none of them says anything about what real models do. Sections that use them are marked {_BADGE}.</div>")
 
 
 def _files(section: Section, relative: str) -> str:
