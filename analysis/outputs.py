@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from stages.embedded import embedded_model
+
 __all__ = ["DEFAULT_OUT", "RunDir", "markdown_table"]
 
 DEFAULT_OUT = Path("runs") / "analysis"
@@ -45,19 +47,25 @@ class RunDir:
         return path
 
     def figure(self, name: str, figure: Any) -> Path:
-        """Save a matplotlib figure as PNG and close it."""
+        """Save a matplotlib figure as `name` (a PNG at the figure's own dpi, which it records, for the page and
+        slides) and beside it as PDF (for a paper), and close it; returns the PNG's path."""
         import matplotlib.pyplot as plt
 
         path = self._target(name)
-        figure.savefig(path, dpi=100, bbox_inches="tight")
+        figure.savefig(path, dpi="figure", bbox_inches="tight")
+        figure.savefig(self._target(str(Path(name).with_suffix(".pdf"))), bbox_inches="tight")
         plt.close(figure)
         return path
 
-    def record(self, *, command: str, arguments: Mapping[str, Any], sources: Mapping[str, Any]) -> None:
-        """`config.json` (command, arguments, each source's provenance) and `fingerprint.json` (the full
+    def record(self, *, command: str, arguments: Mapping[str, Any], sources: Mapping[str, Any],
+               models: Mapping[str, str] | None = None) -> None:
+        """`config.json` (command, arguments, each source's provenance, each other model by role, with
+        `embedded` naming it when it is an embedded tiny random model) and `fingerprint.json` (the full
         fingerprint fields of every store a source reads or would read, by source name)."""
         self.json("config.json", {"command": command, "arguments": dict(arguments),
-                                  "sources": {name: source.describe() for name, source in sources.items()}})
+                                  "sources": {name: source.describe() for name, source in sources.items()},
+                                  "models": {role: {"model": model, "embedded": embedded_model(model)}
+                                             for role, model in (models or {}).items()}})
         self.json("fingerprint.json", {name: {"fingerprint": source.fingerprint.full,
                                               "fields": source.fingerprint.fields}
                                        for name, source in sources.items()})

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from stages.embedded import embedded_model
 from stages.encoders import Prompts
 from stages.features import LATENTS, ArrayId
 from stages.serving import SpecFeatures, YamlStore, find_yaml_store, needs_unet_pass
@@ -46,6 +47,10 @@ class AnalysisFeatures(SpecFeatures):
     def from_yaml(cls, yaml_path: str | Path, *, image_root: str | Path, cache_root: str | Path | None = None,
                   device: str | None = None) -> "AnalysisFeatures":
         return cls(find_yaml_store(yaml_path, cache_root=cache_root), image_root=image_root, device=device)
+
+    def describe(self) -> dict[str, Any]:
+        """`SpecFeatures.describe` and the model, named as `stages.embedded.embedded_model` tells it."""
+        return {**super().describe(), "model": self.spec.model, "embedded": embedded_model(self.spec.model)}
 
     def read(self, keys: Sequence[str], array_ids: Sequence[str], *,
              prompts: Prompts | None = None) -> dict[str, np.ndarray]:

@@ -11,7 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from analysis.provenance import Provenance
 from analysis.report import Section
+from analysis.training import run_model
 from stages.config import ConfigError
 
 __all__ = ["REPORT_FILE", "RESULTS_FILE", "sweep_sections"]
@@ -19,7 +21,8 @@ __all__ = ["REPORT_FILE", "RESULTS_FILE", "sweep_sections"]
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.csv"  # every number: run, result, metric, value, checkpoint, hashes, result file
 TITLE = "# Sweep "  # report.md's first line names the sweep
-COPIED = ("*.md", "*.csv", "*.png")
+COPIED = ("*.md", "*.csv", "*.png", "*.pdf")
+EVAL_DIR = "eval"  # a run's results are under <run>/eval/ (llava_eval.results.EVAL_DIR)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -48,6 +51,14 @@ def _provenance(name: str, report: Path) -> str:
             f"Copied from `{report}` (written by `just sweep-report`).")
 
 
+def _trained(report: Path) -> Provenance:
+    """What each run of the sweep trained (`analysis.training.run_model`), for the runs whose folders are here:
+    a result file lies under `<run>/eval/`."""
+    results = [Path(row["result_file"]) for row in _rows(report / RESULTS_FILE)]
+    runs = dict.fromkeys(next((p.parent for p in path.parents if p.name == EVAL_DIR), None) for path in results)
+    return sum((run_model(run) for run in runs if run is not None and run.is_dir()), Provenance())
+
+
 def sweep_sections(reports: Sequence[str | Path], out: Path) -> list[Section]:
     """One section per report folder, its files copied to `out/sweep-<name>/` (any earlier copy replaced);
     a folder without a sweep report is a `ConfigError`, raised before anything is copied."""
@@ -69,7 +80,7 @@ def sweep_sections(reports: Sequence[str | Path], out: Path) -> list[Section]:
             for pattern in COPIED:
                 for path in report.glob(pattern):
                     shutil.copy2(path, folder / path.name)
-        sections.append(Section(title=f"Sweep {name}", folder=folder,
+        sections.append(Section(title=f"Sweep {name}", folder=folder, provenance=_trained(report),
                                 reference="Fig. 3, Tables 2 and 5 from the sweep's runs (just sweep-report)",
                                 markdown=f"{_provenance(name, report)}\n\n{rest if named else text}"))
     return sections

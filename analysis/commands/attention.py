@@ -15,7 +15,8 @@ from analysis.itm import DEFAULT_TIMESTEPS, ITM_MIN_STRIDE
 from analysis.outputs import RunDir
 from analysis.plots import overlay_grid
 from analysis.text import Word, token_ids, words
-from stages.attention import CrossAttentionLayer, CrossAttentionRunner, cross_attention_layers, layer_stride
+from stages.attention import (CROSS_ATTN, CrossAttentionLayer, CrossAttentionRunner, cross_attention_layers,
+                              layer_stride)
 from stages.config import ConfigError
 
 HELP = "per-word cross-attention maps of an image and its caption, per timestep and per layer (Figs. 4, 10, 11)"
@@ -76,14 +77,17 @@ def run(args: argparse.Namespace) -> RunDir:
                     maps[t][layer] = maps[t].get(layer, 0) + word_maps(kinds["probs"], word_list) / args.trials
         image = view(images.image_root, key, source.image_spec)
         labels = [w.text for w in word_list]
-        by_time = [list(np.mean(list(maps[t].values()), axis=0)) for t in args.timesteps]
+        by_time = [list(np.mean(list(maps[t].values()), axis=0)) for t in args.timesteps]  # [t][word]
+        shares = np.mean([[m.mean() for m in row] for row in by_time], axis=0)  # of all attention, per word
+        rows = [f"{word} ({100 * share:.1f}%)" for word, share in zip(labels, shares)]
         out.figure(f"attention-{index}-timesteps.png", overlay_grid(
-            image, by_time, rows=[f"t={t}" for t in args.timesteps], columns=labels,
-            title=f"{key}: per-word attention, mean over {len(runner.layers)} layers"))
+            image, [list(row) for row in zip(*by_time)], rows=rows, columns=[f"t={t}" for t in args.timesteps],
+            title=f"{key}: per-word attention (its share of all), mean over {len(runner.layers)} layers"))
         by_layer = [list(np.mean([maps[t][layer] for t in args.timesteps], axis=0)) for layer in runner.layers]
         out.figure(f"attention-{index}-layers.png", overlay_grid(
-            image, by_layer, rows=[str(x) for x in runner.layers], columns=labels,
-            title=f"{key}: per-word attention, mean over {len(args.timesteps)} timesteps"))
+            image, [list(row) for row in zip(*by_layer)], rows=rows,
+            columns=[str(x).removesuffix(f"-{CROSS_ATTN}") for x in runner.layers],
+            title=f"{key}: per-word attention per {CROSS_ATTN} layer, mean over {len(args.timesteps)} timesteps"))
         summary.append({"key": key, "prompt": prompt, "words": labels,
                         "mass_by_timestep": {t: [float(m.mean()) for m in row] for t, row in
                                              zip(args.timesteps, by_time)}})

@@ -12,7 +12,7 @@ from analysis.cka import Fetch, amplified_gram, cka_from_grams, gram_matrices, m
 from analysis.commands.common import add_common, add_images, array_ids, open_run, open_source
 from analysis.inputs import image_set
 from analysis.outputs import RunDir
-from analysis.plots import heatmap, line_plot
+from analysis.plots import heatmaps, line_plot
 from analysis.sources import AnalysisFeatures
 from stages.extractor import amplify
 from stages.features import conditioned_id
@@ -82,10 +82,10 @@ def run(args: argparse.Namespace) -> RunDir:
     out = open_run(args)
     out.csv("cka.csv", ["estimator", "scale", "array_a", "array_b", "cka"],
             [[args.estimator, s, a, b, value[(a, s), (b, s)]] for (a, s), (b, _) in between])
-    for scale in args.scales:
-        matrix = np.array([[value[(a, scale), (b, scale)] for b in arrays] for a in arrays])
-        title = f"linear CKA between arrays, s={scale:g} ({len(keys)} images)"
-        out.figure(f"cka-matrix-s{scale:g}.png", heatmap(matrix, arrays, title=title))
+    matrices = {f"s={scale:g}": np.array([[value[(a, scale), (b, scale)] for b in arrays] for a in arrays])
+                for scale in args.scales}
+    out.figure("cka-matrices.png", heatmaps(matrices, arrays, title="linear CKA between arrays at guidance scale s "
+                                                                   f"({len(keys)} images)"))
     out.csv("cka-sweep.csv", ["estimator", "array", "scale", "cka_uncond_vs_amplified"],
             [[args.estimator, a, s, value[(a, 0.0), (a, s)]] for a in arrays for s in args.sweep])
     curves = {a: [value[(a, 0.0), (a, s)] for s in args.sweep] for a in arrays}

@@ -70,5 +70,6 @@ def run(args: argparse.Namespace) -> RunDir:
             source.report(write_llava_manifest(out.path / f"images-{name}.json",
                                                sorted({k for g in groups for k in g.images})))
     out.json("results.json", {"options": options.to_json(), "clip": args.clip, **results})
-    out.record(command="itm", arguments=vars(args), sources=sources)
+    out.record(command="itm", arguments=vars(args), sources=sources,
+               models={} if args.clip == "none" else {"CLIP baseline": tiny_clip_dir(args.clip)})
     return out

@@ -17,6 +17,7 @@ from stages.features import ArrayId
 
 HELP = "mean cosine similarity between the two images of each MMVP-VLM pair, per array and CLIP (Fig. 2c)"
 DEFAULT_CLIP = "configs/extract/sample-clip.yaml"
+BY_TIMESTEP = "pairs-by-timestep.csv"  # mean cosine, a row per feature, a column per timestep (CLIP: one value)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +71,9 @@ def run(args: argparse.Namespace) -> RunDir:
     for array in arrays["sd"]:
         series[str(ArrayId.parse(array).feature)].append(float(similarity[array].mean()))
     levels = {f"CLIP {a}": float(similarity[a].mean()) for a in arrays.get("clip", [])}
+    out.csv(BY_TIMESTEP, ["feature", *(f"t={t}" for t in timesteps)],
+            [*([name, *values] for name, values in series.items()),
+             *([name, *[value] * len(timesteps)] for name, value in levels.items())])
     out.figure("pairs.png", line_plot(timesteps, series,
                                       xlabel="timestep", ylabel="mean cosine similarity within a pair",
                                       title=f"MMVP-VLM pairs ({len(pairs)}): how alike the two images look",

@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "EMBEDDED_PREFIX",
     "MANIFEST_NAME",
     "embedded_home",
+    "embedded_model",
     "register_embedded",
     "registered_names",
     "resolve_model",
@@ -114,6 +116,18 @@ def resolve_model(spec: str) -> str:
         raise ConfigError(f"unknown embedded model {spec!r}; valid: {valid}")
     target = embedded_home() / f"{entry.name}-v{entry.version}"
     return str(materialize(target, entry.build_fn))
+
+
+def embedded_model(model: str | Path) -> str | None:
+    """The embedded artefact `model` names — `embedded:<name>`, or a directory `materialize` built (it holds
+    the manifest; named `embedded:<name>` without its version) — or None for any other weights. Embedded
+    models are tiny and their weights seeded random: what they compute shows that a code path runs, never
+    what a real model would give."""
+    text = str(model)
+    if text.startswith(EMBEDDED_PREFIX):
+        return text
+    path = Path(text).expanduser()
+    return EMBEDDED_PREFIX + re.sub(r"-v\d+$", "", path.name) if (path / MANIFEST_NAME).is_file() else None
 
 
 def _manifest(root: Path) -> dict[str, str]:

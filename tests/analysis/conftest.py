@@ -2,8 +2,10 @@
 fixtures in their official layouts, and the YAMLs that find the stores: what `just analyze` reads, in miniature.
 
 64 px images, a 4x4 token grid, two feature names at t=50 with caption-conditioned arrays, four images of
-the bundled sample; built once per session. And a `just sweep-report` folder (`sweep_report`) for `inspect
-sweeps=[...]`."""
+the bundled sample; built once per session. And what `inspect` shows beside its analyses, each written by its
+producer's own code from made-up numbers (no training, no evaluation): a `just sweep-report` folder
+(`sweep_report`, for `sweeps=[...]`), two training runs and the tables `just eval-table` wrote of them
+(`trained_runs`, for `runs=[...]` and `eval_table=PREFIX`)."""
 from __future__ import annotations
 
 import hashlib
@@ -58,6 +60,48 @@ def analysis_env(tmp_path_factory, sample, store_builder) -> AnalysisEnv:
                        keys=tuple(r["image"] for r in records),
                        captions=tuple(r["conversations"][1]["value"] for r in records),
                        mmvp_vlm=folder / "mmvp-vlm", winoground=folder / "winoground")
+
+
+@dataclass(frozen=True)
+class TrainedRuns:
+    runs: tuple[Path, ...]  # pretrain, sft
+    eval_table: Path  # the --out PREFIX of `just eval-table` (PREFIX.csv); PREFIX-again.csv is a second table
+    steps: tuple[int, ...]  # metrics.jsonl lines per run
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> TrainedRuns:
+    """Two runs as the trainer leaves them — `train_config.json` by `train.config.save_run_config`,
+    `metrics.jsonl` by `train.metrics.Reporter` — with made-up step metrics; an MMVP and a BLINK result of the
+    SFT run written by `llava_eval.results.ResultFiles`; and the tables `just eval-table` writes of it, for
+    `--out PREFIX` and `--out PREFIX-again`."""
+    from llava_eval.cli import main as eval_main
+    from llava_eval.identity import Generation, ResultIdentity
+    from llava_eval.results import ResultFiles
+    from train.config import DataConfig, TrainConfig, save_run_config
+    from train.metrics import Reporter, StepMetrics
+
+    root = tmp_path_factory.mktemp("trained")
+    runs, steps = [], (6, 9)
+    for stage, total in zip(("pretrain", "sft"), steps):
+        config = TrainConfig(stage=stage, output_dir=str(root / f"tiny-{stage}"),
+                             data=DataConfig(extract_configs=("configs/extract/sample.yaml",)))
+        save_run_config(config)
+        reporter = Reporter(Path(config.output_dir), start_step=0, total=total, desc=stage, tensorboard=False)
+        for step in range(1, total + 1):
+            reporter.report(StepMetrics(step=step, epoch=0, loss=1.0 + 3.0 / step, lr=1e-3 * (1 - step / total),
+                                        grad_norm=4.0 / step, samples_per_s=8.0 + step, tokens_per_s=900.0))
+        reporter.close()
+        runs.append(Path(config.output_dir))
+    generation = Generation(max_new_tokens=4, template="v1", dtype="float32")
+    for name, metrics in (("mmvp", {"pair_accuracy": 1 / 3}), ("blink", {"mean_accuracy": 0.4375})):
+        identity = ResultIdentity(checkpoint="a" * 64, benchmark=name, options={}, data="d" * 64, sd_setting=None,
+                                  features={}, generation=generation)
+        ResultFiles(runs[1], name, identity).write({"metrics": metrics, "eval_root": "/eval",
+                                                    "checkpoint": {"label": "final", "path": str(runs[1] / "final")}})
+    for out in (root / "eval-table", root / "eval-table-again"):
+        assert eval_main(["table", str(runs[1]), "--out", str(out)]) == 0
+    return TrainedRuns(runs=tuple(runs), eval_table=root / "eval-table", steps=steps)
 
 
 @pytest.fixture

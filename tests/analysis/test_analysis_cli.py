@@ -80,7 +80,7 @@ def test_cka_matrices_are_symmetric_with_a_unit_diagonal(analysis_env, tmp_path)
         assert value == pytest.approx(1.0) if a == b else 0 < value < 1
     sweep = {(r["array"], float(r["scale"])): float(r["cka_uncond_vs_amplified"]) for r in rows(out / "cka-sweep.csv")}
     assert all(sweep[a, 0.0] == pytest.approx(1.0) for a in arrays)
-    assert (out / "cka-matrix-s4.png").is_file() and (out / "cka-sweep.png").is_file()
+    assert (out / "cka-matrices.png").is_file() and (out / "cka-sweep.png").is_file()
     assert main(["cka", *common(env, tmp_path), *images(env, 4), "--estimator", "minibatch", "--block", "4",
                  "--scales", "1", "--sweep", "0", "--name", "cka-minibatch"]) == 0
     unbiased = {(r["array_a"], r["array_b"]): float(r["cka"]) for r in rows(tmp_path / "cka-minibatch" / "cka.csv")}

@@ -1,6 +1,7 @@
 """`just inspect sweeps=[DIR]`: a `just sweep-report` folder (the `sweep_report` fixture, written by the sweep
 report's own code) becomes a section of the HTML report — its tables with the report's rounding, its figures
-embedded, a provenance line naming the sweep, its runs and the result files."""
+embedded, a provenance line naming the sweep, its runs and the result files, and what each run whose folder is
+at hand trained."""
 import csv
 import re
 
@@ -15,6 +16,9 @@ def rows(path):
 
 
 def test_a_sweep_report_is_a_section_with_its_rounded_numbers_figures_and_provenance(sweep_report, tmp_path):
+    from train.config import TrainConfig, save_run_config
+
+    save_run_config(TrainConfig(stage="sft", output_dir=str(tmp_path / "runs" / "t50")))  # the run of t50's results
     out = tmp_path / "inspect"
     page = write_report(out, sweep_sections([sweep_report], out), title="report").read_text()
     assert "<h2 id='s0'>Sweep tiny</h2>" in page
@@ -34,6 +38,9 @@ def test_a_sweep_report_is_a_section_with_its_rounded_numbers_figures_and_proven
     assert all((out / src).stat().st_size > 1000 for src in images)  # copied beside index.html
     links = re.findall(r"<a href='([^'#]+)'", page)
     assert "sweep-tiny/fig3.csv" in links and all((out / link).is_file() for link in links)
+    (header,) = re.findall(r"<dl class='prov'>(.*?)</dl>", page)  # what the one run whose folder is here trained
+    assert f"<dt>run <code>{tmp_path / 'runs' / 't50'}</code></dt><dd>sft; LLM <code>embedded:tiny-llm</code>" in header
+    assert "embedded:tiny-llm" in re.search(r"<div class='banner'>(.*?)</div>", page, re.S)[1]
 
 
 def test_sweeps_are_an_override_default_none_and_a_folder_without_a_report_is_one_line(tmp_path, capsys):

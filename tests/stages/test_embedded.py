@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.embedded import MANIFEST_NAME, materialize, registered_names, resolve_model
+from stages.embedded import MANIFEST_NAME, embedded_model, materialize, registered_names, resolve_model
 from stages.embedded.sample import ensure_sample, sample_paths
 from stages.embedded.sd import MODEL_MAX_LENGTH, SCHEDULER_CONFIG
 from stages.locations import SAMPLE, resolve_sample_data
@@ -75,6 +75,13 @@ def test_resolve_model_passes_other_specs_through_and_names_valid_embedded_ones(
     with pytest.raises(ValueError, match="embedded:tiny-sd"):
         resolve_model("embedded:no-such-model")
     assert {"tiny-sd", "tiny-clip-vision", "sample"} <= set(registered_names())
+
+
+def test_embedded_models_are_told_by_name_or_by_their_materialised_directory(sd_dir, tmp_path):
+    assert embedded_model("embedded:tiny-sd") == "embedded:tiny-sd"
+    assert embedded_model(sd_dir) == "embedded:tiny-sd"  # resolved: the directory's manifest says so
+    assert embedded_model("stabilityai/stable-diffusion-2-1-base") is None
+    assert embedded_model(tmp_path) is None  # a local directory of real weights
 
 
 def test_concurrent_builders_leave_one_complete_copy(tmp_path):
