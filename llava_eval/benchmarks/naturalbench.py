@@ -29,6 +29,7 @@ from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
 from llava_eval.benchmarks.fixtures import hub_image, photo_jpeg, write_parquet
 from llava_eval.benchmarks.hf_local import (column_names, image_bytes, image_suffix, iter_rows, require_columns,
                                           write_once)
+from stages.image_files import find_files
 
 __all__ = ["NaturalBench", "SUFFIXES", "extract_answer"]
 
@@ -64,8 +65,7 @@ def extract_answer(text: str, question_type: str) -> str | None:
 
 
 def _data_files(root: Path) -> list[Path]:
-    parquet = sorted(p for p in root.rglob("*.parquet") if p.is_file())
-    files = parquet or sorted(p for p in root.rglob("data-*.arrow") if p.is_file())
+    files = find_files(root, "*.parquet") or find_files(root, "data-*.arrow")  # symlinked folders followed
     if not files:
         raise BenchmarkLayoutError(
             f"naturalbench: {root} holds no data files: expected the Hugging Face dataset BaiqiL/NaturalBench "
