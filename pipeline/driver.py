@@ -41,9 +41,14 @@ def _open_store(config: ExtractConfig, manifest: Manifest) -> tuple[CacheStore, 
     again, a damaged index rewritten from the store or from this run's keys)."""
     spec, run = config.spec, config.run
     if not manifest.keys:
-        raise ConfigError(f"no images to extract: the data has {manifest.n_samples} samples "
-                          f"({manifest.n_text_only} text-only), {len(manifest.missing)} images missing and "
-                          f"{len(manifest.refused)} refused under image_root {manifest.image_root}")
+        problems = [f"{len(manifest.missing)} images missing"]
+        if manifest.missing:
+            problems[0] += f" (e.g. {next(iter(manifest.missing.values()))})"
+        if manifest.refused:
+            first = manifest.refused[next(iter(manifest.refused_by_cause.values()))[0]]
+            problems.append(f"{len(manifest.refused)} refused: {manifest.refusals()}; {first}")
+        raise ConfigError(f"no images to extract under image_root {manifest.image_root}: the data has "
+                          f"{manifest.n_samples} samples ({manifest.n_text_only} text-only), {'; '.join(problems)}")
     attrs = {"model_ids": {"model": spec.model, "encoder": spec.encoder}, "cache_spec": spec_summary(spec)}
     store = CacheStore.open_or_create(run.cache_root, fingerprint=fingerprint_for(spec),
                                       shard_size=run.shard_size, attrs=attrs)
@@ -90,7 +95,8 @@ def _summary(plan: Plan, log: ErrorLog) -> Summary:
     schedule, manifest = plan.schedule, plan.manifest
     summary = Summary(store=plan.store.path, errors_file=log.path, reused=schedule.reused_images,
                       planned=schedule.planned, refused=len(manifest.refused), missing=len(manifest.missing),
-                      failed_before=len(schedule.recorded_failures))
+                      failed_before=len(schedule.recorded_failures),
+                      refused_by_cause={cause: len(keys) for cause, keys in manifest.refused_by_cause.items()})
     summary.notes += [f"repaired: {line}" for line in plan.repairs]
     if schedule.changed_images:
         first = next(iter(schedule.changed_images))

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from pipeline.config import ExtractConfig, resolve_data
-from pipeline.manifest import build_manifest
+from pipeline.manifest import REFUSED_HINT, build_manifest
 from pipeline.shards import pending
 from stages.cache_spec import fingerprint_for
 from stages.flops import ComputeBudget, architecture_dir
@@ -162,7 +162,7 @@ def plan_extract(config: ExtractConfig, *, budget: ComputeBudget) -> ExtractPlan
                                                            encode=not w.reuse_latents)) for w in work)
     total, per_image = sum(per_part.values()), sum(fresh.values())
     images_per_s = budget.gflop_per_s / per_image if per_image else math.inf
-    notes = []
+    notes = [f"refused: {manifest.refusals()}; {REFUSED_HINT}"] if manifest.refused else []
     if reference:
         notes.append(f"{spec.model} is not in the local Hugging Face cache: priced on its reference architecture "
                      "(stages.flops.REFERENCE_MODELS); its store is unknown until the weights are there, so every "
@@ -172,7 +172,8 @@ def plan_extract(config: ExtractConfig, *, budget: ComputeBudget) -> ExtractPlan
         images={"new": sum(w.images for w in work), "reusing_latents": sum(w.images for w in work if w.reuse_latents),
                 "cached": schedule.reused_images, "failing_checks": len(manifest.missing) + len(manifest.refused),
                 "missing": len(manifest.missing), "refused": len(manifest.refused),
-                "failed_before": len(schedule.recorded_failures), "text_only_samples": manifest.n_text_only},
+                "failed_before": len(schedule.recorded_failures), "text_only_samples": manifest.n_text_only,
+                "refused_by_cause": {cause: len(keys) for cause, keys in manifest.refused_by_cause.items()}},
         shards={"to_compute": len(work), "new": sum(w.shard >= existing for w in work), "complete": schedule.complete,
                 "other_data": schedule.foreign_shards},
         bytes_per_array=per_array, bytes=bytes_, gflop_per_image=fresh,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from pipeline.manifest import REFUSED_HINT
 from pipeline.rows import ShardStats
 from stages.store.layout import write_bytes_atomic
 from stages.store.objects import ObjectPath
@@ -31,6 +32,7 @@ class Summary:
     missing: int = 0
     failed: int = 0
     failed_before: int = 0  # failures recorded by the shards reused (in the errors file too)
+    refused_by_cause: dict[str, int] = field(default_factory=dict)  # `absolute path` -> keys refused for it
     shards: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
@@ -52,6 +54,13 @@ class Summary:
     def images_per_s(self) -> float:
         return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
+    def _refusals(self) -> list[str]:
+        """`refused: 5 absolute path, 3 '..' in the path (...)`, when keys were refused."""
+        if not self.refused_by_cause:
+            return []
+        counts = ", ".join(f"{n} {cause}" for cause, n in self.refused_by_cause.items())
+        return [f"refused: {counts}; {REFUSED_HINT} (each key with its reason in the errors file)"]
+
     def render(self) -> str:
         if self.shards == 0 and self.notes:  # nothing ran (cache hit): say why, not a row of zeros
             lines = [*self.notes, f"store: {self.store}"]
@@ -59,7 +68,7 @@ class Summary:
                 lines.append(f"{self.skipped} skipped ({self.refused} refused, {self.missing} missing), "
                              f"{self.failed_before} failed in earlier runs; errors (key, kind, reason per "
                              f"line): {self.errors_file}")
-            return "\n".join(lines)
+            return "\n".join(lines + self._refusals())
         lines = [f"extract: {self.done} images done, {self.reused} reused, {self.skipped} skipped "
                  f"({self.refused} refused, {self.missing} missing), {self.failed} failed; "
                  f"{self.shards} shards, {self.bytes_written / 1e9:.3f} GB written in {self.seconds:.1f} s "
@@ -74,12 +83,13 @@ class Summary:
                                                             for node, n in self.shards_by_node.items()))
         if self.skipped or self.failed:
             lines.append(f"errors (key, kind, reason per line): {self.errors_file}")
-        return "\n".join(lines + self.notes)
+        return "\n".join(lines + self._refusals() + self.notes)
 
     def as_dict(self) -> dict[str, Any]:
         return {"store": str(self.store), "errors_file": str(self.errors_file), "planned": self.planned,
                 "reused": self.reused, "done": self.done, "refused": self.refused, "missing": self.missing,
-                "failed": self.failed, "failed_before": self.failed_before, "shards": self.shards,
+                "failed": self.failed, "failed_before": self.failed_before,
+                "refused_by_cause": dict(self.refused_by_cause), "shards": self.shards,
                 "bytes_written": self.bytes_written,
                 "seconds": self.seconds, "images_per_s": self.images_per_s, "ray_start_s": self.ray_start_s,
                 "extractor_batches": self.extractor_batches, "images_decoded": self.images_decoded,

@@ -1,7 +1,10 @@
 """User image files: safe paths under an image root, and which bytes a file held when its features were
 computed (DESIGN §8). Light on purpose (no PIL, no torch): the store's records and planning use it.
 
-`safe_image_path` refuses keys that escape the image root (`ImageError`, a reason the caller records).
+The data file is not trusted, the file system is: `safe_image_path` refuses keys that could leave the
+image root as written (absolute, `..`, `~`; `UnsafeKey`, with a short `cause` and a reason the caller
+records), and follows the symlinks the image root holds (LLaVA set-ups link `coco -> /data/coco`).
+`find_files` lists a folder the user gave the same way.
 
 A store row is keyed by (fingerprint, image key), and a key is a path: the same path can later hold
 another picture (an image replaced in place, a second `image_root` or `eval_root` with the same file
@@ -11,6 +14,7 @@ otherwise the sha256 of the file's bytes now decides (a copied tree keeps its by
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 from dataclasses import asdict, dataclass
@@ -19,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 from stages.errors import UserError
 
-__all__ = ["ImageError", "ImageStamp", "safe_image_path", "unchanged", "changed_keys"]
+__all__ = ["ImageError", "UnsafeKey", "ImageStamp", "safe_image_path", "find_files", "unchanged", "changed_keys"]
 
 
 class ImageError(UserError, ValueError):
@@ -31,33 +35,69 @@ class ImageError(UserError, ValueError):
         self.stamp = stamp
 
 
+class UnsafeKey(ImageError):
+    """A key no image may have: `cause` says why in a few words (`absolute path`), for counting."""
+
+    def __init__(self, message: str, *, cause: str = "") -> None:  # a default: rebuilt from the message alone
+        super().__init__(message)
+        self.cause = cause
+
+
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+_OUTSIDE = "keys are paths under image_root; to use images kept elsewhere, link their folder into image_root"
 
 
 def _shown(key: str) -> str:
     return repr(key) if len(key) <= 80 else f"{key[:60]!r}...({len(key)} characters)"
 
 
-def safe_image_path(root: str | Path, key: str) -> Path:
-    """`root/key`, refusing absolute keys, `..`, symlinks that resolve outside `root`, and keys no file
-    system has a file for (a NUL byte, a component over `NAME_MAX` bytes, text that is not UTF-8)."""
+def _check_key(key: str) -> None:
+    """Refuse a key by its text alone: one that could leave the root as written, or that no file can have."""
     if "\x00" in key:
-        raise ImageError(f"image path {_shown(key)} contains a NUL byte, which no file name can hold")
+        raise UnsafeKey(f"image path {_shown(key)} contains a NUL byte, which no file name can hold", cause="NUL byte")
     try:
         longest = max((len(part.encode("utf-8")) for part in key.split("/")), default=0)
     except UnicodeEncodeError as exc:  # a lone surrogate (an escaped `\ud800` in the JSON)
-        raise ImageError(f"image path {_shown(key)} is not valid Unicode text ({exc.reason})") from None
+        raise UnsafeKey(f"image path {_shown(key)} is not valid Unicode text ({exc.reason})",
+                        cause="not valid Unicode") from None
     if longest > NAME_MAX:
-        raise ImageError(f"image path {_shown(key)} has a component of {longest} bytes; file names are at most "
-                         f"{NAME_MAX} bytes")
-    if not key or os.path.isabs(key) or key.startswith("~") or ".." in Path(key).parts:
-        raise ImageError(f"image path {key!r} escapes the image root")
-    root_real = Path(root).resolve()
-    path = root_real / key
-    real = path.resolve()
-    if real != root_real and root_real not in real.parents:
-        raise ImageError(f"image path {key!r} resolves outside the image root ({real})")
-    return path
+        raise UnsafeKey(f"image path {_shown(key)} has a component of {longest} bytes; file names are at most "
+                        f"{NAME_MAX} bytes", cause=f"a name over {NAME_MAX} bytes")
+    if not key:
+        raise UnsafeKey("image path '' is empty", cause="empty path")
+    if os.path.isabs(key):
+        raise UnsafeKey(f"image path {_shown(key)} is absolute, which escapes the image root: {_OUTSIDE}",
+                        cause="absolute path")
+    if key.startswith("~"):
+        raise UnsafeKey(f"image path {_shown(key)} starts with '~' (a home folder), which escapes the image root: "
+                        f"{_OUTSIDE}", cause="starts with '~'")
+    if ".." in Path(key).parts:
+        raise UnsafeKey(f"image path {_shown(key)} has a '..' component, which escapes the image root: {_OUTSIDE}",
+                        cause="'..' in the path")
+
+
+def safe_image_path(root: str | Path, key: str) -> Path:
+    """`root/key` (root made absolute), refusing keys that could leave `root` as written (absolute, `..`,
+    `~`) and keys no file system has a file for (a NUL byte, a component over `NAME_MAX` bytes, text that
+    is not UTF-8): `UnsafeKey`. Symlinks under `root` are followed wherever they lead: they are the
+    user's own layout, whereas the key comes from a data file."""
+    _check_key(key)
+    return Path(root).resolve() / key
+
+
+def find_files(root: str | Path, pattern: str) -> list[Path]:
+    """The files under `root` whose name matches `pattern` (`fnmatch`), sorted; symlinked folders are
+    followed (pathlib's `rglob` skips them before Python 3.13), each real folder once (a link cycle ends)."""
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen:
+            subfolders[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        subfolders.sort()  # which of two links to one folder lists it: the first by name
+        found += [Path(folder) / n for n in fnmatch.filter(names, pattern) if os.path.isfile(os.path.join(folder, n))]
+    return sorted(found)
 
 
 @dataclass(frozen=True)

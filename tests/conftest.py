@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -134,3 +135,27 @@ def no_ray(monkeypatch):
         raise AssertionError("Ray was started")
 
     monkeypatch.setattr("pipeline.job.start_ray", refuse)
+
+
+@dataclass(frozen=True)
+class ExtractedTree:
+    """`tests.fixtures_ecosystem`'s LLaVA layouts, mix665k extracted with hostile keys and unusable images."""
+
+    tree: Any  # tests.fixtures_ecosystem.LlavaTree
+    summary: Any  # pipeline.progress.Summary of the extraction
+    extract_yaml: Path
+    hostile: dict[str, str]  # key -> the cause it is refused for
+    unusable_json: Path  # mix665k + an image that does not decode + one that does not exist
+
+
+@pytest.fixture(scope="session")
+def llava_tree(tmp_path_factory) -> ExtractedTree:
+    from tests.fixtures_ecosystem import add_hostile_json, add_unusable_json, build_llava_tree, extract_mix665k
+
+    tree = build_llava_tree(tmp_path_factory.mktemp("llava-tree"))
+    hostile_json, hostile = add_hostile_json(tree)
+    unusable_json = add_unusable_json(tree)
+    summary, extract_yaml = extract_mix665k(tree, [unusable_json, hostile_json], spec_fields=spec_summary(SPEC),
+                                            cache_root=tree.root / "cache")
+    return ExtractedTree(tree=tree, summary=summary, extract_yaml=extract_yaml, hostile=hostile,
+                         unusable_json=unusable_json)

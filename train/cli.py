@@ -41,7 +41,7 @@ from stages.writable import check_writable_dir  # noqa: E402
 from train.batch import collate  # noqa: E402
 from train.conditioning import GuidedFeatures, required_arrays  # noqa: E402
 from train.config import STAGES, TrainConfig, VisionConfig, load_stage_config, save_run_config  # noqa: E402
-from train.data import LlavaDataset  # noqa: E402
+from train.data import DataReport, LlavaDataset  # noqa: E402
 from train.engine import check_engine_config, ensure_distributed, is_main_process, seed_everything  # noqa: E402
 from train.loop import NonFiniteLoss, TrainingInterrupted, train  # noqa: E402
 from train.metrics import StepMetrics  # noqa: E402
@@ -75,7 +75,7 @@ class RunResult:
     stage: str
     history: tuple[StepMetrics, ...]
     saved: tuple[Path, ...]
-    skipped_images: int
+    data: DataReport  # samples skipped for their image, trailing human turns dropped
 
     @property
     def samples_per_s(self) -> float:
@@ -89,7 +89,8 @@ class RunResult:
         if not self.history:
             return f"{self.stage}: nothing left to train; saved {', '.join(map(str, self.saved))}"
         first, last = self.history[0], self.history[-1]
-        skipped = f", {self.skipped_images} samples skipped (image not cached)" if self.skipped_images else ""
+        dropped = self.data.render()
+        skipped = f", {dropped}" if dropped else ""
         nonfinite = sum(m.skipped for m in self.history)
         skipped += f", {nonfinite} micro-batches skipped (non-finite loss)" if nonfinite else ""
         saved = f"; saved {', '.join(map(str, self.saved))}" if self.saved else ""
@@ -169,7 +170,7 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
                            max_length=config.max_length, num_image_tokens=source.sample_shape(vision.token_array)[0],
                            feature_source=source, array_ids=array_ids, missing=config.data.missing)
     if len(dataset) == 0:
-        raise SetupError(f"no samples of {data_path} have their image in {source!r}")
+        raise SetupError(f"no samples of {data_path} can be trained on from {source!r}: {dataset.report.explain()}")
     ensure_distributed()
     world, rank = _world()
     sampler = make_sampler(config, dataset, world_size=world, rank=rank)
@@ -183,8 +184,11 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
 
 
 def _say_how_it_starts(prepared: Prepared) -> None:
-    """One line (stderr) when the run continues or replaces an earlier run in its output_dir."""
-    config = prepared.config
+    """One line (stderr) when the run continues or replaces an earlier run in its output_dir, and one when
+    samples were skipped for their image (data.missing=skip), with what fixes each cause."""
+    config, report = prepared.config, prepared.dataset.report
+    if report.skipped:
+        print(f"train {config.stage}: data.missing=skip: {report.explain()}", file=sys.stderr)
     if prepared.resume_from is not None:
         print(f"train {config.stage}: resuming from {prepared.resume_from} (the run directory has checkpoints; "
               "overwrite=true starts over)", file=sys.stderr)
@@ -210,7 +214,7 @@ def run(prepared: Prepared) -> RunResult:
     final = Path(config.output_dir) / FINAL_DIR
     saved = [final / ADAPTER_FILE, *([final / LLM_DIR] if with_llm else [])]
     return RunResult(stage=config.stage, history=tuple(history), saved=tuple(saved),
-                     skipped_images=prepared.dataset.num_skipped)
+                     data=prepared.dataset.report)
 
 
 def _interrupted(prepared: Prepared, exc: TrainingInterrupted) -> int:
@@ -220,7 +224,7 @@ def _interrupted(prepared: Prepared, exc: TrainingInterrupted) -> int:
         return INTERRUPTED
     if exc.history:
         print(RunResult(stage=config.stage, history=tuple(exc.history), saved=tuple(filter(None, [exc.checkpoint])),
-                        skipped_images=prepared.dataset.num_skipped).summary())
+                        data=prepared.dataset.report).summary())
     if exc.checkpoint is None:
         how = "no checkpoint was saved yet (save_every sets how often): run the same command to start again"
     elif exc.step == exc.total and exc.checkpoint.name.endswith(f"{exc.total:08d}"):  # in the final save

@@ -19,13 +19,14 @@ from stages.store.shard_cache import parse_size
 from train.vision_modes import VISION_MODES, VisionMode
 
 __all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGES", "PRECISIONS", "OPTIMIZERS",
-           "STAGE_TEMPLATES", "RUN_CONFIG_FILE", "RESUMABLE_CHANGES", "config_changes", "save_run_config",
-           "load_run_config", "DEFAULT_CONFIGS", "load_stage_config"]
+           "MISSING_POLICIES", "STAGE_TEMPLATES", "RUN_CONFIG_FILE", "RESUMABLE_CHANGES", "config_changes",
+           "save_run_config", "load_run_config", "DEFAULT_CONFIGS", "load_stage_config"]
 
 STAGES = ("pretrain", "sft")
 STAGE_TEMPLATES = {"pretrain": "plain", "sft": "v1"}  # DESIGN §6: plain for stage 1, Vicuna v1 for stage 2
 PRECISIONS = ("auto", "fp32", "bf16")  # stages.models.resolve_precision's words; fp16 is for extraction only
 OPTIMIZERS = ("adamw", "fused_adam")
+MISSING_POLICIES = ("skip", "error")  # data.missing: a sample whose image the cache cannot serve (docs/training.md)
 RUN_CONFIG_FILE = "train_config.json"  # beside a run's checkpoints: what evaluation rebuilds the run from
 DEFAULT_CONFIGS = {"pretrain": REPO / "configs/train/sample-pretrain.yaml",
                    "sft": REPO / "configs/train/sample-sft.yaml"}
@@ -106,12 +107,13 @@ class DataConfig:
     stores: tuple[str, ...] = ()  # explicit cache store directories (in addition to extract_configs)
     cache_dir: str = ""  # local copies of object-store shards ("" = ~/.cache/diffusion-feature-cache/shards)
     cache_limit: str = ""  # at most this much there, e.g. "200GB" (LRU eviction); "" = no limit
-    missing: str = "error"  # image not in the cache: "error" or "skip" (and count)
+    missing: str = "skip"  # an image the cache cannot serve: "skip" the sample (and count it) or "error"
     group_by_modality_length: bool = False
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.missing in ("error", "skip"), f"data.missing must be 'error' or 'skip', got {self.missing!r}")
+        _check(self.missing in MISSING_POLICIES,
+               f"data.missing must be one of {MISSING_POLICIES}, got {self.missing!r}")
         _check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
         parse_size(self.cache_limit, setting="data.cache_limit")
 

@@ -8,7 +8,8 @@ of supervised segments and `IGNORE_INDEX` elsewhere, so they line up with the id
 unlike LLaVA, which tokenizes the whole prompt and re-derives the mask from round lengths, and drops
 the whole sample when the two disagree.
 
-Templates (LLaVA-1.5 conventions, `llava/conversation.py` and `llava/train/train.py`):
+Templates (LLaVA-1.5 conventions, `llava/conversation.py` and `llava/train/train.py`; a leading gpt turn
+and a trailing human turn are dropped first):
 - `plain` (pretrain): `<image>` + caption + "\\n"; the human turn's text is dropped and only the
   caption and "\\n" are supervised. Exactly one human and one gpt turn, and an image.
 - `v1` (Vicuna v1, SFT): `{system} USER: {q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>`;
@@ -23,7 +24,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 __all__ = [
     "IGNORE_INDEX", "IMAGE_TOKEN_INDEX", "IMAGE_PLACEHOLDER", "VICUNA_V1_SYSTEM", "Segment",
-    "TokenizedSample", "TEMPLATES", "get_template", "first_human_text", "tokenize_conversation", "tokenize_prompt",
+    "TokenizedSample", "TEMPLATES", "get_template", "first_human_text", "ends_on_human_turn", "tokenize_conversation",
+    "tokenize_prompt",
 ]
 
 IGNORE_INDEX = -100
@@ -54,8 +56,12 @@ class TokenizedSample:
 Template = Callable[[Sequence[Mapping[str, Any]], bool], list[Segment]]
 
 
-def _turns(conversations: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    """Validated (role, text) pairs; a leading gpt turn is dropped as LLaVA does."""
+def _exchanges(conversations: Sequence[Mapping[str, Any]]) -> tuple[list[tuple[str, str]], bool]:
+    """Validated (role, text) pairs as LLaVA trains on them, and whether a trailing human turn was dropped.
+
+    A leading gpt turn is dropped, as LLaVA does. So is a trailing human turn (nothing answers it): LLaVA's
+    `preprocess_v1` keeps it in the prompt, where its round check then masks the whole sample ("tokenization
+    mismatch", no loss at all); here the answered turns before it still train."""
     turns = []
     for i, turn in enumerate(conversations):
         role, value = turn.get("from"), turn.get("value")
@@ -64,11 +70,23 @@ def _turns(conversations: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
         turns.append((role, value))
     if turns and turns[0][0] == _GPT:
         turns = turns[1:]
+    trailing = len(turns) % 2 == 1 and turns[-1][0] == _HUMAN
+    if trailing:
+        turns = turns[:-1]
     expected = [_HUMAN if i % 2 == 0 else _GPT for i in range(len(turns))]
-    if not turns or len(turns) % 2 or [role for role, _ in turns] != expected:
-        raise ValueError("a conversation must alternate human/gpt turns, start with human and end with gpt; "
-                         f"got roles {[role for role, _ in turns]}")
-    return turns
+    if not turns or [role for role, _ in turns] != expected:
+        raise ValueError("a conversation must alternate human/gpt turns, starting with human, with at least one "
+                         f"gpt turn; got roles {[turn.get('from') for turn in conversations]}")
+    return turns, trailing
+
+
+def _turns(conversations: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    return _exchanges(conversations)[0]
+
+
+def ends_on_human_turn(conversations: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the templates drop a trailing human turn of this (valid) conversation."""
+    return _exchanges(conversations)[1]
 
 
 def first_human_text(conversations: Sequence[Mapping[str, Any]]) -> str:

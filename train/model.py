@@ -7,19 +7,17 @@ Right padding is assumed (the collate's convention); position ids come from the 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from stages.config import ConfigError
 from stages.models import ModelLoadError, default_device, resolve_model_dir, resolve_precision
 from train.config import TrainConfig, VisionConfig
 from train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from train.fusion import AdapterConfig, save_adapter
-from train.projector import load_module, read_config
+from train.pretrained_adapter import load_pretrained_adapter
 
 __all__ = ["LlavaOutput", "LlavaModel", "splice_image_tokens", "load_llm", "build_model", "ADAPTER_FILE",
            "LLM_DIR", "load_tokenizer", "position_ids"]
@@ -162,16 +160,9 @@ def load_tokenizer(model: str) -> Any:
     return tokenizer
 
 
-def _check_compatible(path: Path, expected: AdapterConfig) -> None:
-    found, expected_metadata = read_config(path), expected.to_metadata()
-    keys = ("vision", "feature_dims", "hidden_size")
-    diff = {k: (found.get(k), expected_metadata[k]) for k in keys if found.get(k) != expected_metadata[k]}
-    if diff:
-        raise ConfigError(f"adapter {path} was trained for a different setup: {json.dumps(diff)} (file, config)")
-
-
 def build_model(config: TrainConfig, *, feature_dims: Mapping[str, int]) -> LlavaModel:
-    """LLM + fresh adapter (or the stage-1 adapter from `config.pretrained_adapter`), frozen for pretrain.
+    """LLM + fresh adapter (or the one `config.pretrained_adapter` names: `train.pretrained_adapter`), frozen
+    for pretrain.
 
     The LLM loads in the training precision (bf16 halves host memory for a 7B model on every rank);
     DeepSpeed keeps fp32 master weights of whatever trains.
@@ -183,9 +174,7 @@ def build_model(config: TrainConfig, *, feature_dims: Mapping[str, int]) -> Llav
     adapter_config = AdapterConfig(vision=vision, feature_dims=dims, hidden_size=hidden, llm=config.model)
     adapter = adapter_config.build()
     if config.pretrained_adapter:
-        path = Path(config.pretrained_adapter)
-        _check_compatible(path, adapter_config)
-        load_module(adapter, path)
+        load_pretrained_adapter(adapter, config.pretrained_adapter, expected=adapter_config)
     adapter.to(dtype=llm.dtype)
     model = LlavaModel(llm=llm, adapter=adapter, adapter_config=adapter_config, max_length=config.max_length)
     if config.freeze_llm:

@@ -42,7 +42,7 @@ from stages.writable import check_writable_file
 from train.conditioning import required_arrays, run_guidance
 from train.config import TrainConfig, load_stage_config
 from train.conversation import IMAGE_TOKEN_INDEX
-from train.data import LlavaDataset
+from train.data import DataReport, LlavaDataset
 from train.model import load_tokenizer
 from train.resume import total_steps
 from train.sampler import make_sampler
@@ -151,7 +151,7 @@ class TrainPlan:
 
     stage: str
     world_size: int
-    samples: dict[str, int]
+    samples: dict[str, Any]
     steps: dict[str, int]
     tokens_per_sample: dict[str, float]
     parameters: dict[str, int]
@@ -197,7 +197,7 @@ class _Samples:
 
     total: int
     image: int
-    skipped: int
+    report: DataReport  # samples skipped for their image, trailing human turns dropped
     lengths: np.ndarray
     batches_per_epoch: int
 
@@ -210,13 +210,13 @@ def _samples(config: TrainConfig, arrays: _Arrays, array_ids: Sequence[str], *, 
                            max_length=config.max_length, num_image_tokens=image_tokens,
                            feature_source=arrays.source, array_ids=array_ids, missing="skip")
     if len(dataset) == 0:
-        raise ConfigError(f"no samples of {data_path} have their image in the cache")
+        raise ConfigError(f"no samples of {data_path} can be trained on: {dataset.report.explain()}")
     text = LlavaDataset(dataset.records, template=config.template, tokenizer=tokenizer, max_length=config.max_length,
                         num_image_tokens=image_tokens, feature_source=None, array_ids=())
     sampler = make_sampler(config, dataset, world_size=world_size, rank=0)
     sampler.set_epoch(0)
     return _Samples(total=len(dataset), image=sum(r.get("image") is not None for r in dataset.records),
-                    skipped=dataset.num_skipped, lengths=_token_lengths(text, image_tokens),
+                    report=dataset.report, lengths=_token_lengths(text, image_tokens),
                     batches_per_epoch=len(sampler) // config.per_device_batch_size)
 
 
@@ -257,8 +257,12 @@ def plan_training(config: TrainConfig, *, world_size: int, budget: ComputeBudget
         samples = _samples(config, arrays, array_ids, image_tokens=image_tokens, world_size=world_size)
         if shared is not None:
             shared[key] = samples
-    if samples.skipped and config.data.missing == "error":
-        notes.append(f"{samples.skipped} images are not in the cache: the run stops unless data.missing=skip")
+    report = samples.report
+    if report.skipped:
+        then = "the run stops (data.missing=error)" if config.data.missing == "error" else "data.missing=skip"
+        notes.append(f"{then}: {report.explain()}")
+    elif report.trailing_human_turns:
+        notes.append(report.render())
     lengths = samples.lengths
     per_epoch, total = total_steps(config, batches_per_epoch=samples.batches_per_epoch)
     batch = config.per_device_batch_size * config.gradient_accumulation_steps * world_size
@@ -281,7 +285,7 @@ def plan_training(config: TrainConfig, *, world_size: int, budget: ComputeBudget
     return TrainPlan(
         stage=config.stage, world_size=world_size,
         samples={"total": samples.total, "image": samples.image, "text_only": samples.total - samples.image,
-                 "not_cached": samples.skipped, "per_epoch_used": per_epoch * batch},
+                 "not_cached": report.num_skipped, "per_epoch_used": per_epoch * batch, **report.as_dict()},
         steps={"per_epoch": per_epoch, "total": total, "epochs": total / per_epoch, "global_batch": batch,
                "micro_batch": config.per_device_batch_size, "accumulation": config.gradient_accumulation_steps},
         tokens_per_sample={"mean": float(lengths.mean()), "max": float(lengths.max()), "measured": len(lengths),

@@ -12,8 +12,8 @@ call (DESIGN §1).
 from stages.serving.compute import MissingPrompts, compute_arrays, load_encoder, load_images, needs_unet_pass
 from stages.serving.guidance import Guidance, prompted_features
 from stages.serving.locate import LocatedStore, YamlStore, explicit_store, find_yaml_store
-from stages.serving.source import CachedFeatures, FeatureSource, SpecFeatures
+from stages.serving.source import NO_IMAGE_FILE, CachedFeatures, FeatureSource, MissingKey, SpecFeatures
 
-__all__ = ["FeatureSource", "SpecFeatures", "CachedFeatures", "LocatedStore", "YamlStore", "find_yaml_store",
-           "explicit_store", "Guidance", "prompted_features", "MissingPrompts", "compute_arrays", "load_encoder",
-           "load_images", "needs_unet_pass"]
+__all__ = ["FeatureSource", "MissingKey", "NO_IMAGE_FILE", "SpecFeatures", "CachedFeatures", "LocatedStore",
+           "YamlStore", "find_yaml_store", "explicit_store", "Guidance", "prompted_features", "MissingPrompts",
+           "compute_arrays", "load_encoder", "load_images", "needs_unet_pass"]

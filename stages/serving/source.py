@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -25,8 +26,24 @@ from stages.serving.compute import compute_arrays, load_encoder, load_images
 from stages.serving.locate import LocatedStore
 from stages.store import Fingerprint, KeyNotInStore, StoreNotFound, StoreReader
 from stages.store.shard_cache import ShardCache
+from stages.store.reader import NOT_EXTRACTED
 
-__all__ = ["FeatureSource", "SpecFeatures", "CachedFeatures"]
+__all__ = ["FeatureSource", "MissingKey", "NO_IMAGE_FILE", "SpecFeatures", "CachedFeatures"]
+
+
+NO_IMAGE_FILE = "no image file"
+
+
+@dataclass(frozen=True)
+class MissingKey:
+    """Why a source does not serve a key: `cause` in a few words, for counting (`stages.store.reader`'s
+    `NOT_EXTRACTED`, `INCOMPLETE`, `FAILED`, or `NO_IMAGE_FILE`), and the `reason` in full (its `str`)."""
+
+    cause: str
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class FeatureSource(Protocol):
@@ -36,7 +53,7 @@ class FeatureSource(Protocol):
         """Whether `key`'s arrays can be served."""
         ...
 
-    def why_missing(self, key: str) -> str:
+    def why_missing(self, key: str) -> MissingKey:
         """Why `key` is not `in` the source (a failed image says so, with the reason)."""
         ...
 
@@ -116,14 +133,14 @@ class SpecFeatures:
     def __contains__(self, key: object) -> bool:
         return key in self.held or (self.compute_missing and self._has_file(key))
 
-    def why_missing(self, key: str) -> str:
+    def why_missing(self, key: str) -> MissingKey:
         if self.reader is None:
-            return f"no image file {key!r} under {self.image_root}"
+            return MissingKey(NO_IMAGE_FILE, f"no image file {key!r} under {self.image_root}")
         try:
             self.reader.row_of(key)
         except KeyNotInStore as exc:
-            return str(exc)
-        return f"key {key!r} is not in {self!r}"
+            return MissingKey(exc.cause, str(exc))
+        return MissingKey(NOT_EXTRACTED, f"key {key!r} is not in {self!r}")
 
     def sample_shape(self, array_id: str) -> tuple[int, ...]:
         if self.reader is not None and array_id in self.reader.infos:
@@ -233,10 +250,10 @@ class CachedFeatures:
     def __repr__(self) -> str:
         return f"CachedFeatures({[str(r.paths.root) for r in self.readers]})"
 
-    def why_missing(self, key: str) -> str:
+    def why_missing(self, key: str) -> MissingKey:
         """Why `key` is not served: never planned, in an incomplete shard, or failed (with the reason)."""
         return next((unit.why_missing(key) for unit in self.units if key not in unit),
-                    f"key {key!r} is not in {self!r}")
+                    MissingKey(NOT_EXTRACTED, f"key {key!r} is not in {self!r}"))
 
     def _unit(self, array_id: str) -> SpecFeatures:
         if array_id not in self._owner:

@@ -33,12 +33,20 @@ from stages.store.shard_cache import CorruptDownload, ShardCache, files_for
 from stages.store.records import CompletionRecord
 from stages.store.registry import describe_missing
 
-__all__ = ["StoreReader", "KeyNotInStore", "StoreNotFound", "StoreCorruption"]
+__all__ = ["StoreReader", "KeyNotInStore", "NOT_EXTRACTED", "INCOMPLETE", "FAILED", "StoreNotFound",
+           "StoreCorruption"]
+
+
+NOT_EXTRACTED, INCOMPLETE, FAILED = "not extracted", "extraction incomplete", "failed to extract"
 
 
 class KeyNotInStore(UserError, KeyError):
-    """A key the store cannot serve; the message says whether it was never planned, failed, or is
-    in a shard that is not complete yet."""
+    """A key the store cannot serve; `cause` says whether it was never planned (`NOT_EXTRACTED`), failed
+    (`FAILED`, the message gives the reason), or is in a shard that is not complete yet (`INCOMPLETE`)."""
+
+    def __init__(self, message: str, *, cause: str = "") -> None:  # a default: rebuilt from the message alone
+        super().__init__(message)
+        self.cause = cause
 
     def __str__(self) -> str:  # KeyError would show the repr of the message
         return str(self.args[0])
@@ -128,14 +136,15 @@ class StoreReader:
         row = self._row.get(key)
         if row is None:
             raise KeyNotInStore(f"key {key!r} was never planned in store {self.paths.root} "
-                                f"({len(self._row)} keys planned)")
+                                f"({len(self._row)} keys planned)", cause=NOT_EXTRACTED)
         shard = row // self.meta.shard_size
         waiting = [a for a in array_ids if not self.meta.is_complete(a, shard)]
         if waiting:
-            raise KeyNotInStore(f"key {key!r} is in shard {shard}, which is not complete for {waiting}")
+            raise KeyNotInStore(f"key {key!r} is in shard {shard}, which is not complete for {waiting}",
+                                cause=INCOMPLETE)
         reason = self.meta.failed(shard, array_ids).get(key)
         if reason is not None:
-            raise KeyNotInStore(f"key {key!r} failed: {reason}")
+            raise KeyNotInStore(f"key {key!r} failed: {reason}", cause=FAILED)
         return row
 
     def image_stamps(self, keys: Sequence[str]) -> dict[str, ImageStamp]:

@@ -42,13 +42,16 @@ def test_manifest_dedupes_across_files_sorts_keys_and_counts_text_only(root, tmp
     assert not manifest.refused and not manifest.missing
 
 
-def test_escaping_paths_are_refused_and_missing_files_reported_not_fatal(root, tmp_path):
+def test_escaping_keys_are_refused_by_cause_symlinks_followed_and_missing_files_reported_not_fatal(root, tmp_path):
     entries = ["a/1.jpg", "../outside.jpg", "/etc/passwd", "a/../../outside.jpg", "a/link.jpg",
                "a/nope.jpg", 7]
     manifest = build_manifest([write_json(tmp_path / "m.json", [sample(e) for e in entries])], image_root=root)
-    assert manifest.keys == ("a/1.jpg",)
-    assert set(manifest.refused) == {"../outside.jpg", "/etc/passwd", "a/../../outside.jpg", "a/link.jpg", "7"}
-    assert all("escapes" in r or "outside" in r or "not a non-empty path" in r for r in manifest.refused.values())
+    assert manifest.keys == ("a/1.jpg", "a/link.jpg")  # the image root's own symlink is followed
+    assert set(manifest.refused) == {"../outside.jpg", "/etc/passwd", "a/../../outside.jpg", "7"}
+    assert manifest.refused_by_cause == {"'..' in the path": ("../outside.jpg", "a/../../outside.jpg"),
+                                         "absolute path": ("/etc/passwd",), "not a path string": ("7",)}
+    assert "escapes the image root" in manifest.refused["/etc/passwd"]
+    assert manifest.refusals().startswith("2 '..' in the path (e.g. '../outside.jpg'), 1 absolute path")
     assert manifest.missing == {"a/nope.jpg": f"missing image file {root.resolve() / 'a/nope.jpg'}"}
     kinds = {row["key"]: row["kind"] for row in manifest.problems()}
     assert kinds["a/nope.jpg"] == "missing" and kinds["/etc/passwd"] == "refused"

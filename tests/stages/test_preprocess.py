@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.image_files import ImageError, safe_image_path
+from stages.image_files import ImageError, UnsafeKey, find_files, safe_image_path
 from stages.preprocess import ImageSpec, load_image, preprocess, to_tensor
 
 
@@ -46,19 +46,39 @@ def test_exif_orientation_is_applied_and_modes_become_rgb(tmp_path):
     assert {load_image(tmp_path, n).mode for n in ("a.png", "g.png", "c.jpg")} == {"RGB"}
 
 
-@pytest.mark.parametrize("key", ["/etc/passwd", "../secret.jpg", "a/../../secret.jpg", "~/x.jpg", ""])
-def test_paths_escaping_the_root_are_refused(tmp_path, key):
-    with pytest.raises(ImageError, match="escapes"):
+@pytest.mark.parametrize("key, cause", [
+    ("/etc/passwd", "absolute path"), ("../secret.jpg", "'..' in the path"), ("a/../../secret.jpg", "'..' in the path"),
+    ("a/./../b.jpg", "'..' in the path"), ("~/x.jpg", "starts with '~'"), ("", "empty path"),
+])
+def test_keys_that_could_leave_the_root_as_written_are_refused_with_their_cause(tmp_path, key, cause):
+    (tmp_path / "root" / "a").mkdir(parents=True)
+    with pytest.raises(UnsafeKey) as info:
         safe_image_path(tmp_path / "root", key)
+    assert info.value.cause == cause and (not key or "escapes the image root" in str(info.value))
 
 
-def test_symlink_pointing_outside_the_root_is_refused(tmp_path):
-    root = tmp_path / "root"
+def test_symlinks_the_image_root_holds_are_followed_wherever_they_lead(tmp_path):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere" / "coco"
     root.mkdir()
-    solid(4, 4).save(tmp_path / "outside.jpg")
-    (root / "link.jpg").symlink_to(tmp_path / "outside.jpg")
-    with pytest.raises(ImageError, match="outside"):
-        load_image(root, "link.jpg")
+    elsewhere.mkdir(parents=True)
+    solid(4, 4).save(elsewhere / "1.jpg")
+    solid(6, 6).save(tmp_path / "outside.jpg")
+    (root / "coco").symlink_to(elsewhere)  # a linked folder (LLaVA set-ups: coco -> /data/coco)
+    (root / "link.jpg").symlink_to(tmp_path / "outside.jpg")  # a linked file
+    assert load_image(root, "coco/1.jpg").size == (4, 4) and load_image(root, "link.jpg").size == (6, 6)
+
+
+def test_find_files_follows_symlinked_folders_once_and_ends_a_link_cycle(tmp_path):
+    root, kept = tmp_path / "root", tmp_path / "kept"
+    (kept / "sub").mkdir(parents=True)
+    (root / "own").mkdir(parents=True)
+    for path in (kept / "a.parquet", kept / "sub" / "b.parquet", root / "own" / "c.parquet", kept / "x.txt"):
+        path.write_bytes(b"")
+    (root / "data").symlink_to(kept)  # pathlib's rglob does not enter it (Python < 3.13)
+    (root / "data2").symlink_to(kept)  # the same folder again: listed once, under its first name
+    (kept / "loop").symlink_to(root)  # a cycle back to the root
+    found = [p.relative_to(root).as_posix() for p in find_files(root, "*.parquet")]
+    assert found == ["data/a.parquet", "data/sub/b.parquet", "own/c.parquet"]
 
 
 def test_unusable_files_raise_image_error_with_a_reason(tmp_path):

@@ -10,7 +10,7 @@ import torch
 from stages.embedded import MANIFEST_NAME, resolve_model
 from stages.embedded.llm import build_tiny_llm
 from train.conversation import (
-    IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, VICUNA_V1_SYSTEM, first_human_text,
+    IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, VICUNA_V1_SYSTEM, ends_on_human_turn, first_human_text,
     tokenize_conversation,
 )
 
@@ -161,10 +161,21 @@ def test_leading_gpt_turn_is_dropped_like_llava(tok):
     assert tokenize_conversation(conv, template="v1", tokenizer=tok, has_image=False) == expected
 
 
+@pytest.mark.parametrize("template, has_image", [("v1", False), ("v1", True), ("plain", True)])
+def test_a_trailing_human_turn_is_dropped_and_reported(tok, template, has_image):
+    """A conversation ending on a human turn trains on the exchanges before it (it used to stop the run)."""
+    answered = turns("<image>\nWhat?" if has_image else "What?", "A cat.")
+    conv = [*answered, {"from": "human", "value": "And the dog?"}]
+    expected = tokenize_conversation(answered, template=template, tokenizer=tok, has_image=has_image)
+    assert tokenize_conversation(conv, template=template, tokenizer=tok, has_image=has_image) == expected
+    assert ends_on_human_turn(conv) and not ends_on_human_turn(answered)
+
+
 @pytest.mark.parametrize(("conv", "has_image", "message"), [
     (turns("<image>\nWhat?", "A cat."), False, "text-only"),
     (turns("What?", "A <image> cat."), True, "assistant turn"),
-    (turns("What?", "A cat.", "And?"), False, "alternate"),
+    ([*turns("What?"), *turns("And?", "A cat.")], False, "alternate"),
+    (turns("What?"), False, "at least one gpt turn"),
     ([{"from": "system", "value": "x"}, *turns("What?", "A cat.")], False, "turn 0"),
 ])
 def test_malformed_conversations_fail_with_a_clear_error(tok, conv, has_image, message):

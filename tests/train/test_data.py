@@ -13,6 +13,8 @@ from stages.embedded.llm import build_tiny_tokenizer
 from train.batch import Batch, collate
 from train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX, tokenize_conversation
 from stages.llava import load_llava_json
+from stages.serving import MissingKey
+from stages.store.reader import FAILED, NOT_EXTRACTED
 from train.data import LlavaDataset, MissingImageError
 from train.sampler import ModalityLengthGroupedSampler
 
@@ -31,8 +33,8 @@ class ArraySource:
     def __contains__(self, key: object) -> bool:
         return key in self.rows
 
-    def why_missing(self, key: str) -> str:
-        return f"key {key!r} was never planned"
+    def why_missing(self, key: str) -> MissingKey:
+        return MissingKey(NOT_EXTRACTED, f"key {key!r} was never planned")
 
     def read(self, keys: list[str], array_ids: list[str]) -> dict[str, np.ndarray]:
         rows = [self.rows[key] for key in keys]
@@ -102,17 +104,19 @@ def test_text_only_item_has_no_features_and_no_question(tok, source):
     assert IMAGE_TOKEN_INDEX not in item.input_ids.tolist()
 
 
-def test_missing_image_fails_naming_the_key_and_the_store(tok, source):
+def test_missing_image_with_missing_error_fails_naming_the_key_and_the_store(tok, source):
     records = [*RECORDS, record(9, "ocr_vqa/images/missing.jpg")]
     with pytest.raises(MissingImageError, match=r"'ocr_vqa/images/missing.jpg'.*ArraySource\('test-store'\)"):
-        dataset(tok, source, records)
+        dataset(tok, source, records, missing="error")
 
 
-def test_missing_image_skip_drops_and_counts_the_sample(tok, source):
+def test_missing_image_is_skipped_and_counted_by_default(tok, source):
     records = [*RECORDS, record(9, "ocr_vqa/images/missing.jpg"), record(10, "textvqa/train_images/gone.jpg")]
-    data = dataset(tok, source, records, missing="skip")
+    data = dataset(tok, source, records)
     assert len(data) == len(RECORDS) and data.num_skipped == 2
-    assert data.skipped_keys == ("ocr_vqa/images/missing.jpg", "textvqa/train_images/gone.jpg")
+    assert data.report.skipped == {NOT_EXTRACTED: 2}
+    assert data.report.render() == "2 samples skipped for their image (2 not extracted)"
+    assert "'ocr_vqa/images/missing.jpg' (record 4, id '9')" in data.report.explain()
     assert [data[i].image_key for i in range(len(data))] == [r.get("image") for r in RECORDS]
 
 
@@ -205,6 +209,8 @@ def test_collate_refuses_a_batch_where_only_some_image_samples_carry_features(to
 @pytest.mark.parametrize("conversations, message", [
     ([{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}], "a text-only sample"),
     ([{"from": "human", "value": "What?"}], "a conversation must alternate"),
+    ([{"from": "human", "value": "What?"}, {"from": "human", "value": "Why?"}, {"from": "gpt", "value": "No."}],
+     "a conversation must alternate"),
     ([{"from": "user", "value": "What?"}, {"from": "gpt", "value": "A cat."}], "turn 0 must be"),
 ])
 def test_a_malformed_conversation_fails_at_construction_naming_the_record(tok, source, conversations, message):
@@ -219,12 +225,15 @@ def test_a_non_string_image_fails_at_construction_naming_the_record(tok):
         dataset(tok, None, [bad], array_ids=())
 
 
-def test_a_failed_image_says_it_failed_with_the_reason_and_that_extracting_again_does_not_help(tok, source,
-                                                                                               monkeypatch):
+def test_a_missing_image_error_says_what_fixes_its_cause(tok, source, monkeypatch):
     with monkeypatch.context() as patch:
-        patch.setattr(ArraySource, "why_missing", lambda self, key: f"key {key!r} failed: cannot decode image")
-        with pytest.raises(MissingImageError, match=r"'x\.jpg' failed: cannot decode image; extracting again does "
-                                                    r"not retry a failed image: pass data\.missing=skip"):
-            dataset(tok, source, [*RECORDS, record(9, "x.jpg")])
-    with pytest.raises(MissingImageError, match=r"never planned; extract it first .* or pass data\.missing=skip"):
-        dataset(tok, ArraySource(["a.jpg"]), [record(9, "y.jpg")])
+        patch.setattr(ArraySource, "why_missing",
+                      lambda self, key: MissingKey(FAILED, f"key {key!r} failed: cannot decode image"))
+        with pytest.raises(MissingImageError, match=r"'x\.jpg' failed: cannot decode image; the failure is recorded "
+                                                    r"in the store: fix or replace the image file, then run `just "
+                                                    r"extract` on its data file with retry_failed=true; or set "
+                                                    r"data\.missing=skip"):
+            dataset(tok, source, [*RECORDS, record(9, "x.jpg")], missing="error")
+    with pytest.raises(MissingImageError, match=r"never planned; run `just extract` on the data file that holds "
+                                                r"it, with the run's extraction config; or set data\.missing=skip"):
+        dataset(tok, ArraySource(["a.jpg"]), [record(9, "y.jpg")], missing="error")
