@@ -201,6 +201,8 @@ def test_a_benchmark_given_by_its_own_path_is_the_result_it_is_under_the_eval_ro
     (line,) = extract_args(by_path)
     assert f"image_root={run}/eval/images" in line and f"data=[{run}/eval/data/mmvp.json]" in line
     assert (run / "eval" / "images" / "mmvp").resolve() == (env["eval_root"] / "mmvp").resolve()
+    (result,) = run_eval(by_path, progress=False)  # read through the links: the extraction follows them
+    assert [p["id"] for p in result["predictions"]] == [i.id for i in env["items"]["mmvp"]]
 
 
 def test_other_pictures_under_the_cached_names_get_their_own_features(env, tmp_path, store_builder, capsys):
