@@ -1,7 +1,8 @@
 """Store benchmark: write MB/s and read samples/s of our zarr store and webdataset export against
 per-sample .npy / torch.save files and the raw page-cache bandwidth (`np.fromfile`), the compression
 table that picks the default codec, and the cost of checking every sample (crc32c and identity digest)
-on read: checked against unchecked reads and against `np.fromfile`, side by side in one run.
+on read: checked against unchecked reads and against `np.fromfile`, side by side in one run, and the same
+store on an S3-compatible server read through the local shard cache (`benchmarks.store_objects`).
 
 Data: synthetic but activation-like float16 `[256, 1280]` samples (16x16 token grid): a low-rank
 (r=32) spatially smooth field (bicubic-upsampled 4x4 noise) mixed into 1280 channels, plus token
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 import zarr
 
 from benchmarks.common import best_seconds, best_seconds_interleaved, markdown_table, write_results
+from benchmarks.store_objects import bench_object_store
 from stages.store import COMPRESSIONS, CacheStore, CompletionRecord, Fingerprint, StoreReader
 
 T, C, SHARD, BATCH = 256, 1280, 256, 32
@@ -269,16 +271,20 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_per_sample(work, data, "npy") + bench_per_sample(work, data, "pt")
         compression = bench_compression(work, data)
         integrity = bench_integrity(work, data)
+        objects = bench_object_store(work, data, ARRAY)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     path = write_results("store", {"n_samples": args.n, "sample_shape": [T, C], "dtype": "float16",
                                    "batch": BATCH, "shard_size": SHARD, "reads": rows, "compression": compression,
-                                   "integrity": integrity})
+                                   "integrity": integrity, "object_store": objects})
     keys = ["format", "access", "workers", "write_MBps", "samples_per_s", "read_MBps"]
     print(markdown_table(keys, [[r[k] for k in keys] for r in rows]))
     ckeys = list(compression[0])
     print()
     print(markdown_table(ckeys, [[r[k] for k in ckeys] for r in compression]))
+    okeys = list(objects["epochs"][0])
+    print()
+    print(markdown_table(okeys, [[r[k] for k in okeys] for r in objects["epochs"]]))
     print(f"\nwrote {path}")
     return 0
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import obstore
 import pytest
 import yaml
 
+from benchmarks.loopback_s3 import loopback_s3
 from stages.store import CacheStore, StoreReader, verify_store
 from stages.store import leases
 from stages.store.objects import ObjectPath
@@ -30,22 +30,10 @@ SHARD = 4
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+def s3():
     """`s3://bucket` on a moto server on a free loopback port; the environment obstore reads points at it."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    _, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/bucket", method="PUT"))
-    yield "s3://bucket"
-    server.stop()
-    for key, value in saved.items():
-        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    with loopback_s3() as bucket:
+        yield bucket
 
 
 def _store(root: str, n_shards: int) -> CacheStore:
