@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 import time
@@ -99,12 +100,22 @@ def _read_rates(work: Path, data: np.ndarray, *, shard: int, batch: int) -> dict
     batches = [[keys[i] for i in idx] for idx in np.array_split(np.random.default_rng(0).permutation(len(keys)),
                                                                   len(keys) // batch)]
     tensor: Callable[[np.ndarray], torch.Tensor] = lambda a: torch.from_numpy(a).float()  # noqa: E731 (train.data)
+
+    def each(read: Callable[[list[str]], object], *, cold: StoreReader | None = None) -> Callable[[], None]:
+        """One pass over the batches, each result dropped as a training step would (none is kept)."""
+        def run() -> None:
+            if cold is not None:
+                _evict(cold.paths.root)
+            for keys_ in batches:
+                read(keys_)
+        return run
+
     timed = {}
     for dtype, reader in readers.items():
-        timed[f"random {dtype}"] = lambda r=reader: [r.read(b) for b in batches]
-        timed[f"random as float32 tensors {dtype}"] = lambda r=reader: [tensor(r.read(b)["x"]) for b in batches]
-        timed[f"random from disk {dtype}"] = lambda r=reader: (_evict(r.paths.root), [r.read(b) for b in batches])
-        timed[f"shards {dtype}"] = lambda r=reader: list(r.iter_shards())
+        timed[f"random {dtype}"] = each(reader.read)
+        timed[f"random as float32 tensors {dtype}"] = each(lambda b, r=reader: tensor(r.read(b)["x"]))
+        timed[f"random from disk {dtype}"] = each(reader.read, cold=reader)
+        timed[f"shards {dtype}"] = lambda r=reader: collections.deque(r.iter_shards(), maxlen=0)
     seconds = best_seconds_interleaved(timed)
     out = {}
     for dtype, reader in readers.items():
