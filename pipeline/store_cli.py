@@ -9,9 +9,7 @@ from typing import Sequence
 
 from stages.errors import UserError, print_user_error
 from stages.locations import DEFAULT_CACHE_ROOT, REPO
-from stages.store import CacheStore, StoreMeta, list_caches
-from stages.store.compact import COMPACT
-from stages.store.convert import convert_store
+from stages.store import COMPACT, CacheStore, StoreMeta, convert_store, list_caches
 from stages.store.meta import is_store
 from stages.store.repair import Problem, repair_store
 from stages.store.verify import check_store

@@ -58,8 +58,9 @@ def convert_store(source: str | Path, feature_dtype: str, *, features: Collectio
         target.add_keys([k for k in plan.keys if k is not None])
         planned = target.shards()
         if len(planned) <= plan.index or planned[plan.index] != plan:
-            raise StoreDamaged(f"store {target.path} plans shard {plan.index} otherwise than {meta.paths.root}; "
-                               "remove it and convert again")
+            raise UserError(f"store {target.path} already plans shard {plan.index} with other keys than "
+                            f"{meta.paths.root} (another run filled it): a conversion cannot give it the source's "
+                            f"rows; fill it with `just extract feature_dtype={feature_dtype}`, or remove it to convert")
     for array_id in meta.array_ids:
         info = meta.infos[array_id]
         target.ensure_array(array_id, sample_shape=info.sample_shape,
