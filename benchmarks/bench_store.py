@@ -1,35 +1,42 @@
 """Store benchmark: write MB/s and read samples/s of our zarr store and webdataset export against
 per-sample .npy / torch.save files and the raw page-cache bandwidth (`np.fromfile`), the compression
-table that picks the default codec, and the cost of checking every sample (crc32c and identity digest)
-on read: checked against unchecked reads and against `np.fromfile`, side by side in one run, and the same
-store on an S3-compatible server read through the local shard cache (`benchmarks.store_objects`).
+table that picks the default codec, the cost of checking every sample (crc32c and identity digest)
+on read: checked against unchecked reads and against `np.fromfile`, side by side in one run, the
+compact feature dtypes against float16 (`benchmarks.compact`), and the same store on an S3-compatible
+server read through the local shard cache (`benchmarks.store_objects`).
 
 Data: synthetic but activation-like float16 `[256, 1280]` samples (16x16 token grid): a low-rank
 (r=32) spatially smooth field (bicubic-upsampled 4x4 noise) mixed into 1280 channels, plus token
 noise, times a heavy-tailed per-channel scale (log-normal, sigma 0.8) with 4 outlier channels x30.
 All reads are warm (files just written, in the page cache): the comparison is per-format overhead.
 
-    python -m benchmarks.bench_store [--n 768] [--workdir DIR] [--integrity-only]
+    python -m benchmarks.bench_store [--n 768] [--workdir DIR] [--integrity-only | --compact-only]
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import shutil
-import tempfile
-import time
-from pathlib import Path
-from typing import Callable, Iterator
+import os
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-import zarr
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the compact comparison extracts and trains with embedded models
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.common import best_seconds, best_seconds_interleaved, markdown_table, write_results
-from benchmarks.store_objects import bench_object_store
-from stages.store import COMPRESSIONS, CacheStore, CompletionRecord, Fingerprint, StoreReader
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable, Iterator  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import zarr  # noqa: E402
+
+from benchmarks.common import RESULTS, best_seconds, best_seconds_interleaved, markdown_table, write_results  # noqa: E402
+from benchmarks.compact import bench_compact  # noqa: E402
+from benchmarks.store_objects import bench_object_store  # noqa: E402
+from stages.store import COMPRESSIONS, CacheStore, CompletionRecord, Fingerprint, StoreReader  # noqa: E402
 
 T, C, SHARD, BATCH = 256, 1280, 256, 32
 ARRAY = "U-L1-R1-B0-Cross-Q@t50"
@@ -257,12 +264,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a temp dir)")
     parser.add_argument("--integrity-only", action="store_true",
                         help="only the checked / unchecked / np.fromfile comparison (printed; store.json untouched)")
+    parser.add_argument("--compact-only", action="store_true",
+                        help="only the compact dtypes against float16 (its entry of store.json is replaced)")
+    parser.add_argument("--steps", type=int, default=18, help="pretraining steps per dtype (compact comparison)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.workdir))
     try:
         data = activations(args.n)
         if args.integrity_only:
             bench_integrity(work, data)
+            return 0
+        if args.compact_only:
+            previous = json.loads((RESULTS / "store.json").read_text()) if (RESULTS / "store.json").is_file() else {}
+            previous.pop("machine", None)
+            write_results("store", {**previous, "compact": bench_compact(work, data, shard=SHARD, batch=BATCH,
+                                                                          steps=args.steps)})
             return 0
         rows = [bench_raw(work, data)]
         print(rows[-1], flush=True)
@@ -272,11 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         compression = bench_compression(work, data)
         integrity = bench_integrity(work, data)
         objects = bench_object_store(work, data, ARRAY)
+        compact = bench_compact(work, data, shard=SHARD, batch=BATCH, steps=args.steps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     path = write_results("store", {"n_samples": args.n, "sample_shape": [T, C], "dtype": "float16",
                                    "batch": BATCH, "shard_size": SHARD, "reads": rows, "compression": compression,
-                                   "integrity": integrity, "object_store": objects})
+                                   "integrity": integrity, "compact": compact, "object_store": objects})
     keys = ["format", "access", "workers", "write_MBps", "samples_per_s", "read_MBps"]
     print(markdown_table(keys, [[r[k] for k in keys] for r in rows]))
     ckeys = list(compression[0])

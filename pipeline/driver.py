@@ -84,7 +84,7 @@ def plan_run(config: ExtractConfig, *, manifest: Manifest | None = None) -> Plan
     if schedule.stale:
         store.refresh()
     return Plan(store=store, manifest=manifest, array_ids=tuple(array_ids), schedule=schedule,
-                shapes={a: (meta.infos[a].sample_shape, meta.infos[a].dtype.name) for a in array_ids},
+                shapes={a: (meta.infos[a].sample_shape, meta.infos[a].stored_dtype) for a in array_ids},
                 image_spec=image_spec_for(spec, max_pixels=run.max_pixels),
                 errors_file=store.path / errors_file_name(json_paths, image_root), created=tuple(created),
                 repairs=tuple(repairs))
@@ -181,7 +181,7 @@ def _check_extractor_memory(config: ExtractConfig, meta: StoreMeta | None, *, sh
     spec, run = config.spec, config.run
     array_ids = spec.array_ids()
     if meta is not None and set(array_ids) <= set(meta.array_ids):
-        shapes = {a: (meta.infos[a].sample_shape, meta.infos[a].dtype.name) for a in array_ids}
+        shapes = {a: (meta.infos[a].sample_shape, meta.infos[a].stored_dtype) for a in array_ids}
     else:  # a meta-device forward, as `plan_run` makes for new arrays
         shapes = array_shapes_for(spec)
     need = extractor_memory(shapes, shard_size=shard_size, batch_size=run.batch_size)

@@ -28,20 +28,30 @@ import numpy as np
 from pipeline.config import ExtractConfig, resolve_data
 from pipeline.manifest import REFUSED_HINT, build_manifest
 from pipeline.shards import pending
-from stages.cache_spec import fingerprint_for
+from stages.cache_spec import CacheSpec, fingerprint_for
 from stages.flops import ComputeBudget, architecture_dir
 from stages.store.objects import as_location, is_url
+from stages.store.compact import data_type, held_dtype, stored_parts
 from stages.store.webdataset_shards import npy_size, tar_shard_size
 
-__all__ = ["ShardWork", "ExtractPlan", "plan_extract", "write_plan", "extractor_memory", "zarr_shard_bytes"]
+__all__ = ["ShardWork", "ExtractPlan", "plan_extract", "write_plan", "extractor_memory", "zarr_shard_bytes",
+           "array_shard_bytes"]
 
 _UNKNOWN_STORE = "0" * 16
 
 
 def zarr_shard_bytes(sample_shape: Sequence[int], dtype: str, shard_size: int) -> int:
-    """One shard file of an array: every row's bytes + crc32c, then the shard index + its crc32c."""
+    """One shard file of a zarr array of data type `dtype`: every row's bytes + crc32c, then the shard index
+    + its crc32c."""
     sample = int(np.prod(sample_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     return shard_size * (sample + 4) + shard_size * 16 + 4
+
+
+def array_shard_bytes(spec: CacheSpec, shapes: Mapping[str, Sequence[int]], shard_size: int) -> dict[str, int]:
+    """`{array_id: bytes}` of one shard of each array of `spec` (sample shapes `shapes`): its shard file, and
+    a compact array's scales' (`stages.store.compact`)."""
+    parts = {a: stored_parts(a, shapes[a], spec.stored_dtype(a)) for a in spec.array_ids()}
+    return {a: sum(zarr_shard_bytes(s, data_type(d), shard_size) for _, s, d in p) for a, p in parts.items()}
 
 
 @dataclass(frozen=True)
@@ -113,7 +123,8 @@ def extractor_memory(shapes: Mapping[str, tuple[Sequence[int], str]], *, shard_s
     one shard of every array, buffered whole before it is written (`pipeline.worker`), plus one batch of
     pooled float32 features. The models and the U-Net's activations come on top."""
     per_row = {a: int(np.prod(shape, dtype=np.int64)) for a, (shape, _) in shapes.items()}
-    return sum(n * (shard_size * np.dtype(shapes[a][1]).itemsize + batch_size * 4) for a, n in per_row.items())
+    return sum(n * (shard_size * np.dtype(held_dtype(shapes[a][1])).itemsize + batch_size * 4)
+               for a, n in per_row.items())
 
 
 def _sum_parts(parts: Iterable[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
@@ -128,8 +139,9 @@ def _bytes(config: ExtractConfig, work: Sequence[ShardWork], *, shapes: Mapping[
            shard_size: int, n_shards: int, store: str | None) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """(bytes written in all, per array) by the shards of `work`: zarr shard files and tars."""
     spec, array_ids = config.spec, config.spec.array_ids()
-    per_shard = {a: zarr_shard_bytes(shapes[a], spec.stored_dtype(a), shard_size) for a in array_ids}
-    npy = {a: npy_size(shapes[a], spec.stored_dtype(a)) for a in array_ids}
+    per_shard = array_shard_bytes(spec, shapes, shard_size)
+    npy = {i: npy_size(s, data_type(d))
+           for a in array_ids for i, s, d in stored_parts(a, shapes[a], spec.stored_dtype(a))}
     tars = sum(tar_shard_size(w.keys, rows=w.rows, shard=w.shard, npy_sizes=npy, store=store or _UNKNOWN_STORE)
                for w in work) if config.run.write_webdataset else 0
     zarr_written = {a: per_shard[a] * sum(a in w.arrays for w in work) for a in array_ids}

@@ -1,5 +1,5 @@
-"""`caches [ROOT] [--drop STORE ARRAY...]` and `verify STORE [--repair]`: the store commands (wired
-into pipeline/cli.py)."""
+"""`caches [ROOT] [--drop STORE ARRAY...] [--convert STORE feature_dtype=DTYPE]` and `verify STORE [--repair]`:
+the store commands (wired into pipeline/cli.py)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from typing import Sequence
 
 from stages.errors import UserError, print_user_error
 from stages.locations import DEFAULT_CACHE_ROOT, REPO
-from stages.store import CacheStore, StoreMeta, list_caches
+from stages.store import COMPACT, CacheStore, StoreMeta, convert_store, list_caches
 from stages.store.objects import as_location
 from stages.store.meta import is_store
 from stages.store.repair import Problem, repair_store
@@ -48,20 +48,37 @@ def _drop(store: str, array_ids: Sequence[str]) -> int:
     return 0
 
 
+def _convert(store: str, setting: str) -> int:
+    """Write STORE's features in a compact dtype into the store of that dtype beside it, from the values STORE
+    holds (`stages.store.convert`); its latents are copied: they are never compact."""
+    from stages.cache_spec import LATENTS  # imports torch: only when converting
+
+    key, sep, dtype = setting.partition("=")
+    if key != "feature_dtype" or not sep:
+        raise UserError(f"--convert takes a store and feature_dtype=<{'|'.join(COMPACT)}>, got {setting!r}")
+    meta = StoreMeta.load(store, expect=None)
+    path = convert_store(store, dtype, features=[a for a in meta.array_ids if a != LATENTS])
+    print(f"converted {store} to feature_dtype={dtype}: {path}")
+    return 0
+
+
 def caches_main(argv: Sequence[str] | None = None) -> int:
     """List the stores under ROOT: fingerprint, models, timesteps, arrays, done/planned, size, created;
-    or drop arrays from one store."""
+    or drop arrays from one store; or convert a float16 store's features to a compact dtype."""
     parser = argparse.ArgumentParser(prog="caches", description=caches_main.__doc__)
     parser.add_argument("root", nargs="?", default=DEFAULT_CACHE_ROOT,
                         help=f"cache root (default: {DEFAULT_CACHE_ROOT}, as for extract)")
     parser.add_argument("--drop", nargs="+", metavar=("STORE", "ARRAY"),
                         help="remove these arrays (zarr data and completion records) from STORE")
+    parser.add_argument("--convert", nargs=2, metavar=("STORE", "feature_dtype=DTYPE"),
+                        help=f"write the features of float16 STORE as DTYPE ({', '.join(COMPACT)}) into the store "
+                             "of that dtype beside it, without recomputing them (resumable)")
     args = parser.parse_args(argv)
-    if args.drop:
-        if len(args.drop) < 2:
-            parser.error("--drop needs a store and at least one array id")
+    if args.drop and len(args.drop) < 2:
+        parser.error("--drop needs a store and at least one array id")
+    if args.drop or args.convert:
         try:
-            return _drop(args.drop[0], args.drop[1:])
+            return _drop(args.drop[0], args.drop[1:]) if args.drop else _convert(*args.convert)
         except UserError as exc:
             return print_user_error("caches", exc)
     if not as_location(args.root).is_dir():
@@ -75,7 +92,7 @@ def caches_main(argv: Sequence[str] | None = None) -> int:
         print(f"  models: {info.model_ids if info.model_ids is not None else '-'}"
               f"  timesteps: {', '.join(map(str, info.timesteps)) or '-'}")
         for array_id in info.array_ids:
-            print(f"  {array_id:<40} {info.n_done[array_id]:>9} / {info.n_planned} done")
+            print(f"  {array_id:<40} {info.dtypes[array_id]:<14} {info.n_done[array_id]:>9} / {info.n_planned} done")
         for problem in info.problems:
             print(f"  damaged: {problem} (just verify {info.path} names the fix)")
         if not info.array_ids and not info.problems:

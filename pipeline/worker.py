@@ -34,6 +34,7 @@ from stages.image_files import ImageError
 from stages.preprocess import ImageSpec, preprocess, read_image
 from stages.serving import compute_arrays
 from stages.store import CacheStore, Fingerprint, StoreReader
+from stages.store.compact import held_dtype, sample_nbytes
 
 __all__ = ["decode_shard", "decode_row", "WorkerBuilder", "ShardProcessor", "ShardWorker"]
 
@@ -103,7 +104,8 @@ class ShardProcessor:
         self.encoded = 0  # images encoded from pixels (VAE or CLIP vision); 0 when latents are reused
 
     def _empty(self, array_ids: Sequence[str], n_rows: int) -> dict[str, np.ndarray]:
-        return {a: np.zeros((n_rows, *self.builder.shapes[a][0]), self.builder.shapes[a][1]) for a in array_ids}
+        return {a: np.zeros((n_rows, *self.builder.shapes[a][0]), held_dtype(self.builder.shapes[a][1]))
+                for a in array_ids}
 
     def _stored(self, shard: int, array_ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Every row of shard `shard` of arrays complete before the run was planned. One reader per
@@ -113,7 +115,8 @@ class ShardProcessor:
         return {a: self._reader.read_shard(a, shard) for a in array_ids}
 
     def compute(self, decoded: DecodedShard) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
-        """Arrays to write `(shard_size, *sample_shape)` in stored dtypes (failed/padding rows zero), the
+        """Arrays to write `(shard_size, *sample_shape)` as the store takes them (`FeatureEncoder.stored`;
+        failed/padding rows zero), the
         stored arrays read to compute them (the reused latents) and the failures."""
         task = decoded.task
         if task.reuse_latents:  # only specs whose arrays include LATENTS get such tasks (see driver._task)
@@ -153,11 +156,9 @@ class ShardProcessor:
             images, limits = source.images, source.decode_limits
         else:
             images, limits = decoded.stamps, self.builder.decode_limits
-        written = sum(a.nbytes for a in arrays.values())
-        export = None
-        if self.builder.write_webdataset:  # the tar holds every array of the shard
-            have = {**reused, **arrays}
-            export = {**self._stored(shard, [a for a in self.array_ids if a not in have]), **have}
+        written = sum(len(v) * sample_nbytes(v.shape[1:], self.builder.shapes[a][1]) for a, v in arrays.items())
+        # the tar holds every array of the shard: the store adds those complete before this run
+        export = {**reused, **arrays} if self.builder.write_webdataset else None
         tar = self.store.write_shard(shard, arrays, failed, export=export, images=images,  # tar, then zarr
                                      decode_limits=limits)
         written += tar.stat().st_size if tar is not None else 0

@@ -6,9 +6,11 @@ Ray-free and loads no weights: fingerprints hash weight files (memoised), shapes
 on the meta device. Everything that depends on the backbone is asked of its registry entry
 (`stages.encoders.ENCODERS[spec.encoder]`).
 
-Stored dtypes: features float16 (655 KB per 256x1280 image); SD latents float32 (64 KB per image at
-512 px, small next to the features) so that the unconditional features, computed from the latents as
-stored, and a later on-the-fly conditional pass on the cached latents see exactly the same `z0`.
+Stored dtypes: features float16 (655 KB per 256x1280 image), or a compact dtype (`int8`, `float8_e4m3fn`:
+codes with a float16 scale per token, `stages.store.compact`, half the bytes); SD latents float32 (64 KB per
+image at 512 px, small next to the features; never compact: they feed the U-Net) so that the unconditional
+features, computed from the latents as stored, and a later on-the-fly conditional pass on the cached latents
+see exactly the same `z0`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from stages.extractor import ExtractionSpec
 from stages.features import LATENTS
 from stages.models import resolve_model_dir
 from stages.preprocess import CLIP_MEAN_RGB, ImageSpec
+from stages.store.compact import COMPACT
 from stages.store.fingerprint import Fingerprint
 
 __all__ = ["CacheSpec", "LATENTS", "POOLING", "cache_spec_from", "cache_spec_from_yaml", "image_spec_for", "fingerprint_for",
@@ -47,14 +50,17 @@ class CacheSpec:
     grid: int | None = 16  # token grid side; None keeps the native grid (CLIP only)
     trials: int = 1
     seed: int = 0
-    feature_dtype: str = "float16"
+    feature_dtype: str = "float16"  # or a compact dtype: "int8", "float8_e4m3fn" (stages.store.compact)
     latents_dtype: str = "float32"
     prompt_sources: tuple[str, ...] = ()  # e.g. ("caption",): also store caption-conditioned arrays
 
     def __post_init__(self) -> None:
-        for dtype in (self.feature_dtype, self.latents_dtype):
-            if np.dtype(dtype).kind != "f":
-                raise ValueError(f"stored dtype {dtype!r} is not a floating-point dtype")
+        if self.feature_dtype not in COMPACT and np.dtype(self.feature_dtype).kind != "f":
+            raise ValueError(f"feature_dtype {self.feature_dtype!r} is neither a floating-point dtype nor a compact "
+                             f"one ({', '.join(COMPACT)})")
+        if np.dtype(self.latents_dtype).kind != "f":
+            raise ValueError(f"latents_dtype {self.latents_dtype!r} is not a floating-point dtype (latents are "
+                             "never compact: the U-Net reads them)")
         self.kind.validate(self)
         if self.grid is not None and self.grid <= 0 or self.trials <= 0:
             raise ValueError("grid and trials must be positive")

@@ -123,6 +123,12 @@ def train_store_fp32(tmp_path_factory, sample) -> TrainStore:
 
 
 @pytest.fixture(scope="session")
+def train_store_int8(tmp_path_factory, sample) -> TrainStore:
+    """The same extracted with int8 features (codes + a float16 scale per token, `stages.store.compact`)."""
+    return _make_store(tmp_path_factory, sample, replace(SPEC, feature_dtype="int8"))
+
+
+@pytest.fixture(scope="session")
 def make_train_store(tmp_path_factory, sample):
     """`make_train_store(spec)`: a store of any `CacheSpec` over the same JSON subsets."""
     return functools.partial(_make_store, tmp_path_factory, sample)

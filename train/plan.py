@@ -38,6 +38,7 @@ from stages.flops import ComputeBudget, add_budget_arguments, architecture_dir, 
 from stages.llava import load_llava_json
 from stages.models import resolve_model_dir
 from stages.serving import CachedFeatures
+from stages.store.compact import sample_nbytes, stored_parts
 from stages.writable import check_writable_file
 from train.conditioning import required_arrays, run_guidance
 from train.config import TrainConfig, load_stage_config
@@ -68,7 +69,7 @@ def _arrays_from_stores(config: TrainConfig, array_ids: Sequence[str]) -> _Array
     source = CachedFeatures(locate_stores(config.data), array_ids=array_ids, cache=shard_cache(config.data))
     infos = {a: source.reader_for(a).infos[a] for a in array_ids}
     return _Arrays(shapes={a: i.sample_shape for a, i in infos.items()},
-                   bytes={a: i.chunk_nbytes + 4 * i.checksummed for a, i in infos.items()},
+                   bytes={a: source.reader_for(a).meta.sample_nbytes(a) for a in array_ids},
                    specs={a: source.spec_of(a) for a in array_ids},
                    source=source)
 
@@ -86,8 +87,9 @@ def _arrays_from_yamls(config: TrainConfig, array_ids: Sequence[str]) -> _Arrays
     missing = [a for a in array_ids if a not in specs]
     if missing:
         raise ConfigError(f"arrays {missing} are in none of data.extract_configs {list(config.data.extract_configs)}")
-    itemsize = {a: np.dtype(specs[a].stored_dtype(a)).itemsize for a in array_ids}
-    return _Arrays(shapes=shapes, bytes={a: int(np.prod(shapes[a])) * itemsize[a] + 4 for a in array_ids},
+    dtypes = {a: specs[a].stored_dtype(a) for a in array_ids}  # + a crc32c per zarr array (a compact one has two)
+    return _Arrays(shapes=shapes, bytes={a: sample_nbytes(shapes[a], dtypes[a])
+                                         + 4 * len(stored_parts(a, shapes[a], dtypes[a])) for a in array_ids},
                    specs=specs, source=None)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from stages.extractor import ExtractionSpec
 from stages.preprocess import ImageSpec
+from stages.store.compact import held_dtype
 
 
 __all__ = ["EncoderKind", "FeatureEncoder", "Prompts", "Spec"]
@@ -77,8 +78,9 @@ class FeatureEncoder(abc.ABC):
         """uint8 `(B, R, R, 3)` images -> `{array_id: (B, ...) float32}` for every array of the spec."""
 
     def stored(self, arrays: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        """The same arrays as numpy in their stored dtypes (the values a store holds)."""
-        return {a: t.float().cpu().numpy().astype(self.spec.stored_dtype(a)) for a, t in arrays.items()}
+        """The same arrays as numpy in the dtypes a store takes them in: their stored dtypes, float16 for a
+        compact one (the store quantises it, `stages.store.compact`)."""
+        return {a: t.float().cpu().numpy().astype(held_dtype(self.spec.stored_dtype(a))) for a, t in arrays.items()}
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:

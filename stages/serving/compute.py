@@ -1,5 +1,5 @@
 """Computing arrays as `just extract` computes them: preprocessed images (or stored latents) -> a spec's
-`FeatureEncoder` -> arrays in their stored dtypes.
+`FeatureEncoder` -> arrays as a store takes them.
 
 The extraction worker runs `compute_arrays` on every mini-batch with the encoder of the store's spec (its
 pass layout pairs the unconditional half with the first prompt source). Serving loads its encoders with
@@ -68,8 +68,9 @@ def _check_prompts(array_ids: Sequence[str], prompts: Prompts) -> None:
 def compute_arrays(encoder: FeatureEncoder, keys: Sequence[str], *, array_ids: Sequence[str],
                    images: np.ndarray | None = None, latents: torch.Tensor | None = None,
                    prompts: Prompts | None = None) -> dict[str, np.ndarray]:
-    """`{array_id: (B, ...)}` in the stored dtypes for `keys`, from uint8 `images` `(B, R, R, 3)` or, for a
-    backbone with latents, from `latents` `(B, 4, h, w)` float32 (the stored ones: no VAE runs).
+    """`{array_id: (B, ...)}` as a store takes them (`FeatureEncoder.stored`) for `keys`, from uint8 `images`
+    `(B, R, R, 3)` or, for a backbone with latents, from `latents` `(B, 4, h, w)` float32 (the stored ones:
+    no VAE runs).
     `prompts[source]` holds one text per key for each conditioned source of `array_ids`."""
     prompts = prompts or {}
     if not encoder.spec.kind.has_latents:

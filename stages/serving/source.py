@@ -1,7 +1,8 @@
 """Sources of feature arrays for image keys: `SpecFeatures` (one spec: its store where it holds the rows,
 its encoder for the rest) and `CachedFeatures` (several stores, each array id from the first that holds
 it: SD features and latents from one, CLIP tokens from another). Both are `FeatureSource`s, serve arrays
-in their stored dtypes and pickle for data-loader workers (models are never pickled).
+in their stored dtypes (compact ones as float32, read or computed alike: `stages.store.compact.served`) and
+pickle for data-loader workers (models are never pickled).
 
 With an image root, a store row whose image file changed since it was computed (`stages.image_files`:
 the same path can later hold another picture) is computed from the file instead (DESIGN §8).
@@ -27,6 +28,7 @@ from stages.serving.locate import LocatedStore
 from stages.store import Fingerprint, KeyNotInStore, StoreNotFound, StoreReader
 from stages.store.shard_cache import ShardCache
 from stages.store.reader import NOT_EXTRACTED
+from stages.store.compact import served
 
 __all__ = ["FeatureSource", "MissingKey", "NO_IMAGE_FILE", "SpecFeatures", "CachedFeatures"]
 
@@ -65,7 +67,8 @@ class FeatureSource(Protocol):
 
     def read(self, keys: Sequence[str], array_ids: Sequence[str], *,
              prompts: Prompts | None = None) -> dict[str, np.ndarray]:
-        """`{array_id: (len(keys), *sample_shape)}` in the stored dtypes, in the order of `keys`;
+        """`{array_id: (len(keys), *sample_shape)}` in the stored dtypes (compact ones: float32), in the order
+        of `keys`;
         `prompts[source]`: one text per key for conditioned arrays that are computed."""
         ...
 
@@ -193,8 +196,8 @@ class SpecFeatures:
                   latents: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         """`ids` as `just extract` computes them, from `latents` when given, else from the image files."""
         images = None if latents is not None else load_images(self.image_root, keys, self.image_spec)
-        arrays = compute_arrays(self.encoder, keys, array_ids=ids, images=images, latents=latents,
-                                prompts=prompts)
+        arrays = served(compute_arrays(self.encoder, keys, array_ids=ids, images=images, latents=latents,
+                                       prompts=prompts), {a: self.spec.stored_dtype(a) for a in ids})
         self.counts["computed"] += len(keys) * len(ids)
         self.computed_keys.update(keys)
         self.computed_ids.update(ids)

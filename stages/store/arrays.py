@@ -10,6 +10,9 @@ fingerprint, and its zarr.json must be exactly what `array_document` renders fro
 dtype, shape, codec or shard size is found on every open (`sealed_spec`, `document_problem`). Arrays
 created before carry no spec; theirs is checked against the completion records, the group's shard size
 and the fingerprint's dtypes (`legacy_problem`).
+
+A spec's dtype is the stored dtype as the fingerprint spells it; for a compact dtype (`stages.store.compact`)
+zarr's data type is that of its codes (`ArraySpec.data_type`), and its scales are an array of their own.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import MemoryStore
 
+from stages.store.compact import Compact, data_type
 from stages.store.fingerprint import canonical_json
 
 __all__ = ["COMPRESSIONS", "DEFAULT_COMPRESSION", "ArrayInfo", "ArraySpec", "array_info", "array_document",
@@ -47,13 +51,18 @@ class ArraySpec:
 
     array_id: str
     sample_shape: tuple[int, ...]
-    dtype: str  # numpy name, as zarr's data_type and the fingerprint's dtypes spell it ("float16")
+    dtype: str  # as the fingerprint's dtypes spell it: a numpy name ("float16") or a compact dtype ("int8")
     shard_size: int
     compression: str
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"unknown compression {self.compression!r}; choose one of {sorted(COMPRESSIONS)}")
+
+    @property
+    def data_type(self) -> str:
+        """zarr's data type of the array: the dtype, or the codes' of a compact dtype."""
+        return data_type(self.dtype)
 
     def seal(self, fingerprint: str) -> str:
         """sha256 of the spec with the store's full fingerprint: ties the spec to this store."""
@@ -79,6 +88,12 @@ class ArrayInfo:
     shard_size: int
     raw: bool  # inner chunks are plain little-endian bytes (+ crc32c) with an uncompressed index at the end
     checksummed: bool  # each inner chunk ends with the crc32c of its bytes (layout 2)
+    compact: Compact | None = None  # its codec when it holds compact codes (from its sealed spec)
+
+    @property
+    def stored_dtype(self) -> str:
+        """The dtype as the fingerprint spells it (`ArraySpec.dtype`)."""
+        return self.compact.name if self.compact is not None else self.dtype.name
 
     @property
     def chunk_nbytes(self) -> int:
@@ -97,7 +112,8 @@ def array_document(spec: ArraySpec, *, n_rows: int, fingerprint: str, attrs: Map
            "spec_sha256": spec.seal(fingerprint)}
     documents: dict[str, Any] = {}
     zarr.create_array(MemoryStore(store_dict=documents), shape=(n_rows, *spec.sample_shape),
-                      chunks=(1, *spec.sample_shape), shards=(spec.shard_size, *spec.sample_shape), dtype=spec.dtype,
+                      chunks=(1, *spec.sample_shape), shards=(spec.shard_size, *spec.sample_shape),
+                      dtype=spec.data_type,
                       fill_value=0, compressors=[Crc32cCodec()] if compressor is None else [compressor, Crc32cCodec()],
                       attributes={**attrs, "feature_cache": own}, zarr_format=3)
     return documents["zarr.json"].to_bytes()
@@ -170,8 +186,9 @@ def array_info(array_id: str, meta: Mapping[str, Any]) -> ArrayInfo:
         inner, index_codecs = conf["codecs"], conf.get("index_codecs", [])
         little, crc32c = {"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}
         checksummed = inner[-1] == crc32c
-        raw = (inner in ([little], [little, crc32c]) and conf.get("index_location", "end") == "end"
-               and index_codecs == [little, crc32c])
+        plain = [little, {"name": "bytes"}]  # zarr writes no endianness for one-byte data types (compact codes)
+        raw = (inner[:-1 if checksummed else None] in ([c] for c in plain)
+               and conf.get("index_location", "end") == "end" and index_codecs == [little, crc32c])
         shard_size = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
         dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         return ArrayInfo(array_id=array_id, n_rows=int(meta["shape"][0]), sample_shape=tuple(meta["shape"][1:]),

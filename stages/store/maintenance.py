@@ -30,7 +30,7 @@ class StoreMaintenance:
 
     def withdraw_shard(self, shard: int) -> None:
         """Withdraw shard `shard` of every array and its export: the next run computes it from the images."""
-        for array_id in self.meta.refresh(shards=()).array_ids:
+        for array_id in sorted(self.meta.refresh(shards=()).infos):  # compact arrays' scales too
             self.withdraw(array_id, shard)
         self.remove_tar(shard)
 
@@ -52,14 +52,15 @@ class StoreMaintenance:
             self.meta.reread_plan(shard)
 
     def drop_arrays(self, array_ids: Sequence[str]) -> None:
-        """Remove arrays (damaged ones too): their completion records first (their shards turn invisible),
-        then their zarr directories. Other arrays, the index and the tars are not touched."""
+        """Remove arrays (damaged ones too, a compact one with its scales): their completion records first
+        (their shards turn invisible), then their zarr directories. Other arrays, the index and the tars are
+        not touched."""
         with store_lock(self.meta.paths):
             meta = self.meta.refresh(shards=())
             unknown = sorted(set(array_ids) - set(meta.infos) - set(meta.damaged_arrays))
             if unknown:
                 raise KeyError(f"no array {unknown[0]!r} in {meta.paths.root}")
-            for array_id in array_ids:
+            for array_id in meta.stored_ids(array_ids):
                 for directory in (meta.paths.done / array_id, meta.paths.zarr / array_id):
                     location(directory).remove_tree(directory)
             self.meta.refresh()
@@ -71,7 +72,7 @@ class StoreMaintenance:
         check every sample's identity instead of hashing each shard file once per process. Returns one
         line per shard it could not upgrade."""
         meta, skipped = self.meta.refresh(), []
-        old = [(a, s) for a in meta.array_ids for s, r in sorted(meta.records[a].items()) if not r.identity]
+        old = [(a, s) for a in sorted(meta.infos) for s, r in sorted(meta.records[a].items()) if not r.identity]
         reader = StoreReader(meta.paths.root, expect=meta.fingerprint, array_ids=sorted({a for a, _ in old}))
         for array_id, shard in old:
             with shard_lock(meta.paths, shard):

@@ -19,13 +19,14 @@ complete shards while the driver holds its `CacheStore`, and a rewrite removes a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from stages.errors import UserError
 from stages.store.arrays import ArrayInfo, ArraySpec, array_info, document_problem, legacy_problem, sealed_spec
 from stages.store.damage import StoreDamaged
+from stages.store.compact import COMPACT, is_scale_id, scale_id
 from stages.store.fingerprint import Fingerprint, FingerprintMismatch
 from stages.store.layout import ShardPlan, StorePaths, read_json
 from stages.store.records import CompletionRecord, ShardRecords, TarRecord
@@ -128,7 +129,9 @@ class StoreMeta(ShardRecords):
 
     `plans[i]` is shard `i`; `infos[array_id]` its zarr array; `records[array_id][shard]` the completion
     record of a written shard; `tars[shard]` the digest record of an exported tar. Queries over several
-    arrays treat a shard as complete when every one of them has a record.
+    arrays treat a shard as complete when every one of them has a record. A compact array's scales are a
+    zarr array of their own (`scales[array_id]`, `stages.store.compact`): in `infos` and `records`, not in
+    `array_ids`, and its shards are complete when both have records.
 
     Damage is reported, never raised: `damaged_index[shard]` says why an index file below the highest
     one is missing, unreadable or not the plan of its shard (its `plans` entry is all padding until
@@ -203,6 +206,7 @@ class StoreMeta(ShardRecords):
             else:
                 self.damaged_arrays[array_id] = found
         self.records = {a: r for a, r in self.records.items() if a in self.infos}  # arrays may be dropped
+        self.scales = {a: scale_id(a) for a, info in self.infos.items() if info.compact is not None}
 
     def _read_array(self, array_id: str, records: Mapping[int, CompletionRecord]) -> ArrayInfo | DamagedArray:
         """The array's info if its zarr.json is what it was created as (`stages.store.arrays`), else why not."""
@@ -223,7 +227,7 @@ class StoreMeta(ShardRecords):
                 info, shard_size=self.shard_size, recorded=[(r.dtype, r.sample_shape) for r in records.values()],
                 dtypes=self._dtypes))
             if problem is None:
-                return info
+                return info if spec is None or spec.dtype not in COMPACT else replace(info, compact=COMPACT[spec.dtype])
             reason = f"{where}: {problem}"
         except FileNotFoundError:
             reason = f"{where} is missing (the array directory was deleted?) but done/{array_id} has completion records"
@@ -269,13 +273,25 @@ class StoreMeta(ShardRecords):
     # ---- queries -----------------------------------------------------------------------------
     @property
     def array_ids(self) -> list[str]:
-        """The arrays whose metadata is intact (`damaged_arrays` are not among them)."""
-        return sorted(self.infos)
+        """The arrays whose metadata is intact (`damaged_arrays` are not among them), a compact array's
+        with its scales' (which `infos` holds as an array of its own, not listed here)."""
+        return sorted(a for a, info in self.infos.items()
+                      if not is_scale_id(a) and (info.compact is None or scale_id(a) in self.infos))
+
+    def sample_nbytes(self, array_id: str) -> int:
+        """Bytes one sample of `array_id` takes in its shard files (each chunk's crc32c and a compact array's
+        scales included)."""
+        return sum(self.infos[a].chunk_nbytes + 4 * self.infos[a].checksummed for a in self.stored_ids([array_id]))
+
+    def stored_ids(self, array_ids: Iterable[str]) -> list[str]:
+        """The zarr arrays that store `array_ids`: each, and the scales of a compact one (when present)."""
+        known = set(self.infos) | set(self.damaged_arrays)
+        return [i for a in array_ids for i in (a, scale_id(a)) if i == a or i in known]
 
     def require(self, array_ids: Iterable[str]) -> None:
         """`StoreDamaged` (one line: store, array, file and field, and the fix) for the first of `array_ids`
-        whose metadata cannot be trusted."""
-        for array_id in array_ids:
+        (or of their scale arrays) whose metadata cannot be trusted."""
+        for array_id in self.stored_ids(array_ids):
             damaged = self.damaged_arrays.get(array_id)
             if damaged is None:
                 continue

@@ -9,6 +9,9 @@ chunks end with one) and its identity digest from the completion record (store, 
 row, key: `stages.store.identity`). Records written before identity digests are checked the old way:
 the whole shard file against the record's sha256, once per process, before any of its samples is
 served. A mismatch raises `StoreCorruption`; an array whose metadata was edited, `StoreDamaged`.
+
+A compact array (`stages.store.compact`) is read as its codes and its scale array, each checked as any
+array is, and served as float32 (`codes * scale`).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import zarr
 from stages.errors import UserError
 from stages.image_files import ImageStamp
 from stages.store.arrays import ArrayInfo
+from stages.store.compact import scale_id
 from stages.store.fingerprint import Fingerprint
 from stages.store.identity import row_tags, values_crc32c
 from stages.store.layout import ChunkCorruption, StorePaths, empty_aligned, file_sha256, read_raw_rows
@@ -275,19 +279,22 @@ class StoreReader:
 
     def read(self, keys: Sequence[str], array_ids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """`{array_id: (len(keys), *sample_shape)}` in the order of `keys`, read shard by shard straight
-        into the output."""
+        into the output; a compact array's codes and scales are read so, and served as float32
+        (`codes * scale`, `stages.store.compact`)."""
         array_ids = self.array_ids if array_ids is None else self._check_ids(array_ids)
         rows = self._rows(keys, array_ids)
         order = np.argsort(rows, kind="stable")  # output positions in row order
         shard_size = self.meta.shard_size
         shards = rows[order] // shard_size
-        out = {a: empty_aligned((len(keys), *self.infos[a].sample_shape), self.infos[a].dtype) for a in array_ids}
+        stored = self.meta.stored_ids(array_ids)
+        out = {a: empty_aligned((len(keys), *self.infos[a].sample_shape), self.infos[a].dtype) for a in stored}
         for dest in np.split(order, np.flatnonzero(np.diff(shards)) + 1) if len(order) else []:
             shard = int(rows[dest[0]]) // shard_size
             local = rows[dest] - shard * shard_size
-            for a in array_ids:
+            for a in stored:
                 self._read_rows(a, shard, local, dest, out[a])
-        return out
+        compact = {a: self.infos[a].compact for a in array_ids if self.infos[a].compact is not None}
+        return {a: compact[a].dequantize(out[a], out[scale_id(a)]) if a in compact else out[a] for a in array_ids}
 
     def iter_shards(self, array_ids: Sequence[str] | None = None, *,
                     shards: Sequence[int] | None = None) -> Iterator[tuple[list[str], dict[str, np.ndarray]]]:
@@ -303,7 +310,8 @@ class StoreReader:
                 yield keys, self.read(keys, array_ids)
 
     def read_shard(self, array_id: str, shard: int) -> np.ndarray:
-        """Every row of one shard (padding and failed rows included, as zeros): `(shard_size, *sample)`."""
+        """Every row of one shard of a zarr array as stored (padding and failed rows included, as zeros; a
+        compact array's codes, its scales being array `scale_id(array_id)`): `(shard_size, *sample)`."""
         info = self.infos[array_id]
         out = empty_aligned((self.meta.shard_size, *info.sample_shape), info.dtype)
         rows = np.arange(self.meta.shard_size)

@@ -73,11 +73,13 @@ class TarRecord:
 
 
 class ShardRecords:
-    """`plans[i]` is shard `i`; `records[array_id][shard]` the completion record of a written shard. Queries
-    over several arrays treat a shard as complete when every one of them has a record."""
+    """`plans[i]` is shard `i`; `records[array_id][shard]` the completion record of a written shard;
+    `scales[array_id]` the scale array of a compact array (`stages.store.compact`). Queries over several
+    arrays treat a shard as complete when every one of them has a record (a compact array: its scales too)."""
 
-    def __init__(self, plans: list[ShardPlan], records: dict[str, dict[int, CompletionRecord]]) -> None:
-        self.plans, self.records = plans, records
+    def __init__(self, plans: list[ShardPlan], records: dict[str, dict[int, CompletionRecord]],
+                 scales: Mapping[str, str] | None = None) -> None:
+        self.plans, self.records, self.scales = plans, records, dict(scales or {})
 
     def projected(self, *, new_plans: Sequence[ShardPlan] = (),
                   withdrawn: Iterable[tuple[str, int]] = ()) -> "ShardRecords":
@@ -85,7 +87,7 @@ class ShardRecords:
         shard)` records `withdrawn` would leave them; nothing is written."""
         gone = set(withdrawn)
         records = {a: {s: r for s, r in by_shard.items() if (a, s) not in gone} for a, by_shard in self.records.items()}
-        return ShardRecords([*self.plans, *new_plans], records)
+        return ShardRecords([*self.plans, *new_plans], records, self.scales)
 
     @property
     def n_keys(self) -> int:
@@ -93,7 +95,8 @@ class ShardRecords:
         return sum(k is not None for plan in self.plans for k in plan.keys)
 
     def is_complete(self, array_id: str, shard: int) -> bool:
-        return shard in self.records.get(array_id, {})
+        scales = self.scales.get(array_id)
+        return shard in self.records.get(array_id, {}) and (scales is None or shard in self.records.get(scales, {}))
 
     def complete_shards(self, array_ids: Sequence[str]) -> list[int]:
         """Planned shards with a completion record for every one of `array_ids`, in order."""

@@ -19,7 +19,8 @@ _TIMESTEP = re.compile(r"@t(\d+)")
 
 @dataclasses.dataclass(frozen=True)
 class CacheInfo:
-    """One store as `caches` shows it. `n_done[a]`: valid keys in completed shards of array `a`;
+    """One store as `caches` shows it. `n_done[a]`: valid keys in completed shards of array `a`, `dtypes[a]`
+    its stored dtype;
     `problems`: why the store cannot be opened (then the other fields are empty), or which of its arrays
     cannot be trusted (one line each; `verify` says how to fix them)."""
 
@@ -33,6 +34,7 @@ class CacheInfo:
     n_done: dict[str, int]
     bytes_on_disk: int
     problems: tuple[str, ...] = ()
+    dtypes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def find_store(cache_root: str | Path, fingerprint: Fingerprint) -> Path | None:
@@ -87,7 +89,8 @@ def _summarise(path: Path) -> CacheInfo:
                      model_ids=meta.attrs.get("model_ids"), array_ids=tuple(meta.array_ids),
                      timesteps=tuple(timesteps), n_planned=meta.n_keys,
                      n_done={a: meta.n_valid(a) for a in meta.array_ids}, bytes_on_disk=_bytes_on_disk(path),
-                     problems=tuple(f"array {a!r}: {d.reason}" for a, d in sorted(meta.damaged_arrays.items())))
+                     problems=tuple(f"array {a!r}: {d.reason}" for a, d in sorted(meta.damaged_arrays.items())),
+                     dtypes={a: meta.infos[a].stored_dtype for a in meta.array_ids})
 
 
 def list_caches(root: str | Path) -> list[CacheInfo]:

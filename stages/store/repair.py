@@ -79,11 +79,11 @@ def leftover_problems(meta: StoreMeta) -> list[Problem]:
 def cheap_problems(meta: StoreMeta, array_ids: Sequence[str]) -> list[Problem]:
     """`structural_problems`, the index files that disagree with their shard's records (a changed key: the
     records name the keys they were computed for; the tars are not read here), and the completed shards
-    of `array_ids` whose file is missing or not of the recorded size."""
+    of `array_ids` (and of their scale arrays) whose file is missing or not of the recorded size."""
     problems = structural_problems(meta)
     problems += [_disagreement(p.index) for p in meta.plans
                  if p.index not in meta.damaged_index and not _agrees(meta, p.index, p.keys, None)]
-    for array_id in array_ids:
+    for array_id in meta.stored_ids(array_ids):
         for shard, record in sorted(meta.records.get(array_id, {}).items()):
             path = meta.paths.zarr / array_id / record.chunk_key
             size = path.stat().st_size if path.is_file() else None

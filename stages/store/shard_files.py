@@ -80,19 +80,18 @@ def write_zarr_shard(meta: StoreMeta, plan: ShardPlan, array_id: str, array: zar
 
 def write_tar_shard(meta: StoreMeta, plan: ShardPlan, arrays: Mapping[str, np.ndarray],
                     failed: dict[str, str]) -> Path:
-    """Export shard `plan` as `wds/NNNNNN.tar` (valid keys only) with `arrays` and every other array complete
-    for this shard in the store, then record its size and sha256 in `wds/NNNNNN.json`; returns the tar path."""
+    """Export shard `plan` as `wds/NNNNNN.tar` (valid keys only) with `arrays` (as the zarr arrays store them:
+    a compact array's codes and its scales) and every other array complete for this shard in the store, then
+    record its size and sha256 in `wds/NNNNNN.json`; returns the tar path."""
     paths, index = meta.paths, plan.index
     meta = meta.refresh(shards=[index])
-    others = [a for a in meta.array_ids if a not in arrays and meta.is_complete(a, index)]
+    others = [a for a in meta.stored_ids(a for a in meta.array_ids if meta.is_complete(a, index)) if a not in arrays]
     if others:
         reader = StoreReader(paths.root, expect=meta.fingerprint, array_ids=others)
         arrays = {**{a: reader.read_shard(a, index) for a in others}, **arrays}
-    cast = {a: np.asarray(d, dtype=meta.infos[a].dtype if a in meta.infos else None)
-            for a, d in arrays.items()}
     tar, record = paths.tar(index), paths.tar_record(index)
     # both files aside first: a write that fails (a full disk) leaves the old tar and its record as they were
-    staged = stage_tar_shard(tar, keys=plan.keys, rows=plan.rows, arrays=cast, failed=failed,
+    staged = stage_tar_shard(tar, keys=plan.keys, rows=plan.rows, arrays=arrays, failed=failed,
                              store=meta.fingerprint.short)
     try:
         nbytes, digest = file_sha256(staged)

@@ -24,6 +24,7 @@ from zarr.storage import MemoryStore
 from stages.config import ConfigError
 from stages.image_files import ImageStamp
 from stages.store.arrays import DEFAULT_COMPRESSION, ArraySpec, array_document, package_versions
+from stages.store.compact import COMPACT, SCALE_SUFFIX, encode, held_dtype, is_scale_id, stored_parts
 from stages.store.fingerprint import Fingerprint
 from stages.store.keys import check_array_id, check_key
 from stages.store.layout import ShardPlan, StorePath, new_shard_plans, write_bytes_atomic, write_index
@@ -166,36 +167,45 @@ class CacheStore(StoreMaintenance):
                      compression: str = DEFAULT_COMPRESSION,
                      attrs: Mapping[str, Any] | None = None) -> bool:
         """Create array `array_id` `[n_rows, *sample_shape]` unless it exists with that shape and dtype
-        (another shape or dtype is an error; other arrays are never touched). True if created.
+        (another shape or dtype is an error; other arrays are never touched). True if created. A compact
+        `dtype` (`stages.store.compact`) stores codes, and creates its scale array beside it.
 
         An array whose metadata is damaged (`StoreMeta.damaged_arrays`) is mended: when its sealed creation
         spec is intact (and equals this request) its zarr.json is rewritten from it, keeping shard files and
         records (every read still checks them); without one (a deleted array directory, an unreadable
         zarr.json, a broken seal) its records and shard files are removed and it is created again."""
         check_array_id(array_id)
-        spec = ArraySpec(array_id=array_id, sample_shape=tuple(int(s) for s in sample_shape),
-                         dtype=np.dtype(dtype).name, shard_size=self.shard_size, compression=compression)
+        if is_scale_id(array_id):
+            raise ValueError(f"array id {array_id!r}: ids ending in {SCALE_SUFFIX!r} name the scales of compact arrays")
+        dtype = dtype if dtype in COMPACT else np.dtype(dtype).name
         with store_lock(self.meta.paths):
-            meta = self.meta.refresh(shards=())
-            existing, damaged = meta.infos.get(array_id), meta.damaged_arrays.get(array_id)
-            if existing is not None:
-                if (existing.sample_shape, existing.dtype) != (spec.sample_shape, np.dtype(spec.dtype)):
-                    raise ValueError(
-                        f"array {array_id!r} exists in {self.path} with sample shape {existing.sample_shape} "
-                        f"and dtype {existing.dtype}; asked for {spec.sample_shape} {np.dtype(spec.dtype)}")
-                self._grow_arrays()
-                return False
-            if damaged is not None and damaged.spec not in (None, spec):
-                raise ValueError(f"array {array_id!r} in {self.path} was created as {damaged.spec}; asked for {spec}")
-            if damaged is not None and damaged.spec is None:  # its records and shards cannot be proven
-                for directory in (meta.paths.done / array_id, meta.paths.zarr / array_id / "c"):
-                    location(directory).remove_tree(directory)  # records first: the shards turn invisible
-            path = meta.paths.zarr / array_id / "zarr.json"
-            path.parent.mkdir(exist_ok=True)
-            write_bytes_atomic(path, array_document(spec, n_rows=self.n_rows, fingerprint=self.fingerprint.full,
-                                                    attrs=dict(attrs or {})))
-            self.meta.refresh(shards=())
+            created = [self._ensure(ArraySpec(array_id=i, sample_shape=shape, dtype=d, shard_size=self.shard_size,
+                                              compression=compression), attrs if i == array_id else None)
+                       for i, shape, d in stored_parts(array_id, sample_shape, dtype)]
+        return any(created)
+
+    def _ensure(self, spec: ArraySpec, attrs: Mapping[str, Any] | None) -> bool:
+        """`ensure_array` for one zarr array, under the store lock."""
+        array_id, meta = spec.array_id, self.meta.refresh(shards=())
+        existing, damaged = meta.infos.get(array_id), meta.damaged_arrays.get(array_id)
+        if existing is not None:
+            if (existing.sample_shape, existing.stored_dtype) != (spec.sample_shape, spec.dtype):
+                raise ValueError(
+                    f"array {array_id!r} exists in {self.path} with sample shape {existing.sample_shape} "
+                    f"and dtype {existing.stored_dtype}; asked for {spec.sample_shape} {spec.dtype}")
             self._grow_arrays()
+            return False
+        if damaged is not None and damaged.spec not in (None, spec):
+            raise ValueError(f"array {array_id!r} in {self.path} was created as {damaged.spec}; asked for {spec}")
+        if damaged is not None and damaged.spec is None:  # its records and shards cannot be proven
+            for directory in (meta.paths.done / array_id, meta.paths.zarr / array_id / "c"):
+                location(directory).remove_tree(directory)  # records first: the shards turn invisible
+        path = meta.paths.zarr / array_id / "zarr.json"
+        path.parent.mkdir(exist_ok=True)
+        write_bytes_atomic(path, array_document(spec, n_rows=self.n_rows, fingerprint=self.fingerprint.full,
+                                                attrs=dict(attrs or {})))
+        self.meta.refresh(shards=())
+        self._grow_arrays()
         return damaged is None or damaged.spec is None
 
     # ---- completion ----------------------------------------------------------------------
@@ -221,10 +231,7 @@ class CacheStore(StoreMaintenance):
         return plans[index]
 
     def _target(self, group: zarr.Group, plan: ShardPlan, array_id: str, data: np.ndarray) -> zarr.Array:
-        """Array `array_id`, checked to exist and to take `data` as shard `plan` whole."""
-        self.meta.require([array_id])
-        if array_id not in self.meta.infos:
-            raise KeyError(f"array {array_id!r} does not exist in {self.path}; call ensure_array first")
+        """zarr array `array_id`, checked to take `data` as shard `plan` whole."""
         # zarr does not persist write_empty_chunks: without it an all-zero shard (every key
         # failed) would not be written at all
         array = group[array_id].with_config({"write_empty_chunks": True})
@@ -234,12 +241,20 @@ class CacheStore(StoreMaintenance):
                              f"expected {want}")
         return array
 
-    @staticmethod
-    def _prepare(plan: ShardPlan, array: zarr.Array, data: np.ndarray, failed: Mapping[str, str]) -> np.ndarray:
-        """Cast to the stored dtype; rows of failed keys and padding rows become zeros."""
+    def _stored(self, plan: ShardPlan, arrays: Mapping[str, np.ndarray], failed: Mapping[str, str]
+                ) -> dict[str, np.ndarray]:
+        """`{zarr array id: data}` storing `arrays` (`stages.store.compact.encode`: cast to the stored dtype, or
+        quantised with their scales); rows of failed keys and padding rows become zeros."""
+        self.meta.require(arrays)
         zero = [i for i, k in enumerate(plan.keys) if k is None or k in failed]
-        out = np.array(data, dtype=array.dtype, copy=bool(zero) or None, order="C")
-        out[zero] = 0
+        out: dict[str, np.ndarray] = {}
+        for array_id, data in arrays.items():
+            if array_id not in self.meta.infos:
+                raise KeyError(f"array {array_id!r} does not exist in {self.path}; call ensure_array first")
+            dtype = self.meta.infos[array_id].stored_dtype
+            values = np.array(data, dtype=held_dtype(dtype), copy=bool(zero) or None, order="C")
+            values[zero] = 0
+            out.update(encode(array_id, values, dtype))
         return out
 
     def write_shard(self, index: int, arrays: Mapping[str, np.ndarray], failed: Mapping[str, str] | None = None,
@@ -250,17 +265,20 @@ class CacheStore(StoreMaintenance):
         sha256 of the shard file, the failed keys, whose rows are zeros, `images`: the stamp of each
         image file the values were computed from, and `decode_limits`: what those images were read
         under). With `export`, first write the shard's tar from it as `write_webdataset_shard` does, in the same hold of the shard lock (see the module docstring);
-        returns the tar path, or None without `export`."""
+        returns the tar path, or None without `export`. A compact array's values are given in `held_dtype`
+        (float16) and quantised here; its scales are written and recorded as an array of their own."""
         plan, failed, images = self._plan(index), dict(failed or {}), dict(images or {})
         unknown = sorted((set(failed) | set(images)) - set(plan.keys))
         if unknown:
             raise ValueError(f"failed or stamped keys {unknown[:3]} are not in shard {index}")
+        stored = self._stored(plan, arrays, failed)
         group = self._group("r+")
-        targets = {array_id: self._target(group, plan, array_id, data) for array_id, data in arrays.items()}
+        targets = {array_id: self._target(group, plan, array_id, data) for array_id, data in stored.items()}
         with shard_lock(self.meta.paths, index):
-            tar = None if export is None else write_tar_shard(self.meta, plan, export, failed)
+            tar = None if export is None else write_tar_shard(self.meta, plan, self._stored(plan, export, failed),
+                                                              failed)
             for array_id, array in targets.items():
-                write_zarr_shard(self.meta, plan, array_id, array, self._prepare(plan, array, arrays[array_id], failed),
+                write_zarr_shard(self.meta, plan, array_id, array, stored[array_id],
                                  failed=failed, images=images, decode_limits=dict(decode_limits or {}))
         return tar
 
@@ -270,6 +288,7 @@ class CacheStore(StoreMaintenance):
         complete for this shard in the store (arrays another job added stay in the export), then record its
         size and sha256 in `wds/NNNNNN.json` (removed first, so a tar being rewritten has none); returns the
         tar path. A job that also writes the zarr shard exports through `write_shard(..., export=...)`."""
-        plan = self._plan(index)
+        plan, failed = self._plan(index), dict(failed or {})
+        stored = self._stored(plan, arrays, failed)
         with shard_lock(self.meta.paths, index):
-            return write_tar_shard(self.meta, plan, arrays, dict(failed or {}))
+            return write_tar_shard(self.meta, plan, stored, failed)

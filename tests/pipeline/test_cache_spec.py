@@ -1,5 +1,7 @@
 """CacheSpec fingerprints and the CLIP path of the shard worker (no Ray: the same units Ray schedules)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -22,8 +24,18 @@ def test_fingerprint_ignores_array_names_but_not_values_changing_fields(tmp_path
     assert fingerprint_for(same, memo_path=memo) == base
     for changed in (CacheSpec(resolution=192), CacheSpec(resolution=128, seed=1),
                     CacheSpec(resolution=128, grid=8), CacheSpec(resolution=128, pad_color=(0, 0, 0)),
-                    CacheSpec(resolution=128, feature_dtype="float32")):
+                    CacheSpec(resolution=128, feature_dtype="float32"), CacheSpec(resolution=128, feature_dtype="int8"),
+                    CacheSpec(resolution=128, feature_dtype="float8_e4m3fn")):
         assert fingerprint_for(changed, memo_path=memo) != base, changed
+
+
+@pytest.mark.parametrize("dtypes, message", [
+    ({"feature_dtype": "uint8"}, "feature_dtype 'uint8' is neither a floating-point dtype nor a compact one"),
+    ({"latents_dtype": "int8"}, "latents_dtype 'int8' is not a floating-point dtype (latents are never compact"),
+])
+def test_a_stored_dtype_that_is_neither_float_nor_compact_is_refused_naming_the_field(dtypes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CacheSpec(**dtypes)
 
 
 def test_a_resolution_the_model_cannot_downsample_is_refused_before_any_store_exists(tmp_path):

@@ -143,3 +143,10 @@ def test_dry_run_of_the_full_size_config_on_the_sample_gives_design_numbers_with
     assert plan["bytes_per_array"]["U-L1-R1-B0-Cross-Q@t50"]["per_image"] == 256 * (256 * 1280 * 2 + 4 + 16) // 256
     assert plan["cpu_cores_per_gpu"] == pytest.approx(
         plan["images_per_s_per_gpu"] / plan["decode_rate"])
+
+
+def test_the_planned_size_of_a_compact_store_is_its_shard_files_scales_included(train_store_int8):
+    plan = plan_extract(split_config(yaml.safe_load(train_store_int8.extract_yaml.read_text())), budget=BUDGET)
+    assert plan.store == str(train_store_int8.path) and plan.shards["to_compute"] == 0
+    assert any(train_store_int8.path.glob("zarr/*.scale/c/**/*"))
+    assert plan.bytes["store_when_complete"] == written_bytes(train_store_int8.path)["zarr"]

@@ -13,7 +13,8 @@ import numpy as np
 
 from train.cli import prepare, run
 from train.config import DataConfig, TrainConfig
-from stages.serving import CachedFeatures, SpecFeatures
+from stages.serving import CachedFeatures, SpecFeatures, explicit_store
+from stages.store import StoreReader
 from train.stores import locate_stores
 
 STEPS = 3
@@ -61,3 +62,18 @@ def test_cached_training_steps_give_the_on_the_fly_losses(train_store, tmp_path)
     losses = np.array([[m.loss for m in cached], [m.loss for m in on_the_fly]])
     assert np.isfinite(losses).all() and len(set(losses[0])) == STEPS  # the adapter moved between steps
     np.testing.assert_allclose(losses[0], losses[1], rtol=0, atol=1e-5)
+
+
+def test_a_compact_store_serves_float32_features_equal_to_computed_ones_and_trains(train_store_int8, tmp_path):
+    """int8 codes + scales (`stages.store.compact`): the store and the on-the-fly computation both serve
+    `codes * scale` as float32, and the cached training path runs on them."""
+    keys = StoreReader(train_store_int8.path, expect=None).keys[:2]
+    cached = SpecFeatures(store=explicit_store(train_store_int8.path)).read(keys, [SD_ARRAY])[SD_ARRAY]
+    fresh = _on_the_fly(train_store_int8).read(keys, [SD_ARRAY])[SD_ARRAY]
+    assert cached.dtype == fresh.dtype == np.float32
+    # the batch layout moves a few float16 values by one ulp (test above): a code by at most one step
+    step = np.abs(cached).max(axis=-1, keepdims=True) / 127
+    assert np.mean(fresh != cached) < 0.01 and np.all(np.abs(fresh - cached) <= step * 1.01)
+    config = dataclasses.replace(_config(train_store_int8, tmp_path), max_steps=2)
+    losses = [m.loss for m in run(prepare(config)).history]
+    assert len(losses) == 2 and np.isfinite(losses).all()
