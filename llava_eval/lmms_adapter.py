@@ -8,7 +8,7 @@ lmms-eval finds it through the entry point group `lmms_eval.models` (pyproject.t
 `just eval` takes them: `run`; `checkpoint`, a folder of `<run>/checkpoints/` (default: `final/`);
 `cache_root`; `max_new_tokens` (0: the task's); `sd_prompt`, what conditions the U-Net's guided pass:
 `question` (the task's prompt, `just eval`'s default setting) or `none` (no prompt: X = X_u, COCO's
-no-caption setting); `device`. lmms-eval's own `--batch_size` and `--device` apply.
+no-caption setting). lmms-eval's own `--batch_size` and `--device` apply; one process (no `accelerate launch`).
 
 Images: a request's pictures (`doc_to_visual`; several are composed side by side, BLINK's single-image
 protocol) are written once as PNG to `<cache_root>/eval-images/<task>/images/<sha256 of the PNG>.png`, as
@@ -58,13 +58,13 @@ class DfcLlava(lmms):
 
     def __init__(self, run: str, checkpoint: str = "", cache_root: str = "", max_new_tokens: int = 0,
                  sd_prompt: str = QUESTION, device: str | None = None, batch_size: int | str = 1,
-                 max_batch_size: int | None = None) -> None:
+                 max_batch_size: int | None = None) -> None:  # max_batch_size: lmms-eval's, for batch size "auto"
         super().__init__()
         if sd_prompt not in SD_PROMPTS:
             raise ConfigError(f"{MODEL_NAME}: sd_prompt must be one of {SD_PROMPTS}, got {sd_prompt!r}")
-        if not str(batch_size).isdigit() or int(batch_size) < 1 or int(max_new_tokens) < 0:
+        if not str(batch_size).isdigit() or int(batch_size) < 1 or not str(max_new_tokens).isdigit():
             raise ConfigError(f"{MODEL_NAME}: --batch_size must be a positive number (got {batch_size!r}) and "
-                              f"max_new_tokens >= 0 (got {max_new_tokens!r})")
+                              f"max_new_tokens a number >= 0 (got {max_new_tokens!r})")
         weights = FINAL_DIR if str(checkpoint) in ("", FINAL_DIR) else f"{CHECKPOINTS_DIR}/{checkpoint}"
         self.checkpoint = Checkpoint.locate(Path(run) / weights)
         config = self.checkpoint.config

@@ -8,8 +8,8 @@ embedded as PNG, and laid out as the relative folder `lmms-lab-eval/MMVP` of the
 and written again as PNG is the same bytes, so `just eval` (which names an embedded image by its bytes) and the
 adapter (which writes the picture lmms-eval hands it as PNG) key each photo alike: the same store rows and noise.
 
-lmms-eval runs as `just lmms-eval` in a subprocess, with .venv/lmms (`./dev` installs requirements-lmms.lock
-there) first on the path, and finds the model through this package's installed entry point.
+lmms-eval runs in a subprocess with .venv/lmms (`./dev` installs requirements-lmms.lock there) first on the
+path, as `just lmms-eval` runs it, and finds the model through this package's installed entry point.
 """
 from __future__ import annotations
 
