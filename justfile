@@ -81,6 +81,28 @@ lock *args:
     CUSTOM_COMPILE_COMMAND="just lock" pip-compile -q --generate-hashes --allow-unsafe --extra dev --strip-extras \
         --no-emit-index-url --no-emit-find-links -c lock-constraints.txt -o requirements.lock "$@" pyproject.toml
 
+lmms_eval := "lmms-eval==0.7.3"  # the release llava_eval.lmms_adapter is tested with
+
+# re-resolve requirements-lmms.lock: lmms-eval (installed without its dependencies) and requirements-lmms.in,
+# each package requirements.lock pins left out (the venv has it) and the rest pinned as it pins them
+lock-lmms:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    sed -nE 's/^([A-Za-z0-9_.-]+==[^ ]+).*/\1/p' requirements.lock | grep -v '^filelock==' > "$tmp/venv.txt"
+    CUSTOM_COMPILE_COMMAND="just lock-lmms" pip-compile -q --generate-hashes --strip-extras --no-emit-index-url \
+        --no-emit-find-links -c "$tmp/venv.txt" $(sed -E 's/==.*//; s/^/--unsafe-package /' "$tmp/venv.txt") \
+        -o requirements-lmms.lock requirements-lmms.in
+    pip download -q --no-deps --only-binary :all: -d "$tmp/wheel" "{{lmms_eval}}"
+    printf '%s \\\n    --hash=sha256:%s\n    # without its dependencies: the lines above are those used\n' \
+        "{{lmms_eval}}" "$(sha256sum "$tmp"/wheel/*.whl | cut -c1-64)" >> requirements-lmms.lock
+
+# lmms-eval with the `dfc_llava` model (docs/evaluation.md); runs in the invoking folder, where local datasets may lie
+[no-cd]
+lmms-eval *args:
+    @PYTHONPATH="{{justfile_directory()}}/.venv/lmms${PYTHONPATH:+:$PYTHONPATH}" python -m lmms_eval eval "$@"
+
 # drift check: the suite in a throwaway venv with the newest releases pyproject.toml allows, embedded models rebuilt
 test-latest *args: system-packages
     #!/usr/bin/env bash

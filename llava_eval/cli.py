@@ -103,20 +103,14 @@ def _selected(config: EvalConfig) -> list[Benchmark]:
     return [MMVP(corrected=False) if b.name == MMVP.name and not config.mmvp_corrected else b for b in chosen]
 
 
-def _cache_root(config: EvalConfig, checkpoint: Checkpoint) -> str:
-    from stages.locations import DEFAULT_CACHE_ROOT
-
-    return config.cache_root or checkpoint.config.data.cache_root or DEFAULT_CACHE_ROOT
-
-
 def _export(config: EvalConfig, checkpoint: Checkpoint) -> tuple[Path, list[tuple[LoadedBenchmark, Path]]]:
     """The image root and every selected benchmark loaded, with the LLaVA JSON of its images (written now)."""
     from llava_eval.export import write_llava_json
     from llava_eval.results import EVAL_DIR
-    from llava_eval.sources import WRITTEN_IMAGES, load_benchmarks
+    from llava_eval.sources import load_benchmarks, written_images
 
     eval_dir = checkpoint.run_dir / EVAL_DIR
-    written = Path(_cache_root(config, checkpoint), WRITTEN_IMAGES)
+    written = written_images(config.cache_root, checkpoint.config.data.cache_root)
     root, loaded = load_benchmarks(_selected(config), eval_root=_eval_root(config), paths=config.paths,
                                    view=eval_dir / "images", written=written)
     return root, [(one, write_llava_json(one.items, eval_dir / "data" / f"{one.benchmark.name}.json"))

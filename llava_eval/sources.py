@@ -24,9 +24,16 @@ from llava_eval.benchmarks import Benchmark, EvalItem
 from llava_eval.benchmarks.layouts import Located
 from stages.config import ConfigError
 
-__all__ = ["WRITTEN_IMAGES", "LoadedBenchmark", "benchmark_folder", "load_benchmarks"]
+__all__ = ["WRITTEN_IMAGES", "written_images", "LoadedBenchmark", "benchmark_folder", "load_benchmarks"]
 
 WRITTEN_IMAGES = "eval-images"  # under the cache root: images written out of benchmarks' data files
+
+
+def written_images(cache_root: str, run_cache_root: str) -> Path:
+    """`<cache root>/eval-images`: the cache root given, else the run's (`data.cache_root`), else the default."""
+    from stages.locations import DEFAULT_CACHE_ROOT
+
+    return Path(cache_root or run_cache_root or DEFAULT_CACHE_ROOT, WRITTEN_IMAGES)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,13 @@ def test_no_module_of_the_project_is_in_an_import_cycle():
     assert cycles(import_graph(REPO)) == []
 
 
+def test_only_the_lmms_eval_adapter_imports_lmms_eval_and_nothing_imports_it():
+    """lmms-eval is installed apart (.venv/lmms, pyproject's `lmms` extra): every other module imports without it."""
+    graph = import_graph(REPO)
+    assert [m for m, (_, external) in sorted(graph.items()) if "lmms_eval" in external] == ["llava_eval.lmms_adapter"]
+    assert [m for m, (internal, _) in sorted(graph.items()) if "llava_eval.lmms_adapter" in internal] == []
+
+
 def _write(root: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
