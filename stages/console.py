@@ -17,7 +17,7 @@ import io
 import os
 import sys
 import tempfile
-from typing import Iterator, Sequence
+from typing import IO, Iterator, Sequence
 
 __all__ = ["VERBOSE_FLAG", "VERBOSE_ENV", "verbose", "take_verbose", "status", "held_output", "add_overrides",
            "parse_command_line"]
@@ -56,42 +56,46 @@ def status(prog: str, text: str) -> None:
 
 @contextlib.contextmanager
 def held_output(*, fd: bool = False) -> Iterator[None]:
-    """Hold back what the block prints: Python's stdout (`fd=False`), or file descriptors 1 and 2 (`fd=True`:
-    child processes' output too). Shown when the block raises; passed through when verbose."""
+    """Hold back what the block prints: Python's stdout, or (`fd=True`) stdout and stderr, Python's and file
+    descriptors 1 and 2, so child processes' output too. Shown on stderr when the block raises; passed
+    through when verbose."""
     if verbose():
         yield
         return
-    if not fd:
-        held = io.StringIO()
+    python = io.StringIO()
+    with contextlib.ExitStack() as stack:
+        children = stack.enter_context(tempfile.TemporaryFile()) if fd else None
         try:
-            with contextlib.redirect_stdout(held):
+            with contextlib.redirect_stdout(python), \
+                    contextlib.redirect_stderr(python) if fd else contextlib.nullcontext(), \
+                    _descriptors_to(children) if fd else contextlib.nullcontext():
                 yield
         except BaseException:
-            sys.stdout.write(held.getvalue())
+            if children is not None:
+                children.seek(0)
+            sys.stderr.write(python.getvalue() + (children.read().decode(errors="replace") if children else ""))
+            sys.stderr.flush()
             raise
-        return
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    with tempfile.TemporaryFile() as held_file:
-        saved = [os.dup(1), os.dup(2)]
-        os.dup2(held_file.fileno(), 1)
-        os.dup2(held_file.fileno(), 2)
-        failed = False
-        try:
-            yield
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            for stream in (sys.stdout, sys.stderr):
+
+
+@contextlib.contextmanager
+def _descriptors_to(file: IO[bytes]) -> Iterator[None]:
+    """File descriptors 1 and 2 point at `file` for the block (what child processes inherit)."""
+    for stream in (sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+        yield
+    finally:
+        for stream in (sys.__stdout__, sys.__stderr__):
+            if stream is not None:
                 stream.flush()
-            for target, original in zip((1, 2), saved):
-                os.dup2(original, target)
-                os.close(original)
-            if failed:
-                held_file.seek(0)
-                sys.stderr.write(held_file.read().decode(errors="replace"))
-                sys.stderr.flush()
+        for target, original in zip((1, 2), saved):
+            os.dup2(original, target)
+            os.close(original)
 
 
 def add_overrides(parser: argparse.ArgumentParser, *, help: str) -> None:
