@@ -195,7 +195,7 @@ def test_a_rerun_resumes_a_finished_run_unchanged_and_overwrite_true_starts_over
 
     assert main(args(2, "overwrite=true")) == 0
     assert (f"train pretrain: overwrite=true: starting over, removing the earlier run's checkpoints, final, "
-            f"metrics.jsonl from {out}") in capsys.readouterr().err
+            f"metrics.jsonl, loss.png from {out}") in capsys.readouterr().err
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000001", "step-00000002"]
     assert _steps(out) == [1, 2]
 
