@@ -2,7 +2,8 @@
 
 Options are given as `key=value` like every other command (`trials=1`, `timesteps=[189,589]`,
 `extract_config=configs/extract/sample.yaml`, `config=FILE` for a YAML of them; values parse as YAML,
-`stages.config`) or as the flags `--help` lists (`--trials 1`); a `key=value` becomes its flag.
+`stages.config`) or as the flags `--help` lists (`--trials 1`); a `key=value` becomes its flag. `--verbose`
+(anywhere) shows what third-party libraries print, otherwise kept off the terminal.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from analysis.commands import COMMANDS  # noqa: E402
 from stages.config import ConfigError, load_config, parse_overrides  # noqa: E402
+from stages.console import take_verbose  # noqa: E402
 from stages.errors import UserError, print_user_error  # noqa: E402
 
 __all__ = ["main", "build_parser", "as_flags"]
@@ -49,7 +51,7 @@ def as_flags(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = take_verbose(sys.argv[1:] if argv is None else argv)
     try:
         flags = as_flags(argv)
     except UserError as exc:

@@ -30,7 +30,7 @@ class RunDir:
 
     def json(self, name: str, value: Any) -> Path:
         path = self._target(name)
-        path.write_text(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(value, indent=2, sort_keys=False, default=_json_value) + "\n", encoding="utf-8")
         return path
 
     def csv(self, name: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
@@ -69,6 +69,16 @@ class RunDir:
         self.json("fingerprint.json", {name: {"fingerprint": source.fingerprint.full,
                                               "fields": source.fingerprint.fields}
                                        for name, source in sources.items()})
+
+
+def _json_value(value: Any) -> Any:
+    """Paths as their text, numpy numbers and arrays as JSON numbers and lists; anything else is refused (a
+    Python repr in a result file is text no reader can use)."""
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy scalars and arrays, torch tensors
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON: convert it before writing ({value!r:.80})")
 
 
 def _cell(value: Any) -> Any:

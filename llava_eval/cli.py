@@ -14,6 +14,9 @@
                                        format); with --run, the one file's scores go into the LLaVA-Bench
                                        result of RUN (a run with one, or a result folder)
 
+`key=value` overrides and flags come in any order; `--verbose` (anywhere) also shows what third-party
+libraries print (the COCO tokenizer's Java lines, weight-loading bars), otherwise kept off the terminal.
+
 Exit status as every command of the project: 2 for a setup problem (one line naming the fix, e.g. the
 `just extract` command for benchmark images that are not cached yet), 130 when interrupted (run the
 same command to resume from the predictions already written).
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import torch
 
 from stages.config import ConfigError, build_dataclass, load_config
+from stages.console import status, take_verbose
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 from stages.locations import REPO
 
@@ -191,7 +195,10 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> list[dict]:
             print(f"{files.result}: exists (force=true evaluates again)")
             results.append(files.read())
             continue
-        run = run or TrainedRun.load(checkpoint, device=features.device)
+        if run is None:
+            if progress:
+                status("eval", f"loading {checkpoint.run_dir}/{checkpoint.label} on {features.device} …")
+            run = TrainedRun.load(checkpoint, device=features.device)
         result = evaluate_benchmark(run, features, one.benchmark, one.items, setting=setting, files=files,
                                     batch_size=config.batch_size, eval_root=root, progress=progress,
                                     source={"folder": str(one.located.folder), "layout": one.located.layout.name})
@@ -264,7 +271,7 @@ def _llava_bench_score(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = take_verbose(sys.argv[1:] if argv is None else argv)
     commands = ("eval", "export", "table", "llava-bench-score")
     if not argv or argv[0] not in commands:
         print(__doc__, file=sys.stderr)

@@ -5,6 +5,9 @@
     report SWEEP [key=value ...]
         the paper's tables and figures from the runs' results
 
+Overrides and flags come in any order; --verbose (anywhere) shows what third-party libraries print, in this
+process and in the stages it starts.
+
 Exit status: 0 done; 1 some run failed (the summary names each with its reason and log); 2 a setup
 problem (bad sweep file or override), one line; 130 interrupted: the same command resumes.
 """
@@ -13,13 +16,14 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+from stages.console import take_verbose
 from stages.errors import INTERRUPTED, USAGE_ERROR
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = take_verbose(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("sweep", "report"):
         print(__doc__, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else USAGE_ERROR

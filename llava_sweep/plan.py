@@ -41,6 +41,7 @@ from llava_sweep.spec import TRAIN_STAGES, ExtractionJob, Stage, Sweep
 from pipeline.config import split_config
 from pipeline.plan import ExtractPlan, plan_extract, write_plan
 from stages.config import ConfigError
+from stages.console import add_overrides, parse_command_line
 from stages.errors import UserError, print_user_error
 from stages.flops import ComputeBudget, add_budget_arguments, budget_from_arguments
 from stages.writable import check_writable_dir, check_writable_file
@@ -176,11 +177,11 @@ def main(argv: Sequence[str]) -> int:
     [--gpu NAME] [--gpu-tflops X] [--utilization U]`; exit 0, or 2 with one line for a setup problem."""
     parser = argparse.ArgumentParser(prog="sweep --dry-run", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="the sweep file (configs/sweeps/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the sweep file (root=..., ...)")
+    add_overrides(parser, help="key=value overrides of the sweep file (root=..., ...)")
     parser.add_argument("--plan-json", default=None, help=f"where the plan is written (default: <root>/{PLAN_FILE})")
     parser.add_argument("--world-size", type=int, default=1, help="ranks (GPUs) of each training stage")
     add_budget_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     try:
         if args.world_size < 1:
             raise ConfigError(f"--world-size must be >= 1, got {args.world_size}")

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 from llava_sweep.execution import EXTRACT, LOGS_DIR, Outcome, items, run_items
 from llava_sweep.load import load_sweep
 from llava_sweep.spec import Sweep, SweepRun
+from stages.console import add_overrides, parse_command_line
 from stages.errors import INTERRUPTED, UserError, print_user_error
 
 __all__ = ["LOGS_DIR", "SUMMARY_FILE", "run_sweep", "main"]
@@ -84,12 +85,12 @@ def _render(summary: dict) -> str:
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description="Run a sweep (docs/sweep.md).")
     parser.add_argument("sweep", help="the sweep file (configs/sweeps/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the sweep file (root=..., axes...)")
+    add_overrides(parser, help="key=value overrides of the sweep file (root=..., axes...)")
     parser.add_argument("--only", metavar="RUN", help="only this run (and the stages and jobs it needs)")
     parser.add_argument("--no-progress", action="store_true", help="no line per stage: the summary only")
     parser.add_argument("--ray-address", metavar="ADDR", help="run the training and evaluation stages on this Ray "
                         "cluster (auto, HOST:PORT, ray://HOST:PORT), each run's at once (docs/sweep.md)")
-    return parser.parse_intermixed_args(argv)
+    return parse_command_line(parser, argv)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -1,12 +1,15 @@
 """`python -m pipeline.cli {extract,caches,verify}` (the `just extract|caches|verify` recipes).
 
-    extract [key=value ...] [--ray-address auto|ray://host:10001] [--no-progress]
+    extract [key=value ...] [--ray-address auto|ray://host:10001] [--no-progress] [--verbose]
         fill the cache for configs/extract/sample.yaml, or `config=configs/extract/llava558k.yaml`
     extract --dry-run [key=value ...] [--plan-json FILE] [--gpu NAME] [--gpu-tflops X] [--utilization U]
         print (and write as JSON, by default to <cache_root>/plans/extract-<store>.json) what the run
         would compute, write and cost; starts nothing
     caches [ROOT]     list the stores under a cache root
     verify STORE      check every shard of a store
+
+Overrides and flags come in any order. --verbose shows what third-party libraries print (Ray's worker logs,
+warnings, weight-loading bars), which is otherwise kept off the terminal.
 
 Exit status: 0 done; 1 the run failed (an extraction worker error: one line with the worker's exception,
 shard and keys, and the log file holding the tracebacks; `verify` found problems); 2 a setup problem
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline import store_cli
+from stages.console import add_overrides, parse_command_line, take_verbose
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
 from stages.flops import add_budget_arguments, budget_from_arguments
 from stages.store.objects import as_location
@@ -39,7 +43,7 @@ PLANS_DIR = "plans"  # under the cache root: where `extract --dry-run` writes it
 
 def extract_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="extract", description="Fill the feature cache (see docs/pipeline.md).")
-    parser.add_argument("overrides", nargs="*", help="config=PATH and any config field as key=value")
+    add_overrides(parser, help="config=PATH and any config field as key=value")
     parser.add_argument("--ray-address", default=None, help="auto or ray://host:10001 (default: embedded Ray)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
@@ -47,7 +51,7 @@ def extract_main(argv: Sequence[str]) -> int:
     parser.add_argument("--plan-json", default=None, help="where --dry-run writes the plan "
                         f"(default: <cache_root>/{PLANS_DIR}/extract-<store>.json)")
     add_budget_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     overrides = list(args.overrides) + ([f"ray_address={args.ray_address}"] if args.ray_address else [])
     if args.dry_run:
         return _dry_run(overrides, args)
@@ -119,7 +123,7 @@ def _dry_run(overrides: Sequence[str], args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = take_verbose(sys.argv[1:] if argv is None else argv)
     commands = {"extract": extract_main, "caches": store_cli.caches_main, "verify": store_cli.verify_main}
     if not argv or argv[0] not in commands:
         print(__doc__, file=sys.stderr)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from stages.cache_spec import CacheSpec, cache_spec_from
-from stages.config import ConfigError, build_dataclass, load_config
+from stages.config import ConfigError, build_dataclass, load_config, parse_overrides
 from stages.locations import DEFAULT_CACHE_ROOT, REPO, SAMPLE, is_sample_data, resolve_sample_data
 from stages.models import PRECISIONS, resolve_model_dir
 from stages.preprocess import ImageSpec
@@ -99,6 +99,7 @@ class RunConfig:
 class ExtractConfig:
     spec: CacheSpec
     run: RunConfig
+    path: Path | None = None  # the YAML it was read from (recorded in the store with the data it extracted)
 
 
 def split_config(values: Mapping[str, Any]) -> ExtractConfig:
@@ -115,7 +116,8 @@ def split_config(values: Mapping[str, Any]) -> ExtractConfig:
 
 def load_extract_config(overrides: Sequence[str] = ()) -> ExtractConfig:
     """`configs/extract/sample.yaml` unless `config=PATH` is among the overrides."""
-    return split_config(load_config(DEFAULT_CONFIG, overrides))
+    config = split_config(load_config(DEFAULT_CONFIG, overrides))
+    return dataclasses.replace(config, path=Path(parse_overrides(overrides).get("config", DEFAULT_CONFIG)).resolve())
 
 
 def resolve_data(run: RunConfig) -> tuple[list[Path], Path]:

@@ -6,8 +6,6 @@ run (`pipeline.plan`) calls too; how it is run by `pipeline.runner` (`runner: ra
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -19,8 +17,10 @@ from pipeline.runner import run_tasks
 from pipeline.shards import Plan, pending, schedule_shards
 from stages.cache_spec import array_shapes_for, fingerprint_for, image_spec_for, spec_summary
 from stages.config import ConfigError
+from stages.locations import is_sample_data
 from stages.store import CacheStore, StoreMeta
 from stages.store.repair import cheap_problems, repair
+from stages.store.sources import DataSource, data_set_id, record_source
 
 __all__ = ["errors_file_name", "plan_run", "run_extract", "nothing_to_compute", "check_before_writing",
            "drop_unwritten", "MAX_EXTRACTOR_MEMORY"]
@@ -29,10 +29,18 @@ MAX_EXTRACTOR_MEMORY = 64 << 30  # results one actor may buffer (a real run: ~1 
 
 
 def errors_file_name(json_paths: Sequence[Path], image_root: Path) -> str:
-    """`errors-<12 hex>.jsonl`, hashed from the resolved data files and image root: each data set
-    filling a store keeps its own errors file, which its next run rewrites."""
-    data = json.dumps([sorted(str(p.resolve()) for p in json_paths), str(image_root.resolve())])
-    return f"errors-{hashlib.sha256(data.encode()).hexdigest()[:12]}.jsonl"
+    """`errors-<data set id>.jsonl` (`stages.store.sources.data_set_id`): each data set filling a store keeps
+    its own errors file, which its next run rewrites."""
+    return f"errors-{data_set_id(json_paths, image_root)}.jsonl"
+
+
+def _data_source(config: ExtractConfig, shards: Sequence[int]) -> DataSource:
+    """The data as `config` names it, with its YAML (paths absolute: the command works from anywhere)."""
+    run, yaml = config.run, str(config.path) if config.path else None
+    if any(is_sample_data(d) for d in run.data):  # a bundled-sample name stands alone (`resolve_data`)
+        return DataSource(data=tuple(run.data), image_root=None, shards=tuple(shards), config=yaml)
+    return DataSource(data=tuple(str(Path(p).resolve()) for p in run.data),
+                      image_root=str(Path(run.image_root).resolve()), shards=tuple(shards), config=yaml)
 
 
 def _open_store(config: ExtractConfig, manifest: Manifest) -> tuple[CacheStore, list[str]]:
@@ -79,6 +87,7 @@ def plan_run(config: ExtractConfig, *, manifest: Manifest | None = None) -> Plan
                 created.append(array_id)
     meta = store.refresh()
     schedule = schedule_shards(meta, manifest, spec=spec, run=run)
+    record_source(meta.paths, data_set_id(json_paths, image_root), _data_source(config, schedule.shards))
     for shard in sorted(schedule.stale):
         store.withdraw_shard(shard)
     if schedule.stale:

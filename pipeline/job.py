@@ -23,6 +23,7 @@ from pipeline.errors import ExtractionError, WorkerError, logged_failure
 from pipeline.rows import ShardStats, ShardTask
 from pipeline.worker import ShardWorker, WorkerBuilder, decode_row
 from stages.config import ConfigError
+from stages.console import VERBOSE_ENV, verbose
 from stages.preprocess import ImageSpec
 from stages.store.objects import as_location
 
@@ -31,7 +32,7 @@ __all__ = ["PASSED_ENV", "start_ray", "restart_ray", "check_reachable", "check_e
 
 # what Ray workers inherit from the driver: the models, caches and hub settings it runs with
 PASSED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "DFC_EMBEDDED_HOME", "XDG_CACHE_HOME",
-              "TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS")
+              "TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS", VERBOSE_ENV)
 _DECODE_BASE_MEMORY = 512 << 20  # a decode worker imports torch and PIL (~250 MB resident)
 
 
@@ -46,11 +47,12 @@ def start_ray(run: RunConfig) -> tuple[bool, float]:
     if run.ray_address is None:  # "local": a fresh instance, never another process's cluster
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         ray.init(address="local", num_cpus=run.num_cpus, include_dashboard=False, configure_logging=False,
-                 log_to_driver=True, runtime_env={"env_vars": env})
+                 log_to_driver=verbose(), runtime_env={"env_vars": env})
     else:  # cluster nodes run their own install of this package (see docs/pipeline.md)
         check_reachable(run.ray_address)
         try:
-            ray.init(address=run.ray_address, runtime_env={"env_vars": env})
+            ray.init(address=run.ray_address, runtime_env={"env_vars": env}, log_to_driver=verbose(),
+                     logging_level=logging.INFO if verbose() else logging.WARNING)
         except ConnectionError as exc:
             raise ConfigError(f"cannot connect to the Ray cluster at ray_address={run.ray_address!r}: {exc} "
                               "(start one with `ray start --head`, or leave ray_address unset for an "
@@ -138,7 +140,9 @@ def _quiet_ray_logs() -> None:
     """Keep Ray's chatter off the terminal: the token-authentication notice of a fresh local Ray, and Ray
     Data's console log (a worker failure's tracebacks go to our log file instead; Ray Data's own log file,
     `<ray session>/logs/ray-data/ray-data.log`, keeps everything). Workers load models without progress
-    bars (HF_HUB_DISABLE_PROGRESS_BARS, set in `start_ray` unless given)."""
+    bars (HF_HUB_DISABLE_PROGRESS_BARS, set in `start_ray` unless given), and their output reaches the
+    terminal only with `--verbose` (`log_to_driver`; it stays in `<ray session>/logs/worker-*`): a worker's
+    failure reaches the driver as its exception."""
     import ray.data  # configures its loggers on import: first, so that the change below sticks
 
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)

@@ -13,6 +13,7 @@ from pipeline.rows import ShardStats, ShardTask
 from pipeline.sequential import run_sequential
 from pipeline.shards import Plan
 from pipeline.worker import WorkerBuilder
+from stages.console import status
 
 __all__ = ["worker_builder", "run_tasks", "run_in_process"]
 
@@ -30,15 +31,20 @@ def run_tasks(config: ExtractConfig, plan: Plan, summary: Summary, log: ErrorLog
     """Compute `plan.tasks` with `config.run.runner`, feeding the progress bar and `summary`. After a Ctrl-C
     the shards completed whose stats never reached the driver are counted from their records."""
     run, ray_job = config.run, config.run.runner == "ray"
+    say = (lambda text: status("extract", text)) if show_progress else (lambda text: None)
+    images = sum(k is not None for task in plan.tasks for k in task.keys)
+    say(f"{images} images in {len(plan.tasks)} shards to compute into {plan.store.path}")
     started = False
     if ray_job:
         from pipeline import job  # imports Ray: only when there is work for it
 
         if run.ray_address is None:  # an embedded Ray's CPUs are known before it starts: check them first
             job.check_embedded_budget(run, n_tasks=len(plan.tasks))
+        say("starting Ray …" if run.ray_address is None else f"connecting to the Ray cluster at {run.ray_address} …")
         started, summary.ray_start_s = job.start_ray(run)
-    progress = Progress(summary, log, total=sum(k is not None for task in plan.tasks for k in task.keys),
-                        enabled=show_progress)
+    extractors = f"{min(run.num_actors, len(plan.tasks))} extractor actor(s)" if ray_job else "this process"
+    say(f"loading {config.spec.model} in {extractors}; the bar moves as shards complete …")
+    progress = Progress(summary, log, total=images, enabled=show_progress)
     reported: set[int] = set()
 
     def on_stats(stats: ShardStats) -> None:

@@ -41,6 +41,7 @@ class ShardSchedule:
 
     tasks: tuple[ShardTask, ...]
     computes: Mapping[int, tuple[str, ...]]  # shard -> the arrays its task computes
+    shards: tuple[int, ...]  # the shards of this run's data: every key of theirs is in it
     planned: int  # keys in shards of this run's data only (shards shared with other data are not counted)
     complete: int  # shards of this run's data that are complete
     reused_images: int  # valid keys of those shards
@@ -132,7 +133,7 @@ def schedule_shards(records: ShardRecords, manifest: Manifest, *, spec: CacheSpe
         failures += [{"key": k, "kind": "failed", "reason": r}
                      for k, r in sorted(records.failed(plan.index, array_ids).items()) if k not in reported]
         reused += len(records.valid_keys(plan, array_ids))
-    return ShardSchedule(tasks=tuple(tasks), computes=computes,
+    return ShardSchedule(tasks=tuple(tasks), computes=computes, shards=tuple(p.index for p in mine),
                          planned=sum(k is not None for p in mine for k in p.keys), complete=len(mine) - len(tasks), reused_images=reused, recorded_failures=tuple(failures),
                          foreign_shards=len(missing) - len(tasks), changed_images=changed, retried=retried)
 

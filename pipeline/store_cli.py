@@ -3,6 +3,7 @@ the store commands (wired into pipeline/cli.py)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -12,10 +13,12 @@ from stages.locations import DEFAULT_CACHE_ROOT, REPO
 from stages.store import COMPACT, CacheStore, StoreMeta, convert_store, list_caches
 from stages.store.objects import as_location
 from stages.store.meta import is_store
+from stages.store.layout import StorePaths
 from stages.store.repair import Problem, repair_store
+from stages.store.sources import data_sources
 from stages.store.verify import check_store
 
-__all__ = ["caches_main", "verify_main", "extract_command"]
+__all__ = ["caches_main", "verify_main", "extract_command", "extract_commands"]
 
 CONFIGS = REPO / "configs" / "extract"
 
@@ -110,23 +113,42 @@ def _cache_spec_of(config: Path) -> dict | None:
         return None
 
 
-def extract_command(store: str | Path) -> str:
-    """`just extract ...` that fills `store` again: the bundled config whose cache fields the store
-    recorded (`cache_spec` attribute), else a placeholder for the user's; data paths are not recorded."""
+def extract_command(store: str | Path, *, config: str | None = None) -> str:
+    """`just extract ...` that fills `store` again: `config` (the YAML a data set was extracted with) when it
+    still makes this store, else the bundled config whose cache fields the store recorded (`cache_spec`
+    attribute), else a placeholder for the user's."""
     store = as_location(store)
     spec = StoreMeta.load(store, expect=None).attrs.get("cache_spec")
-    config = next((c for c in sorted(CONFIGS.glob("*.yaml")) if spec is not None and _cache_spec_of(c) == spec), None)
-    name = config.relative_to(CONFIGS.parent.parent) if config else "<the config that made it>"
+    candidates = [*([Path(config)] if config else []), *sorted(CONFIGS.glob("*.yaml"))]
+    found = next((c for c in candidates if spec is not None and c.is_file() and _cache_spec_of(c) == spec), None)
+    name = ("<the config that made it>" if found is None
+            else found.relative_to(REPO) if found.is_relative_to(REPO) else found)  # the recipes run in REPO
     return f"just extract config={name} cache_root={store.parent}"
 
 
+_COMPUTED_BY_EXTRACT = {"record", "shard", "index", "extract"}  # fixes that end in a run computing shards again
+
+
+def extract_commands(store: str | Path, problems: Sequence[Problem]) -> list[str]:
+    """The `extract_command`s that compute again the shards `problems` name: one per data set recorded in
+    the store (`stages.store.sources`: its YAML, files and image root) that holds such a shard, every data set
+    for an array found damaged as a whole; `extract_command` alone for shards no record names (a store
+    written before the records)."""
+    needed = {p.shard for p in problems if p.fix in _COMPUTED_BY_EXTRACT}
+    chosen = [s for s in data_sources(StorePaths(store)) if None in needed or needed & set(s.shards)]
+    commands = [" ".join([extract_command(store, config=s.config), *map(shlex.quote, s.overrides())])
+                for s in chosen]
+    covered = {shard for s in chosen for shard in s.shards}
+    return commands if chosen and (None in needed or needed <= covered) else [*commands, extract_command(store)]
+
+
 def _fix_advice(store: str, problems: Sequence[Problem], *, repaired: bool) -> list[str]:
-    """The command that fixes what is left, and what it cannot fix."""
+    """The commands that fix what is left, and what they cannot fix."""
     fixes = {p.fix for p in problems}
     repairable = {"record", "shard", "index", "file", "group"}
     steps = [] if repaired or not fixes & repairable else [f"just verify {store} --repair"]
-    if fixes & {"record", "shard", "index", "extract"}:
-        steps.append(extract_command(store))
+    if fixes & _COMPUTED_BY_EXTRACT:
+        steps += extract_commands(store, problems)
     lines = [f"to fix: {' && '.join(steps)}"] if steps else []
     manual = sum(p.fix == "none" for p in problems)
     if manual:

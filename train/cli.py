@@ -4,6 +4,7 @@
     sft [key=value ...]        stage 2: LLM + adapter, question-guided SD (default configs/train/sample-sft.yaml)
     STAGE --dry-run [key=value ...] [--world-size N] [--plan-json FILE] [--gpu NAME] [--utilization U]
                                the plan only: samples, steps, FLOPs, bytes read (train/plan.py)
+    --verbose                  (anywhere) also what DeepSpeed and Hugging Face print, otherwise kept back
 
 `config=PATH` picks another YAML (configs/train/pretrain.yaml, sft.yaml for the real LLaVA-1.5 runs);
 any field is a dotted override: `lr=2e-3 data.num_workers=4 guidance.scale=0`.
@@ -34,6 +35,7 @@ if __name__ == "__main__":  # `python -m train.cli`: run the module as imported,
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from stages.console import status, take_verbose  # noqa: E402
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error  # noqa: E402
 from stages.llava import load_llava_json  # noqa: E402
 from stages.serving import CachedFeatures  # noqa: E402
@@ -49,6 +51,7 @@ from train.model import ADAPTER_FILE, LLM_DIR, LlavaModel, build_model, load_tok
 from train.resume import FINAL_DIR, check_resume, run_outputs  # noqa: E402
 from train.sampler import make_sampler  # noqa: E402
 from train.stores import locate_stores, resolve_data_path, shard_cache  # noqa: E402
+from train.trackers import check_tracker  # noqa: E402
 
 __all__ = ["SetupError", "Prepared", "RunResult", "prepare", "run", "main"]
 
@@ -157,6 +160,7 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
     check_writable_dir(config.output_dir, setting="output_dir")
     _check_adapter(config)
     check_engine_config(config)
+    check_tracker(config.report_to)
     vision, guidance = config.vision, config.guidance
     array_ids = required_arrays(vision, guidance)
     if source is None:
@@ -176,6 +180,8 @@ def prepare(config: TrainConfig, *, source: Any = None) -> Prepared:
     sampler = make_sampler(config, dataset, world_size=world, rank=rank)
     resume_from = check_resume(config, sampler)
     seed_everything(config.seed)  # the adapter's initial weights
+    if is_main_process():
+        status(f"train {config.stage}", f"{len(dataset)} samples; loading {config.model} …")
     model = build_model(config, feature_dims={a: source.sample_shape(a)[-1] for a in vision.array_ids})
     hook = GuidedFeatures(vision=vision, guidance=guidance, source=source, device=_device())  # U-Net: on first use
     return Prepared(config=config, model=model, sampler=sampler, prepare_features=hook, tokenizer=tokenizer,
@@ -238,7 +244,7 @@ def _interrupted(prepared: Prepared, exc: TrainingInterrupted) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = take_verbose(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES:
         print(__doc__, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else USAGE_ERROR

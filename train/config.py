@@ -16,6 +16,7 @@ from stages.llava import PROMPT_SOURCES, QUESTION
 from stages.locations import REPO
 from stages.store.layout import write_json_atomic
 from stages.store.shard_cache import parse_size
+from train.trackers import REPORT_TO
 from train.vision_modes import VISION_MODES, VisionMode
 
 __all__ = ["VisionConfig", "GuidanceConfig", "DataConfig", "TrainConfig", "STAGES", "PRECISIONS", "OPTIMIZERS",
@@ -31,7 +32,7 @@ RUN_CONFIG_FILE = "train_config.json"  # beside a run's checkpoints: what evalua
 DEFAULT_CONFIGS = {"pretrain": REPO / "configs/train/sample-pretrain.yaml",
                    "sft": REPO / "configs/train/sample-sft.yaml"}
 # how a run is executed and logged, not what it computes: the only fields a resumed run may change
-RESUMABLE_CHANGES = ("output_dir", "resume", "overwrite", "save_every", "keep_checkpoints", "tensorboard",
+RESUMABLE_CHANGES = ("output_dir", "resume", "overwrite", "save_every", "keep_checkpoints", "report_to",
                      "on_nonfinite", "gradient_checkpointing", "data.num_workers")
 
 
@@ -142,7 +143,7 @@ class TrainConfig:
     output_dir: str = "runs/pretrain"
     save_every: int = 0  # checkpoint every N optimizer steps; 0 = only at the end
     keep_checkpoints: int = 2  # newest checkpoints kept on disk; 0 = keep all
-    tensorboard: bool = True  # also log metrics to <output_dir>/tensorboard/ (metrics.jsonl is always written)
+    report_to: str = "tensorboard"  # also log metrics to: tensorboard | wandb | none (metrics.jsonl is always written)
     on_nonfinite: str = "stop"  # a NaN/Inf loss: "stop" the run naming step, keys and arrays; "skip" the micro-batch
     resume: bool = False  # require a checkpoint to continue from (one in output_dir is resumed anyway)
     overwrite: bool = False  # start over: remove output_dir's checkpoints, final/, metrics and TensorBoard logs
@@ -165,6 +166,7 @@ class TrainConfig:
         _check(min(self.max_steps, self.save_every, self.keep_checkpoints) >= 0,
                "max_steps, save_every and keep_checkpoints must be >= 0")
         _check(self.max_length > 0, f"max_length must be > 0, got {self.max_length}")
+        _check(self.report_to in REPORT_TO, f"report_to must be one of {'|'.join(REPORT_TO)}, got {self.report_to!r}")
         _check(self.on_nonfinite in ("stop", "skip"),
                f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
         _check(not (self.resume and self.overwrite),
@@ -215,7 +217,10 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"{run_dir} holds no {RUN_CONFIG_FILE}: not a training run directory, or trained "
                           "before runs recorded their config (train it again)")
-    return build_dataclass(TrainConfig, json.loads(path.read_text()), where=str(path))
+    values = json.loads(path.read_text())
+    if "tensorboard" in values:  # recorded before `report_to` replaced it
+        values["report_to"] = "tensorboard" if values.pop("tensorboard") else "none"
+    return build_dataclass(TrainConfig, values, where=str(path))
 
 
 def load_stage_config(stage: str, overrides: Sequence[str] = ()) -> TrainConfig:

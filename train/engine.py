@@ -14,6 +14,7 @@ DeepSpeed itself loads with `weights_only=False`: resume only from checkpoints y
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from stages.config import ConfigError
+from stages.console import held_output, status, verbose
 from stages.models import default_device, resolve_precision
 from stages.store.layout import write_json_atomic
 from train.config import TrainConfig
@@ -81,9 +83,11 @@ def ensure_distributed() -> None:
         return
     import deepspeed
 
+    logging.getLogger("DeepSpeed").setLevel(logging.INFO if verbose() else logging.WARNING)  # its info logs
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    with held_output():  # "DeepSpeed ... built successfully", printed by its CPU communication op's loader
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
 
 
 def is_main_process() -> bool:
@@ -175,8 +179,12 @@ def build_engine(model: nn.Module, config: TrainConfig, *, total_steps: int) -> 
     warmup = math.ceil(config.warmup_ratio * total_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps=total_steps, warmup_steps=warmup))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=deepspeed_config(config))
+    ds_config = deepspeed_config(config)
+    if is_main_process():
+        zero = ds_config.get("zero_optimization", {}).get("stage", 0)
+        status(f"train {config.stage}", f"building the DeepSpeed engine (ZeRO-{zero}, "
+               f"{torch.distributed.get_world_size()} rank(s)) …")
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
     return engine
 
 

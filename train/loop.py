@@ -4,6 +4,7 @@ Positions, what a checkpoint records and when a run continues from one: `train.r
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import signal
@@ -185,7 +186,7 @@ def _steps(engine: Any, *, config: TrainConfig, sampler: ResumableSampler,
     (a resumed run's saved RNG states) is restored where the uninterrupted run stood at the save."""
     micro, accumulation = config.per_device_batch_size, config.gradient_accumulation_steps
     reporter = Reporter(Path(config.output_dir), start_step=start, total=total, desc=config.stage,
-                        tensorboard=config.tensorboard)
+                        report_to=config.report_to, config=dataclasses.asdict(config))
     engine.train()
     ctrl_c, step = _CtrlC(), start
     try:

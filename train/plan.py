@@ -33,6 +33,7 @@ import numpy as np
 
 from stages.cache_spec import CacheSpec, cache_spec_from_yaml
 from stages.config import ConfigError
+from stages.console import add_overrides, parse_command_line
 from stages.errors import UserError, print_user_error
 from stages.flops import ComputeBudget, add_budget_arguments, architecture_dir, budget_from_arguments, count_gflop
 from stages.llava import load_llava_json
@@ -302,14 +303,14 @@ def plan_training(config: TrainConfig, *, world_size: int, budget: ComputeBudget
 def main(stage: str, argv: Sequence[str]) -> int:
     """`python -m train.cli STAGE --dry-run [key=value ...] [--world-size N] [--plan-json FILE] [--gpu ...]`."""
     parser = argparse.ArgumentParser(prog=f"train {stage} --dry-run", description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*")
+    add_overrides(parser, help="config=PATH and any config field as key=value")
     parser.add_argument("--dry-run", action="store_true", help="(this plan)")
     parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")),
                         help="ranks (GPUs) the run would use (default: $WORLD_SIZE or 1)")
     parser.add_argument("--plan-json", default=None,
                         help=f"where the plan is written (default: <output_dir>/train-{stage}-plan.json)")
     add_budget_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     try:
         if args.world_size < 1:
             raise ConfigError(f"--world-size must be >= 1, got {args.world_size}")

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping, Protocol
 from stages.config import ConfigError
 from train.config import TrainConfig, config_changes
 from train.engine import CHECKPOINTS_DIR, latest_checkpoint, read_checkpoint_state, save_checkpoint
-from train.metrics import METRICS_FILE, TENSORBOARD_DIR
+from train.metrics import LOSS_PLOT, METRICS_FILE, TENSORBOARD_DIR, WANDB_DIR
 
 __all__ = ["ResumableSampler", "FINAL_DIR", "total_steps", "position", "run_outputs", "resumable", "check_resume",
            "save_run_checkpoint"]
@@ -69,12 +69,12 @@ def _schedule(config: TrainConfig, *, per_epoch: int, total: int) -> dict[str, i
 
 
 def run_outputs(output_dir: str | Path) -> list[Path]:
-    """What a run left in `output_dir`, and `overwrite=true` removes: checkpoints, final/, metrics.jsonl and
-    TensorBoard logs (`train_config.json` is rewritten by every run; evaluation results are keyed by the
-    checkpoint they scored)."""
+    """What a run left in `output_dir`, and `overwrite=true` removes: checkpoints, final/, metrics.jsonl, the
+    loss plot and the tracker's logs (`train_config.json` is rewritten by every run; evaluation results are
+    keyed by the checkpoint they scored)."""
     root = Path(output_dir)
-    return [p for p in (root / CHECKPOINTS_DIR, root / FINAL_DIR, root / METRICS_FILE, root / TENSORBOARD_DIR)
-            if p.exists()]
+    return [root / name for name in (CHECKPOINTS_DIR, FINAL_DIR, METRICS_FILE, LOSS_PLOT, TENSORBOARD_DIR, WANDB_DIR)
+            if (root / name).exists()]
 
 
 def resumable(config: TrainConfig, sampler: ResumableSampler, *, per_epoch: int,

@@ -36,6 +36,7 @@ from llava_eval.benchmarks.base import Benchmark, BenchmarkLayoutError, EvalItem
 from llava_eval.benchmarks.coco_layouts import KARPATHY, caption_layouts
 from llava_eval.benchmarks.fixtures import photo_jpeg
 from llava_eval.benchmarks.layouts import Layout
+from stages.console import held_output
 from stages.errors import UserError
 
 __all__ = ["CocoCaptions", "JavaNotFoundError", "CAPTION_PROMPT", "SD_NONE", "SD_GT", "SD_MISMATCHED",
@@ -171,10 +172,11 @@ class CocoCaptions(Benchmark):
 
         meteor = Meteor()  # its JVM loads the paraphrase table (seconds) while the rest is computed
         tokenizer = PTBTokenizer()
-        references = tokenizer.tokenize({item.id: [{"caption": _one_line(ref)} for ref in item.answer]
-                                         for item in items})
-        candidates = tokenizer.tokenize({item.id: [{"caption": _one_line(predictions[item.id])}]
-                                         for item in items})
+        with held_output(fd=True):  # its Java process prints "PTBTokenizer tokenized N tokens at ..." per call
+            references = tokenizer.tokenize({item.id: [{"caption": _one_line(ref)} for ref in item.answer]
+                                             for item in items})
+            candidates = tokenizer.tokenize({item.id: [{"caption": _one_line(predictions[item.id])}]
+                                             for item in items})
         bleu, _ = Bleu(4).compute_score(references, candidates, verbose=0)
         metrics: dict[str, Any] = {f"bleu_{n}": float(value) for n, value in enumerate(bleu, start=1)}
         metrics["meteor"] = float(meteor.compute_score(references, candidates)[0])

@@ -78,6 +78,7 @@ class StorePaths:
         self.index = self.root / "index"
         self.done = self.root / "done"
         self.wds = self.root / "wds"
+        self.sources = self.root / "sources"
         self.lock = self.root / ".lock"
 
     def index_file(self, shard: int) -> Path:
@@ -85,6 +86,9 @@ class StorePaths:
 
     def record(self, array_id: str, shard: int) -> Path:
         return self.done / array_id / f"{shard:06d}.json"
+
+    def source(self, source_id: str) -> Path:
+        return self.sources / f"{source_id}.json"
 
     def tar(self, shard: int) -> Path:
         return self.wds / f"{shard:06d}.tar"

@@ -166,7 +166,7 @@ class StoreMeta(ShardRecords):
         """Re-read, in place, what may have changed: the array infos (arrays are created and grown) and
         the completion records of `shards` (of every shard when None, with the tar records; of none for
         `()`), then new shard plans (index files never change once written). Returns self."""
-        _refuse_links(self.paths, "zarr", "index", "done", "wds", "locks", ".lock")
+        _refuse_links(self.paths, "zarr", "index", "done", "wds", "locks", "sources", ".lock")
         self._refresh_arrays(None if shards is None else tuple(shards))
         numbers = [int(p.stem) for p in self.paths.index.glob("[0-9]*.json") if p.stem.isdigit()]
         for shard in range(max(numbers, default=-1) + 1):  # damaged ones are re-read until repaired

@@ -87,7 +87,8 @@ def trained_runs(tmp_path_factory) -> TrainedRuns:
         config = TrainConfig(stage=stage, output_dir=str(root / f"tiny-{stage}"),
                              data=DataConfig(extract_configs=("configs/extract/sample.yaml",)))
         save_run_config(config)
-        reporter = Reporter(Path(config.output_dir), start_step=0, total=total, desc=stage, tensorboard=False)
+        reporter = Reporter(Path(config.output_dir), start_step=0, total=total, desc=stage, report_to="none",
+                            config={})
         for step in range(1, total + 1):
             reporter.report(StepMetrics(step=step, epoch=0, loss=1.0 + 3.0 / step, lr=1e-3 * (1 - step / total),
                                         grad_norm=4.0 / step, samples_per_s=8.0 + step, tokens_per_s=900.0))

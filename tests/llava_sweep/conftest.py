@@ -26,7 +26,7 @@ RUNS = ("s0", "s4")  # the axis labels of guidance_scale 0 and 4
 
 def sweep_file(folder: Path, store, cache_root: Path) -> Path:
     """The sweep: the sample configs on the session store's data subsets, sized to seconds per stage."""
-    train = ["per_device_batch_size=2", "max_length=256", "tensorboard=false", "data.num_workers=0"]
+    train = ["per_device_batch_size=2", "max_length=256", "report_to=none", "data.num_workers=0"]
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump({
         "name": "tiny", "root": str(folder / "root"), "stages": ["pretrain", "sft", "eval"],

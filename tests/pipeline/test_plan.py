@@ -5,6 +5,8 @@ SD at 64 px. The dry run schedules shards with the run's own planning (`pipeline
 image, and the full-size numbers against DESIGN §6.
 """
 import json
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import yaml
 from pipeline.cli import extract_main
 from pipeline.config import split_config
 from pipeline.plan import plan_extract
+from stages.locations import REPO
 from stages.flops import GPUS, ComputeBudget, count_gflop
 
 BUDGET = ComputeBudget()
@@ -120,25 +123,44 @@ def test_gflop_per_image_equals_a_count_of_the_encoder_computing_an_image(data, 
     assert per_image["vae_encode"] == pytest.approx(vae_only, rel=1e-6)
 
 
-def test_dry_run_of_the_full_size_config_on_the_sample_gives_design_numbers_without_ray_or_weights(
-        tmp_path, monkeypatch, capsys):
-    """llava558k (SD 2.1-base, not downloadable here: priced on its reference architecture) on the
-    bundled sample: DESIGN §6's VAE 1117 GFLOP + U-Net to U-L2-R2-Res-Out 0.69 x 804, GPU-hours by hand."""
+def _readme_command(config: str) -> list[str]:
+    """The arguments of the README's `just extract config=<config> ...` line, as a shell passes them on."""
+    line = next(line for line in (REPO / "README.md").read_text().splitlines()
+                if line.startswith(f"just extract config={config}"))
+    just, recipe, *args = shlex.split(line, comments=True)
+    return args
+
+
+def test_the_readmes_real_run_command_on_the_documented_data_layout_gives_design_numbers_without_ray_or_weights(
+        sample, tmp_path, monkeypatch, capsys):
+    """The README's llava558k command as written, with --dry-run, in a checkout holding the documented data
+    layout (docs/pipeline.md: LLaVA's file name, keys like `00453/004539375.jpg`, a few of the bundled photos):
+    every image is found; SD 2.1-base (not downloadable here: priced on its reference architecture) gives
+    DESIGN §6's VAE 1117 GFLOP + U-Net to U-L2-R2-Res-Out 0.69 x 804, GPU-hours by hand."""
+    pretrain = tmp_path / "data" / "LLaVA-Pretrain"
+    records = []
+    for n, record in enumerate(json.loads(sample.pretrain_json.read_text())[:5]):
+        key = f"{n:05d}/{n:09d}.jpg"
+        (pretrain / "images" / key).parent.mkdir(parents=True)
+        shutil.copyfile(Path(sample.image_root) / record["image"], pretrain / "images" / key)
+        records.append({**record, "id": f"{n:09d}", "image": key})
+    (pretrain / "blip_laion_cc_sbu_558k.json").write_text(json.dumps(records))
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    monkeypatch.chdir(tmp_path)  # the recipes run in the checkout's root
     monkeypatch.setitem(sys.modules, "ray", None)  # any `import ray` fails
     monkeypatch.setattr("stages.models.load_sd_components", lambda *a, **k: pytest.fail("weights loaded"))
-    code = extract_main(["--dry-run", "config=configs/extract/llava558k.yaml", "data=embedded:sample",
-                         f"cache_root={tmp_path / 'cache'}", "--utilization", "0.5"])
+    code = extract_main([*_readme_command("configs/extract/llava558k.yaml"), "--dry-run", "--utilization", "0.5"])
     assert code == 0, capsys.readouterr().err
     out = tmp_path / "cache" / "plans" / "extract-reference.json"  # no store to name it after: no weights
     plan = json.loads(out.read_text())
     printed = capsys.readouterr().out
-    assert "GPU-hours" in printed and f"wrote {out}" in printed
-    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()] == [out.relative_to(tmp_path)]
+    assert "GPU-hours" in printed and f"wrote {out.relative_to(tmp_path)}" in printed
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == [out]
     per_image = plan["gflop_per_image"]
     assert per_image["vae_encode"] == pytest.approx(1117, rel=0.005)
     assert per_image["unet"] == pytest.approx(0.69 * 804, rel=0.01)
-    assert plan["images"]["new"] == 38 and plan["store"] is None
-    hours = 38 * plan["gflop"]["per_new_image"] / (GPUS["h100-sxm"].peak_tflops * 1e3 * 0.5) / 3600
+    assert (plan["images"]["new"], plan["images"]["missing"], plan["store"]) == (5, 0, None)
+    hours = 5 * plan["gflop"]["per_new_image"] / (GPUS["h100-sxm"].peak_tflops * 1e3 * 0.5) / 3600
     assert plan["gpu_hours"] == pytest.approx(hours)
     assert plan["bytes_per_array"]["U-L1-R1-B0-Cross-Q@t50"]["per_image"] == 256 * (256 * 1280 * 2 + 4 + 16) // 256
     assert plan["cpu_cores_per_gpu"] == pytest.approx(

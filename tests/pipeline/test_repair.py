@@ -4,13 +4,17 @@ the store byte for byte; `extract` alone repairs what its cheap checks see; a fa
 store as it was; `caches --drop` removes arrays (tiny SD, 64 px, 6 images in shards of 4)."""
 import json
 import os
+import shlex
 import resource
 import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+import pipeline.cli as cli
 import pipeline.driver as driver
 import stages.store.locks as locks
 from pipeline.config import split_config
@@ -146,7 +150,8 @@ def test_verify_names_the_fix_and_repair_then_extract_restores_the_store_byte_id
     assert verify_main([str(store), "--no-progress"]) == 1
     out = capsys.readouterr().out
     repair_step = f"just verify {store} --repair"
-    extract_step = f"just extract config=<the config that made it> cache_root={store.parent}"
+    extract_step = (f"just extract config=<the config that made it> cache_root={store.parent} "
+                    f"'data=[{Path(data['json']).resolve()}]' image_root={Path(data['root']).resolve()}")
     expected = " && ".join([s for s, needed in ((repair_step, damage in NEEDS_REPAIR),
                                                 (extract_step, damage in NEEDS_EXTRACT)) if needed])
     assert f"to fix: {expected}\n" in out
@@ -165,6 +170,30 @@ def test_extract_alone_repairs_what_its_cheap_checks_find(damage, store, pristin
     assert bool(plan.repairs) == (damage != "record_deleted")
     assert len(plan.tasks) == (damage not in ("index_truncated", "index_bytes"))  # an index is proven, not recomputed
     assert snapshot(store) == pristine[1] and len(plan.store.shards()) == 2
+
+
+def test_the_fix_named_for_a_shard_of_another_data_set_run_as_printed_computes_it_and_verify_passes(
+        store, sample, tmp_path, capsys):
+    """A store filled from two data sets, as `just eval-extract` adds a run's benchmark images to the training
+    images' store: the fix for a damaged shard of the second set names its YAML, files and image root (the
+    first set's command alone is a cache hit, and `verify` would fail again). Each printed step is run as the
+    justfile's recipe runs it (`python -m pipeline.cli <recipe> "$@"`)."""
+    records = json.loads(Path(sample.pretrain_json).read_text())[6:10]  # not in the store yet: shard 2
+    (tmp_path / "eval.json").write_text(json.dumps(records))
+    values = {"data": [str(tmp_path / "eval.json")], "image_root": str(sample.image_root),
+              "cache_root": str(store.parent), "resolution": 64, "grid": 4, "features": ["U-L2-R2-Res-Out"],
+              "timesteps": [50], "batch_size": 2, "device": "cpu", "precision": "fp32", "runner": "sequential"}
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(values))
+    assert cli.main(["extract", f"config={tmp_path / 'eval.yaml'}", "--no-progress"]) == 0
+    flip(_shard(store, 2), 100)
+    assert verify_main([str(store), "--no-progress"]) == 1
+    (fix,) = [line.removeprefix("to fix: ") for line in capsys.readouterr().out.splitlines()
+              if line.startswith("to fix: ")]
+    assert f"config={tmp_path / 'eval.yaml'}" in fix and str(tmp_path / "eval.json") in fix
+    for step in fix.split(" && "):
+        just, recipe, *args = shlex.split(step)
+        assert just == "just" and cli.main([recipe, *args]) == 0, step
+    assert verify_main([str(store), "--no-progress"]) == 0
 
 
 def test_unprovable_index_is_removed_by_verify_and_planned_again_by_extract(store, pristine, data):

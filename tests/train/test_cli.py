@@ -182,7 +182,7 @@ def test_a_rerun_resumes_a_finished_run_unchanged_and_overwrite_true_starts_over
 
     def args(steps: int, *extra: str) -> list[str]:
         return ["pretrain", *_common(train_store, "pretrain", out), f"max_steps={steps}", "save_every=1",
-                "keep_checkpoints=0", "tensorboard=false", *extra]
+                "keep_checkpoints=0", "report_to=none", *extra]
 
     assert main(args(3)) == 0
     adapter = (out / FINAL_DIR / ADAPTER_FILE).read_bytes()
@@ -195,7 +195,7 @@ def test_a_rerun_resumes_a_finished_run_unchanged_and_overwrite_true_starts_over
 
     assert main(args(2, "overwrite=true")) == 0
     assert (f"train pretrain: overwrite=true: starting over, removing the earlier run's checkpoints, final, "
-            f"metrics.jsonl from {out}") in capsys.readouterr().err
+            f"metrics.jsonl, loss.png from {out}") in capsys.readouterr().err
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000001", "step-00000002"]
     assert _steps(out) == [1, 2]
 
@@ -235,7 +235,7 @@ def test_sigint_mid_training_is_one_line_exit_130_and_the_same_command_continues
                                                                                                     tmp_path):
     out = tmp_path / "out"
     # a loader worker: Ctrl-C reaches it too (train.cli._ignore_ctrl_c)
-    args = [*_common(train_store, "pretrain", out), "save_every=3", "epochs=40", "tensorboard=false",
+    args = [*_common(train_store, "pretrain", out), "save_every=3", "epochs=40", "report_to=none",
             "data.num_workers=1"]
     proc = _train_cli(args)
     try:

@@ -25,10 +25,11 @@ from train.config import DataConfig, TrainConfig, VisionConfig
 from train.data import LlavaDataset
 from train.engine import CHECKPOINTS_DIR, cosine_with_warmup, deepspeed_config, op_build_env, seed_everything
 from train.loop import TrainingInterrupted, train
-from train.metrics import METRICS_FILE, TENSORBOARD_DIR
+from train.metrics import LOSS_PLOT, METRICS_FILE, TENSORBOARD_DIR, WANDB_DIR
 from train.model import ADAPTER_FILE, LLM_DIR, build_model
 from train.resume import FINAL_DIR
 from train.sampler import ModalityLengthGroupedSampler, SeededRandomSampler
+from train.trackers import wandb_offline_reason
 
 SD, CLIP = "U-L1-R1-B0-Cross-Q@t50", "clip"
 DIMS = {SD: 12, CLIP: 10}
@@ -132,23 +133,58 @@ def _board(logdir) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+def _wandb_records(run_dir) -> list[dict]:
+    """The records of an offline wandb run as wandb's own reader prints them (`wandb leet inspect --json`)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)], check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
 def _float32(value: float) -> float:
     return float(np.float32(value))  # TensorBoard stores scalars as float32
 
 
-def test_tensorboard_logs_every_metrics_jsonl_value_by_default_and_can_be_switched_off(llm_dir, tokenizer,
-                                                                                      tmp_path):
-    config = _config(llm_dir, tmp_path / "on", max_steps=3)
-    dataset = _dataset(config, tokenizer, _records())
-    _run(config, dataset, tokenizer)
-    logged = [json.loads(line) for line in (tmp_path / "on" / METRICS_FILE).read_text().splitlines()]
-    board = _board(tmp_path / "on" / TENSORBOARD_DIR)
-    assert sorted(board) == sorted(f"train/{key}" for key in logged[0] if key != "step")
-    for tag, points in board.items():
-        assert points == [(m["step"], _float32(m[tag.removeprefix("train/")])) for m in logged], tag
-    _run(dataclasses.replace(config, output_dir=str(tmp_path / "off"), tensorboard=False, max_steps=1),
-         dataset, tokenizer)
-    assert (tmp_path / "off" / METRICS_FILE).is_file() and not (tmp_path / "off" / TENSORBOARD_DIR).exists()
+@pytest.mark.parametrize("report_to", ["tensorboard", "wandb", "none"])
+def test_the_tracker_report_to_names_logs_every_metrics_jsonl_value_and_the_run_ends_with_a_loss_plot(
+        report_to, llm_dir, tokenizer, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):  # no key: offline by default, whatever the network
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    config = _config(llm_dir, tmp_path, max_steps=2, report_to=report_to)
+    _run(config, _dataset(config, tokenizer, _records()), tokenizer)
+    logged = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    expected = {f"train/{key}": [(m["step"], m[key]) for m in logged] for key in logged[0] if key != "step"}
+    assert [m["step"] for m in logged] == [1, 2]
+    if report_to == "tensorboard":
+        assert _board(tmp_path / TENSORBOARD_DIR) == {tag: [(s, _float32(v)) for s, v in points]
+                                                      for tag, points in expected.items()}
+    elif report_to == "wandb":
+        (run_dir,) = (tmp_path / WANDB_DIR).glob("offline-run-*")
+        assert f"wandb: offline run in {run_dir}" in capsys.readouterr().err
+        records = _wandb_records(run_dir)
+        history = [r["history"]["item"] for r in records if r["type"] == "history"]
+        assert {tag: [(h["_step"], h[tag]) for h in history] for tag in expected} == expected
+        (run,) = [r["run"] for r in records if r["type"] == "run"]
+        assert (run["config"]["update"]["report_to"], run["config"]["update"]["lr"]) == ("wandb", config.lr)
+    if report_to != "tensorboard":
+        assert not (tmp_path / TENSORBOARD_DIR).exists()
+    if report_to != "wandb":
+        assert not (tmp_path / WANDB_DIR).exists()
+    with Image.open(tmp_path / LOSS_PLOT) as plot:
+        assert plot.format == "PNG" and plot.width > 100
+
+
+def test_wandb_goes_offline_without_a_key_or_a_server_and_leaves_wandb_mode_to_wandb(tmp_path):
+    no_login = {"NETRC": str(tmp_path / "no-netrc")}
+    assert wandb_offline_reason({**no_login, "WANDB_MODE": "online"}) is None
+    assert "no W&B API key" in wandb_offline_reason(no_login)
+    unreachable = {**no_login, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    assert "127.0.0.1:9 cannot be reached" in wandb_offline_reason(unreachable, timeout=1)
 
 
 def test_pretrain_leaves_llm_bit_identical_and_loss_decreases(llm_dir, tokenizer, tmp_path):

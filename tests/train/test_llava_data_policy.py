@@ -71,7 +71,7 @@ def test_data_missing_error_stops_at_an_unusable_image_saying_what_fixes_it(llav
 def test_the_sft_run_prints_what_the_data_policy_dropped(llava_tree, tmp_path, capsys):
     data = [f"data.extract_configs=[{llava_tree.extract_yaml}]", f"data.data_path={llava_tree.unusable_json}"]
     code = main(["sft", *data, f"output_dir={tmp_path / 'sft'}", "pretrained_adapter=", "per_device_batch_size=2", "max_steps=1",
-                 "max_length=256", "tensorboard=false", "data.num_workers=0"])
+                 "max_length=256", "report_to=none", "data.num_workers=0"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = captured.out.strip().splitlines()[-1]

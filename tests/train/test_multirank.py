@@ -61,7 +61,7 @@ def common(store, run, out, **extra):
     data = {"pretrain": store.pretrain_json, "sft": store.sft_json.with_name("sft-images.json"),
             "sft-mixed": store.sft_json}[run]
     values = {"data.extract_configs": f"[{store.extract_yaml}]", "data.data_path": data, "output_dir": out,
-              "per_device_batch_size": 2, "pretrained_adapter": "", "max_length": 256, "tensorboard": "false",
+              "per_device_batch_size": 2, "pretrained_adapter": "", "max_length": 256, "report_to": "none",
               "data.num_workers": 0, "epochs": 2 if run == "sft-mixed" else 4, "save_every": 2,
               "keep_checkpoints": 0, **({"guidance.scale": 4, "guidance.prompt_dropout": 0} if stage == "sft" else {}),
               **extra}

@@ -23,7 +23,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 def _common(store, out) -> list[str]:
     return [f"data.extract_configs=[{store.extract_yaml}]", f"data.data_path={store.pretrain_json}",
-            f"output_dir={out}", "per_device_batch_size=2", "save_every=0", "tensorboard=false"]
+            f"output_dir={out}", "per_device_batch_size=2", "save_every=0", "report_to=none"]
 
 
 def _write(tmp: Path, name: str, data: bytes) -> Path:
@@ -77,7 +77,7 @@ def test_ctrl_c_in_the_final_save_is_one_line_exit_130_naming_the_checkpoint(tra
     monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", ctrl_c)
     out = tmp_path / "out"
     code = main(["sft", f"data.extract_configs=[{train_store.extract_yaml}]", f"data.data_path={train_store.sft_json}",
-                 f"output_dir={out}", "per_device_batch_size=2", "tensorboard=false", "max_steps=1",
+                 f"output_dir={out}", "per_device_batch_size=2", "report_to=none", "max_steps=1",
                  "max_length=256", "pretrained_adapter="])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "interrupted" in line]

@@ -85,8 +85,8 @@ def test_sft_plan_counts_steps_tokens_bytes_and_the_guided_pass_as_a_run_does(tr
 
 
 def test_pretrain_dry_run_on_two_ranks_prices_a_frozen_llm_and_no_diffusion(train_store, tmp_path, capsys):
-    code = main(["pretrain", "--dry-run", *overrides(train_store, "pretrain", tmp_path, "epochs=2"),
-                 "--world-size", "2"])
+    first, *rest = overrides(train_store, "pretrain", tmp_path, "epochs=2")
+    code = main(["pretrain", "--dry-run", first, "--world-size", "2", *rest])  # overrides and flags in any order
     assert code == 0, capsys.readouterr().err
     out = tmp_path / "train-pretrain-plan.json"  # in output_dir, not in the working directory
     plan = json.loads(out.read_text())

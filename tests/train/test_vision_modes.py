@@ -68,7 +68,7 @@ def _config(name: str, sample, tmp_path) -> TrainConfig:
     return TrainConfig(model="embedded:tiny-llm", vision=_vision(name), guidance=GUIDANCE,
                        data=DataConfig(data_path=str(sample.pretrain_json)), lr=1e-2, warmup_ratio=0.0,
                        max_steps=1, per_device_batch_size=2, max_length=128, output_dir=str(tmp_path),
-                       tensorboard=False, precision="fp32")
+                       report_to="none", precision="fp32")
 
 
 @pytest.mark.parametrize("name", sorted(VISION_MODES))
