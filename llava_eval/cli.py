@@ -7,8 +7,9 @@
                                        benchmarks are (docs/evaluation.md)
     export [key=value ...]             write each benchmark's images as LLaVA JSON under <run>/eval/data/ and
                                        print, one per line, the `extract` arguments that cache them
-    table RUN [RUN ...] [--out PREFIX] the paper's Table 2 and Table 5 layouts over runs' results, printed and
-                                       written as PREFIX.md and PREFIX.csv (default runs/eval-table)
+    table RUN [RUN ...] [--out PREFIX] the paper's Table 2 and Table 5 layouts and the per-category breakdowns
+                                       over runs' results, in the paper's units, printed and written as
+                                       PREFIX.md, PREFIX.csv and PREFIX-<breakdown>.csv (default runs/eval-table)
     llava-bench-score REVIEW [...] [--run RUN]
                                        relative scores per category from judge review files (LLaVA's
                                        format); with --run, the one file's scores go into the LLaVA-Bench
@@ -35,6 +36,7 @@ import torch
 from stages.config import ConfigError, build_dataclass, load_config
 from stages.console import status, take_verbose
 from stages.errors import INTERRUPTED, USAGE_ERROR, UserError, print_user_error
+from stages.llava import QUESTION
 from stages.locations import REPO
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from llava_eval.run import Checkpoint
     from llava_eval.sources import LoadedBenchmark
 
-__all__ = ["EvalConfig", "load_eval_config", "extract_args", "planned_results", "run_eval", "main"]
+__all__ = ["EvalConfig", "load_eval_config", "extract_args", "planned_results", "run_eval", "answer_samples", "main"]
 
 DEFAULT_CONFIG = REPO / "configs/eval/sample.yaml"
 
@@ -207,6 +209,21 @@ def run_eval(config: EvalConfig, *, progress: bool = True) -> list[dict]:
     return results
 
 
+def answer_samples(result: dict, *, n: int = 3, width: int = 60) -> list[str]:
+    """A glance at what the model says: the result's name and its first `n` predictions as `question -> answer`
+    lines (the prompt's first line and the generated text, each on one line and cut to `width` characters)."""
+    def short(text: str) -> str:
+        text = " ".join(text.split())
+        return repr(text if len(text) <= width else text[:width - 1] + "…")
+
+    identity = result["identity"]
+    setting = f" ({identity['sd_setting']})" if identity["sd_setting"] not in (None, QUESTION) else ""
+    lines = [f"{identity['benchmark']}{setting}: {min(n, len(result['predictions']))} of "
+             f"{len(result['predictions'])} answers"]
+    lines += [f"  {short(p['prompt'].splitlines()[0])} -> {short(p['text'])}" for p in result["predictions"][:n]]
+    return lines
+
+
 def _option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
     """(value of `flag VALUE`, the other arguments)."""
     if flag not in argv:
@@ -218,21 +235,17 @@ def _option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
 
 
 def _table(argv: list[str]) -> int:
-    from llava_eval.table import comparison_tables
+    from llava_eval.table import write_tables
 
     out, runs = _option(argv, "--out")
-    out = out or "runs/eval-table"
     if not runs:
         raise ConfigError("name at least one run directory: `just eval-table runs/a runs/b`")
     missing = [run for run in runs if not Path(run).is_dir()]
     if missing:
         raise ConfigError(f"no such run directory: {', '.join(missing)}")
-    markdown, csv_text = comparison_tables([Path(a) for a in runs])
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.md").write_text(markdown)
-    Path(f"{out}.csv").write_text(csv_text)
+    markdown, files = write_tables([Path(a) for a in runs], out or "runs/eval-table")
     print(markdown, end="")
-    print(f"(written to {out}.md and {out}.csv)")
+    print(f"(written to {', '.join(map(str, files))})")
     return 0
 
 
@@ -286,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "export":
             print("\n".join(extract_args(config)))
             return 0
-        run_eval(config)
+        for result in run_eval(config):
+            print("\n".join(answer_samples(result)))
         if not config.eval_root and not config.paths:
             print("note: the embedded fixtures hold a handful of items per benchmark, and the embedded models are "
                   "tiny and random: these numbers only show that every step runs; they mean nothing")

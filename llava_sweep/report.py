@@ -9,8 +9,8 @@ CSV; `results.csv`, every number of every result with its run, checkpoint hash, 
 
 A run's results are those of its checkpoint now, found by their identity (`llava_sweep.state.eval_results`,
 what the sweep's eval stage writes): older results of a retrained run are not mixed in. Tables name each
-row's run, checkpoint label, weights hash and data hash as `just eval-table` does; CSV cells hold the numbers
-as recorded (fractions, not percent) and are empty where a run has no value.
+row's run, checkpoint label, weights hash, eval root and data hash as `just eval-table` does; CSV cells hold the
+numbers in their headers' units, as `just eval-table`'s (accuracies in %), and are empty where a run has no value.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-from llava_eval.table import KEYS, TABLE2, TABLE5, Column, Row, cell, column_value, record_row
+from llava_eval.table import KEYS, TABLE2, TABLE5, Column, Row, cell, csv_cell, record_row
 from llava_sweep.load import load_sweep
 from llava_sweep.spec import AXES, TRAIN_STAGES, Sweep, SweepRun
 from llava_sweep.state import eval_results
@@ -102,12 +102,11 @@ def _table(runs: Sequence[RunResults], axes: Sequence[str], columns: Sequence[Co
     markdown, csv_rows = [], []
     for result in runs:
         row, settings = result.row, result.run.settings
-        keys = [row.checkpoint, row.weights, row.data] if row else ["", "", ""]
-        values = [column_value(row.metrics, c) if row else None for c in columns]
+        keys = list(row[1:len(KEYS)]) if row else [""] * (len(KEYS) - 1)
         shown = [str(settings[a]) if a in settings else "" for a in axes]
         markdown.append([result.run.name, *(v or "—" for v in shown), *(k or "—" for k in keys),
                          *(cell(row.metrics, c) if row else "—" for c in columns)])
-        csv_rows.append([result.run.name, *shown, *keys, *("" if v is None else repr(v) for v in values)])
+        csv_rows.append([result.run.name, *shown, *keys, *(csv_cell(row.metrics, c) if row else "" for c in columns)])
     return header, markdown, csv_rows
 
 

@@ -130,7 +130,8 @@ class Blink(Benchmark):
                         meta={"subtask": subtask, "choices": choices, "n_images": len(columns)})
 
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> dict[str, Any]:
-        """Accuracy per subtask and their unweighted mean (`mean_accuracy`), as fractions."""
+        """Accuracy per subtask and their unweighted mean (`mean_accuracy`), as fractions, and the questions of
+        each subtask."""
         per_subtask: dict[str, list[bool]] = {}
         unanswered = 0
         for item in items:
@@ -142,6 +143,7 @@ class Blink(Benchmark):
             "mean_accuracy": sum(accuracy.values()) / len(accuracy),
             "per_subtask": accuracy,
             "questions": len(items),
+            "questions_per_subtask": {subtask: len(right) for subtask, right in sorted(per_subtask.items())},
             "unanswered": unanswered,
         }
 

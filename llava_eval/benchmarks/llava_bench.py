@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,13 +35,16 @@ from llava_eval.benchmarks.fixtures import photo_jpeg
 from llava_eval.benchmarks.hf_local import iter_rows
 from llava_eval.benchmarks.layouts import Found, ImageFiles, Layout, data_files_with, first_file
 
-__all__ = ["LlavaBench", "write_answer_file", "summarize_reviews", "QUESTIONS", "CONTEXT", "REFERENCE_ANSWERS"]
+__all__ = ["LlavaBench", "write_answer_file", "summarize_reviews", "QUESTIONS", "CONTEXT", "REFERENCE_ANSWERS",
+           "CATEGORIES", "REVIEW_CATEGORY"]
 
 QUESTIONS = "questions.jsonl"
 CONTEXT = "context.jsonl"
 REFERENCE_ANSWERS = "answers_gpt4.jsonl"
 IMAGES = "images"
 _LMMS_COLUMNS = ("question_id", "question", "image", "caption", "gpt_answer", "category")
+CATEGORIES = ("conv", "detail", "complex")  # questions.jsonl's `category`
+REVIEW_CATEGORY = "llava_bench_{}"  # a category as eval_gpt_review_bench.py names it in its review files
 _UNPARSED = [-1.0, -1.0]  # what eval_gpt_review_bench.py's parse_score records when the judge's reply is odd
 
 # The fixture: (image, photo, caption, [(question id, category, question, reference answer)]), true of the
@@ -131,6 +135,7 @@ class LlavaBench(Benchmark):
         return {
             "judge": "not run",
             "questions": len(items),
+            "questions_per_category": dict(Counter(item.meta["category"] for item in items)),
             "answered": sum(bool(predictions[item.id].strip()) for item in items),
             "how": f"judge {ANSWER_FILE} with LLaVA's llava/eval/eval_gpt_review_bench.py, then "
                    "`just llava-bench-score REVIEW --run RUN` (docs/evaluation.md)",

@@ -22,6 +22,8 @@ lmms-eval lmms_eval/tasks/naturalbench/utils.py):
   samples with all four right. The official code compares the extracted answer with the fixed pattern
   q0_i0 = yes/A, q0_i1 = no/B, q1_i0 = no/B, q1_i1 = yes/A; the dataset's answers follow it, and
   comparing with the stored answers is the same and stays right for data that does not.
+The official scorer reports these four over all samples; `per_type` adds the same four (the paper's
+definitions) over the samples of each question type, `yes_no` and `multiple_choice`.
 """
 from __future__ import annotations
 
@@ -65,6 +67,18 @@ def extract_answer(text: str, question_type: str) -> str | None:
     found = [(m.start(), word) for word in _CANDIDATES[question_type]
              if (m := re.search(rf"\b{word}\b", text, re.IGNORECASE))]
     return min(found)[1] if found else None
+
+
+def _accuracies(samples: Sequence[Mapping[tuple[int, int], bool]]) -> dict[str, Any]:
+    """Q-Acc, I-Acc, Acc and G-Acc (module doc) over samples given as `{(question, image): right}`."""
+    n = len(samples)
+    return {
+        "q_acc": sum(r[j, 0] and r[j, 1] for r in samples for j in (0, 1)) / (2 * n),
+        "i_acc": sum(r[0, i] and r[1, i] for r in samples for i in (0, 1)) / (2 * n),
+        "acc": sum(sum(r.values()) for r in samples) / (4 * n),
+        "g_acc": sum(all(r.values()) for r in samples) / n,
+        "samples": n,
+    }
 
 
 class NaturalBench(Benchmark):
@@ -117,27 +131,24 @@ class NaturalBench(Benchmark):
                         answer=answer, meta={"sample": sample, "question": j, "image": i, "type": question_type})
 
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> dict[str, Any]:
-        """Q-Acc, I-Acc, Acc and G-Acc (fractions) over the samples, as the official scorer defines them."""
+        """Q-Acc, I-Acc, Acc and G-Acc (fractions) over the samples, as the official scorer defines them, and
+        the same four over the samples of each question type (`per_type`)."""
         right: dict[Any, dict[tuple[int, int], bool]] = {}
+        types: dict[Any, str] = {}
         unanswered = 0
         for item in items:
             picked = extract_answer(predictions[item.id], item.meta["type"])
             unanswered += picked is None
             right.setdefault(item.meta["sample"], {})[item.meta["question"], item.meta["image"]] = \
                 picked == item.answer.lower()
+            types[item.meta["sample"]] = item.meta["type"]
         incomplete = [sample for sample, answers in right.items() if len(answers) != 4]
         if incomplete:
             raise ValueError(f"naturalbench: sample {incomplete[0]} lacks some of its four questions; "
                              "NaturalBench scores whole samples")
-        n = len(right)
-        return {
-            "q_acc": sum(r[j, 0] and r[j, 1] for r in right.values() for j in (0, 1)) / (2 * n),
-            "i_acc": sum(r[0, i] and r[1, i] for r in right.values() for i in (0, 1)) / (2 * n),
-            "acc": sum(sum(r.values()) for r in right.values()) / (4 * n),
-            "g_acc": sum(all(r.values()) for r in right.values()) / n,
-            "samples": n,
-            "unanswered": unanswered,
-        }
+        per_type = {kind: _accuracies([r for sample, r in right.items() if types[sample] == kind])
+                    for kind in sorted(set(types.values()))}
+        return {**_accuracies(list(right.values())), "unanswered": unanswered, "per_type": per_type}
 
     def write_fixture(self, root: Path) -> None:
         rows = []

@@ -146,6 +146,10 @@ def test_naturalbench_four_metrics_on_a_crafted_case(loaded):
     assert metrics["acc"] == pytest.approx(5 / 8)
     assert metrics["g_acc"] == 0.0
     assert (metrics["samples"], metrics["unanswered"]) == (2, 1)
+    # the same four per question type: sample 0 is the yes/no one, sample 1 the multiple-choice one
+    assert metrics["per_type"] == {
+        "yes_no": {"q_acc": 1 / 2, "i_acc": 0.0, "acc": 2 / 4, "g_acc": 0.0, "samples": 1},
+        "multiple_choice": {"q_acc": 1 / 2, "i_acc": 1 / 2, "acc": 3 / 4, "g_acc": 0.0, "samples": 1}}
 
 
 def test_naturalbench_items_cross_two_questions_with_two_images(loaded):
@@ -197,6 +201,7 @@ def test_blink_score_is_the_unweighted_mean_of_subtasks(loaded):
     metrics = Blink().score(loaded["blink"], predictions)
     assert metrics["per_subtask"] == pytest.approx({"Counting": 2 / 3, "Visual_Similarity": 1 / 2})
     assert metrics["mean_accuracy"] == pytest.approx(7 / 12)  # not 3/5, the mean over questions
+    assert metrics["questions_per_subtask"] == {"Counting": 3, "Visual_Similarity": 2}
 
 
 def test_compose_horizontally_centres_images_between_black_margins():

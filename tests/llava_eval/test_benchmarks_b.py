@@ -272,6 +272,7 @@ def test_llava_bench_score_does_not_invent_a_judge(loaded):
     items = loaded["llava-bench"]
     metrics = LlavaBench().score(items, {item.id: "" if item.id == "2" else "an answer" for item in items})
     assert metrics["judge"] == "not run" and metrics["answered"] == 2
+    assert metrics["questions_per_category"] == {"conv": 1, "detail": 1, "complex": 1}
     assert not any(isinstance(value, float) for value in metrics.values())
 
 

@@ -7,6 +7,7 @@ is tested is the plumbing from store to result file, not the (meaningless) answe
 """
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from dataclasses import replace
@@ -331,36 +332,89 @@ def test_a_checkpoint_from_another_llm_is_refused(env, tmp_path, capsys):
     assert "another LLM" in err.splitlines()[-1]
 
 
-def test_eval_table_lays_out_the_papers_tables_one_row_per_checkpoint_and_data(tmp_path, make_identity):
+def _table_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_eval_table_lays_out_the_papers_tables_in_their_units_one_row_per_checkpoint_and_data(tmp_path,
+                                                                                             make_identity):
     def result(run: Path, name: str, metrics: dict, **hashes: str) -> None:
         ResultFiles(run, name, make_identity(name, **hashes)).write({"metrics": metrics, "eval_root": "/eval",
                                                 "checkpoint": {"label": FINAL_DIR, "path": str(run / FINAL_DIR)}})
 
     a, b = tmp_path / "a", tmp_path / "b"
-    result(a, "mmvp", {"pair_accuracy": 0.25, "accuracy": 0.5})
-    result(a, "naturalbench", {"q_acc": 0.5, "i_acc": 0.25, "g_acc": 0.0, "acc": 0.6})
-    result(a, "coco-gt", {"cider": 1.234, "bleu_4": 0.3})
-    result(b, "gqa", {"accuracy": 0.625}, weights="b")
-    result(b, "gqa", {"accuracy": 0.5}, weights="b", data="e")  # the same files, other content
+    result(a, "mmvp", {"pair_accuracy": 0.25, "accuracy": 0.5, "pairs": 4})
+    result(a, "naturalbench", {"q_acc": 0.5, "i_acc": 0.25, "g_acc": 0.0, "acc": 0.6, "samples": 2})
+    result(a, "coco-gt", {"cider": 1.234, "bleu_4": 0.3, "images": 4})
+    result(b, "gqa", {"accuracy": 0.625, "questions": 8}, weights="b")
+    result(b, "gqa", {"accuracy": 0.5, "questions": 8}, weights="b", data="e")  # the same files, other content
     out = tmp_path / "table"
     assert main(["table", str(a), str(b), "--out", str(out)]) == 0
     markdown = out.with_suffix(".md").read_text()
-    assert "| run | checkpoint | weights | data | LLaVA-Bench | MMVP | GQA |" in markdown
+    assert ("| run | checkpoint | weights | eval root | data | LLaVA-Bench (relative %) | MMVP (%) | GQA (%) | "
+            "NaturalBench Q-Acc (%) |") in markdown
     data = {d: Fingerprint.from_fields({"gqa": d * 64}).full[:12] for d in "de"}
-    assert f"| {a} | final | {'a' * 12} | " in markdown and "| — | 25.0 | — | 50.0 | 25.0 | 0.0 | — |" in markdown
-    assert f"| {b} | final | {'b' * 12} | {data['e']} | — | — | 50.0 | — | — | — | — |" in markdown
-    assert f"| {b} | final | {'b' * 12} | {data['d']} | — | — | 62.5 | — | — | — | — |" in markdown
-    assert "| — | — | 1.23 | 0.3 | — | — |" in markdown
-    rows = out.with_suffix(".csv").read_text().splitlines()
-    assert rows[0].startswith("run,checkpoint,weights,data,LLaVA-Bench,MMVP,GQA") and len(rows) == 4
+    assert f"| {a} | final | {'a' * 12} | /eval | " in markdown
+    assert "| — | 25.0 | — | 50.0 | 25.0 | 0.0 | — | — | 4 | — | 2 | — |" in markdown  # scores, then counts
+    assert f"| {b} | final | {'b' * 12} | /eval | {data['e']} | — | — | 50.0 | — | — | — | — | — | — | 8 |" in markdown
+    assert f"| {b} | final | {'b' * 12} | /eval | {data['d']} | — | — | 62.5 | — | — | — | — | — | — | 8 |" in markdown
+    assert "| GT caption CIDEr (×100) | GT caption BLEU-4 (×100) |" in markdown
+    assert "| — | — | 123.4 | 30.0 | — | — | 4 |" in markdown  # CIDEr and BLEU-4 ×100, as the paper
+    rows = _table_csv(out.with_suffix(".csv"))
+    assert len(rows) == 3 and rows[0]["eval root"] == "/eval"
+    assert (rows[0]["MMVP (%)"], rows[0]["MMVP n (pairs)"], rows[0]["GQA (%)"]) == ("25.0", "4", "")  # empty: none
+    assert (rows[0]["GT caption CIDEr (×100)"], rows[0]["COCO n (images)"], rows[0]["no caption CIDEr (×100)"]) == (
+        "123.4", "4", "")
+    assert "—" not in out.with_suffix(".csv").read_text()
 
 
-def test_eval_table_refuses_run_directories_that_do_not_exist(tmp_path, capsys):
+def test_eval_table_breaks_blink_naturalbench_and_llava_bench_down_by_category(tmp_path, make_identity):
+    run = tmp_path / "run"
+    for name, metrics in {
+        "blink": {"mean_accuracy": 0.5, "per_subtask": {"Counting": 1 / 3, "Jigsaw": 2 / 3}, "questions": 6,
+                  "questions_per_subtask": {"Counting": 3, "Jigsaw": 3}},
+        "naturalbench": {"q_acc": 0.5, "i_acc": 0.25, "g_acc": 0.0, "acc": 0.625, "samples": 2, "per_type": {
+            "yes_no": {"q_acc": 0.5, "i_acc": 0.0, "g_acc": 0.0, "acc": 0.5, "samples": 1}}},
+        "llava-bench": {"relative_score": 70.0, "questions": 3, "questions_per_category": {"conv": 2, "detail": 1},
+                        "judged": {"llava_bench_conv": {"relative": 80.0}, "all": {"relative": 70.0}}},
+    }.items():
+        ResultFiles(run, name, make_identity(name)).write({"metrics": metrics, "eval_root": "/eval",
+                                                           "checkpoint": {"label": FINAL_DIR}})
+    out = tmp_path / "t"
+    assert main(["table", str(run), "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("t*")) == ["t-blink.csv", "t-llava-bench.csv", "t-naturalbench.csv",
+                                                           "t.csv", "t.md"]
+    keys = ["run", "checkpoint", "weights", "eval root", "data"]
+    blink, = _table_csv(tmp_path / "t-blink.csv")  # the subtasks some row has, each with its n
+    assert list(blink) == [*keys, "mean (%)", "Counting (%)", "Jigsaw (%)", "n (questions)",
+                           "Counting n (questions)", "Jigsaw n (questions)"]
+    assert (blink["Counting (%)"], blink["Jigsaw (%)"], blink["Counting n (questions)"]) == ("33.3333", "66.6667", "3")
+    natural, = _table_csv(tmp_path / "t-naturalbench.csv")
+    assert list(natural)[len(keys):] == ["Q-Acc (%)", "I-Acc (%)", "G-Acc (%)", "Acc (%)", "n (samples)",
+                                         "yes_no Q-Acc (%)", "yes_no I-Acc (%)", "yes_no G-Acc (%)", "yes_no Acc (%)",
+                                         "yes_no n (samples)"]
+    assert (natural["Acc (%)"], natural["yes_no Q-Acc (%)"], natural["yes_no n (samples)"]) == ("62.5", "50.0", "1")
+    bench, = _table_csv(tmp_path / "t-llava-bench.csv")
+    assert list(bench)[len(keys):] == ["all (relative %)", "conv (relative %)", "n (questions)",
+                                       "conv n (questions)", "detail n (questions)"]
+    assert (bench["all (relative %)"], bench["conv (relative %)"], bench["detail n (questions)"]) == (
+        "70.0", "80.0", "1")
+    markdown = out.with_suffix(".md").read_text()
+    assert "### BLINK per subtask" in markdown and "| 50.0 | 33.3 | 66.7 | 6 | 3 | 3 |" in markdown
+    assert "MMVP has no per-category table" in markdown
+
+
+def test_eval_table_refuses_run_directories_that_do_not_exist_and_overwrites_nothing(tmp_path, capsys):
     out = tmp_path / "table"
+    before = {out.with_suffix(".md"): "earlier table\n", out.with_suffix(".csv"): "run\nearlier\n"}
+    for path, text in before.items():
+        path.write_text(text)
     assert main(["table", str(tmp_path), str(tmp_path / "nope"), str(tmp_path / "gone"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("table: error:") and f"{tmp_path / 'nope'}, {tmp_path / 'gone'}" in err
-    assert not out.with_suffix(".md").exists()
+    assert len(err.strip().splitlines()) == 1
+    assert {path: path.read_text() for path in before} == before and not (tmp_path / "table-blink.csv").exists()
 
 
 def test_llava_bench_score_goes_into_the_one_result_named(tmp_path, make_identity, capsys):

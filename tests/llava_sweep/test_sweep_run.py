@@ -64,16 +64,18 @@ def test_the_report_holds_the_result_files_numbers(swept):
         numbers = {r["metric"]: float(r["value"]) for r in rows if r["run"] == run}
         assert numbers == {"mean_accuracy": record["metrics"]["mean_accuracy"], "questions": 5, "unanswered":
                            record["metrics"]["unanswered"], **{f"per_subtask.{k}": v for k, v in
-                                                               record["metrics"]["per_subtask"].items()}}
+                                                               record["metrics"]["per_subtask"].items()},
+                           "questions_per_subtask.Counting": 3, "questions_per_subtask.Visual_Similarity": 2}
         assert {(r["checkpoint_sha256"], r["data_sha256"], r["result_key"]) for r in rows if r["run"] == run} == {
             (record["identity"]["checkpoint"], record["identity"]["data"], record["key"])}
     with (report / "table2.csv").open() as fh:
         table = {row["run"]: row for row in csv.DictReader(fh)}
-    assert table["bad"]["BLINK"] == "" and table["bad"]["weights"] == ""  # never trained: empty cells
+    assert table["bad"]["BLINK (%)"] == "" and table["bad"]["weights"] == ""  # never trained: empty cells
     for run in RUNS:
         record = blink_result(root, run)
-        assert float(table[run]["BLINK"]) == record["metrics"]["mean_accuracy"]
-        assert table[run]["weights"] == record["identity"]["checkpoint"][:12] and table[run]["MMVP"] == ""
+        assert float(table[run]["BLINK (%)"]) == round(100 * record["metrics"]["mean_accuracy"], 4)
+        assert table[run]["BLINK n (questions)"] == "5" and table[run]["eval root"] == record["eval_root"]
+        assert table[run]["weights"] == record["identity"]["checkpoint"][:12] and table[run]["MMVP (%)"] == ""
     markdown = (report / "report.md").read_text()
     assert "## Table 2 layout" in markdown and "Fig. 3" not in markdown  # the sweep varies guidance only
     assert {p.name for p in report.glob("*.png")} >= {"blink-mean_accuracy.png", "loss-s0.png", "loss-s4.png"}
