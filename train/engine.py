@@ -83,7 +83,9 @@ def ensure_distributed() -> None:
         return
     import deepspeed
 
-    logging.getLogger("DeepSpeed").setLevel(logging.INFO if verbose() else logging.WARNING)  # its info logs
+    ds_logger = logging.getLogger("DeepSpeed")  # its info logs (config, engine, ZeRO): with --verbose only
+    for target in (ds_logger, *ds_logger.handlers):
+        target.setLevel(logging.INFO if verbose() else logging.WARNING)
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     with held_output():  # "DeepSpeed ... built successfully", printed by its CPU communication op's loader

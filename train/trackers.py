@@ -65,7 +65,7 @@ def wandb_offline_reason(environ: Mapping[str, str] = os.environ, *, timeout: fl
     except (OSError, netrc.NetrcParseError):
         login = None
     if not environ.get("WANDB_API_KEY") and login is None:
-        return "no W&B API key (WANDB_API_KEY or `wandb login`)"
+        return "there is no W&B API key (WANDB_API_KEY, `wandb login`)"
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
@@ -88,8 +88,8 @@ class _Wandb:
                               mode="offline" if offline else None,
                               settings=wandb.Settings(silent=not verbose(), console="off"))
         if self.run.offline:
-            why = f" ({offline})" if offline else ""
-            status(prog, f"wandb: offline run in {self.run.settings.sync_dir}{why}; `wandb sync` uploads it")
+            why = f", as {offline}" if offline else ""
+            status(prog, f"wandb: offline run in {self.run.settings.sync_dir}{why}; `wandb sync DIR` uploads it")
         else:
             status(prog, f"wandb: {self.run.url}")
 
