@@ -28,9 +28,9 @@ def test_a_sweep_report_is_a_section_with_its_rounded_numbers_figures_and_proven
     assert "<a href='sweep-tiny/results.csv'>results.csv</a>" in provenance
     cells = set(re.findall(r"<td>([^<]*)</td>", page))
     fig3 = rows(sweep_report / "fig3.csv")
-    shown = {f"{100 * float(row[column]):.1f}" for row in fig3 for column in ("MMVP", "BLINK")}
+    shown = {f"{float(row[column]):.1f}" for row in fig3 for column in ("MMVP (%)", "BLINK (%)")}
     assert len(shown) == 6 and shown <= cells  # percent to one decimal, as the sweep report rounds
-    assert not cells & {row["MMVP"] for row in fig3}  # not the recorded fractions
+    assert not cells & {row["MMVP (%)"] for row in fig3} - shown  # not the CSV's 4 decimals
     assert {row["checkpoint_sha256"][:12] for row in rows(sweep_report / "results.csv")} <= cells
     images = re.findall(r"<img src='([^']+)'", page)
     assert {"sweep-tiny/blink-mean_accuracy.png", "sweep-tiny/blink-counting.png", "sweep-tiny/loss-t50.png",
