@@ -303,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(answer_samples(result)))
         if not config.eval_root and not config.paths:
             print("note: the embedded fixtures hold a handful of items per benchmark, and the embedded models are "
-                  "tiny and random: these numbers only show that every step runs; they mean nothing")
+                  "tiny, random, and trained for seconds on a few dozen samples: the answers show that generation "
+                  "runs; the numbers mean nothing")
         return 0
     except UserError as exc:
         return print_user_error(command, exc)

@@ -18,7 +18,7 @@ from stages.embedded import MANIFEST_NAME, registered_names, resolve_model
 PINNED = {
     "sample": "09c5bb6e5653007ed41f99786f1598deee34534cf698160306e0143e4dd2fb1e",
     "tiny-clip-vision": "3967baa2f749b78d0f92047c22d6a2b8093ebf6750dca3344f4cd3125fcbb4c6",
-    "tiny-llm": "ecea21151f2dc4511b2c1dad4850aba04a87caafa5908d7bca693352b48b51a8",
+    "tiny-llm": "b199ec8c30d63b7107fac25a501c9ff9782a386987e8e7b7e26f560d2fab8630",
     "tiny-sd": "c97c812fbd6d5628351364672a9e71dfef6dfdc0d279d310135dc32d890acede",
     "tiny-sd15": "be19de41e9ffd3630dcb93359ce36ce6f2e5b777b412f5a60e7997ac5b35a6db",
     "tiny-sd21-768": "1387069a30ca905808165924fdf752463351506015060920823ca8fdc09288d2",

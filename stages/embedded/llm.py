@@ -1,14 +1,18 @@
 """The embedded default language model: a tiny Llama-architecture causal LM with an offline tokenizer.
 
 Nothing is downloaded. The tokenizer is a byte-level BPE trained with `tokenizers` on the fixed corpus
-below (English with the words LLaVA prompts use), wrapped as a `PreTrainedTokenizerFast` that behaves
+below (English with the words LLaVA prompts use) and the bundled sample's captions and conversations,
+written as the `v1` template renders them (`USER: … ASSISTANT: …`, each answer after a space), so that
+the words the sample trains the model to say are whole tokens (` Yes`, ` Red`, ` The`) as in a real LLM's
+vocabulary: a tiny model trained briefly on the sample then answers in words, where spelling them letter
+by letter from a bare ` ` token left its greedy answers blank. It is wrapped as a `PreTrainedTokenizerFast` that behaves
 like Vicuna's: `<unk>` = 0, `<s>` = 1 (bos, prepended to every encoded text), `</s>` = 2 (eos), and
 pad = `<unk>` as in Vicuna/LLaVA (no extra token, so the vocabulary is exactly what BPE learned; the
 collate derives the attention mask from lengths, never from the pad id). Byte-level BPE encodes any
 text without `<unk>`. The weights come from `stages.embedded.weights`. `build_tiny_llm(out_dir)` writes one
 directory (model + tokenizer) loadable with `AutoModelForCausalLM` / `AutoTokenizer`; two builds are
 byte-identical. Registered as `embedded:tiny-llm` (`resolve_model` returns the built directory).
-Changing the corpus or the sizes changes the model: bump `TINY_LLM_VERSION`.
+Changing the corpus, the sample's texts or the sizes changes the model: bump `TINY_LLM_VERSION`.
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ from stages.embedded.weights import save_model, seeded_model
 __all__ = ["TINY_LLM", "TINY_LLM_VERSION", "build_tiny_tokenizer", "build_tiny_llm"]
 
 TINY_LLM = "tiny-llm"
-TINY_LLM_VERSION = 2  # 2: weights from stages.embedded.weights, configs without version stamps
+TINY_LLM_VERSION = 3  # 2: weights from stages.embedded.weights, configs without version stamps; 3: sample texts
+# in the tokenizer's corpus
 _SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 as in Llama
-_BPE_VOCAB_SIZE = 1024  # an upper bound: the corpus supports fewer merges at min_frequency 2
+_BPE_VOCAB_SIZE = 1024  # ids in all: BPE merges pairs seen at least twice until it has them
 
 _CORPUS = """\
 A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, \
@@ -83,8 +88,20 @@ The assistant should answer the question based on the image and explain the reas
 """
 
 
+def _sample_lines() -> list[str]:
+    """The bundled sample's texts: each caption, and each SFT conversation on one line as `v1` renders it."""
+    from stages.embedded.sample_content import PRETRAIN, SFT
+
+    def one_line(text: str) -> str:
+        return " ".join(text.split())
+
+    dialogues = [" ".join(f"USER: {one_line(human)} ASSISTANT: {one_line(gpt)}" for human, gpt in c.rounds)
+                 for c in SFT]
+    return [caption for _, caption in PRETRAIN] + dialogues
+
+
 def _corpus_lines() -> list[str]:
-    return [line for line in _CORPUS.splitlines() if line]
+    return [line for line in _CORPUS.splitlines() if line] + _sample_lines()
 
 
 def build_tiny_tokenizer():

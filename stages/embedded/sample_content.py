@@ -1,6 +1,7 @@
 """The bundled sample's content, written by hand: which scikit-image photo becomes which image (crop,
 size, mode, EXIF orientation), the pretrain captions and instructions, and the SFT conversations.
-`stages.embedded.sample` builds the files from these tables; changing them means bumping its VERSION."""
+`stages.embedded.sample` builds the files from these tables; changing them means bumping its VERSION, and
+changing a text the tiny LLM's too (`stages.embedded.llm` trains its tokenizer on them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
