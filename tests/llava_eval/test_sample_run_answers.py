@@ -40,7 +40,7 @@ def test_the_demos_sft_settings_train_a_run_that_answers_every_question_with_tex
     extract_yaml.write_text(yaml.safe_dump(extract))
     run = tmp_path / "sample-sft"
     assert train_main(["sft", f"data.extract_configs=[{extract_yaml}]", f"data.data_path={train_store.sft_json}",
-                       f"output_dir={run}", "pretrained_adapter=", "save_every=0", "tensorboard=false",
+                       f"output_dir={run}", "pretrained_adapter=", "save_every=0", "report_to=none",
                        "data.num_workers=0", f"epochs={EPOCHS}"]) == 0
 
     config = load_eval_config([f"run={run}", f"benchmarks={BENCHMARKS}", "max_new_tokens=8", "device=cpu"])
