@@ -19,7 +19,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -43,13 +42,6 @@ CHECKPOINTS_DIR = "checkpoints"
 _LATEST = "latest"
 _DS_TAG = "deepspeed"
 _STATE_FILE = "trainer_state.json"
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def op_build_env(environ: Mapping[str, str], *, prefix: str, base_prefix: str) -> dict[str, str]:
@@ -74,22 +66,25 @@ def ensure_distributed() -> None:
     os.environ.update(op_build_env(os.environ, prefix=sys.prefix, base_prefix=sys.base_prefix))  # before the build
     cuda = torch.cuda.is_available()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")  # read when deepspeed is imported
-    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:  # not launched: a world of one
-        defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                    "MASTER_PORT": str(_free_port())}
-        for key in _LAUNCH_VARS:
-            os.environ.setdefault(key, defaults[key])
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:  # not launched: a world of one
+        # Its rendezvous stays in this process, and DeepSpeed adopts the group. A TCP store on a port picked
+        # free and bound later could lose it to another run starting on the same host (EADDRINUSE), and
+        # launcher variables exported here would make every process started from this one (a sweep's stage, a
+        # Ray worker) a rank of this world. DeepSpeed's ZeRO code reads LOCAL_RANK from the environment.
+        os.environ.setdefault("LOCAL_RANK", "0")
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
     import deepspeed
 
     ds_logger = logging.getLogger("DeepSpeed")  # its info logs (config, engine, ZeRO): with --verbose only
     for target in (ds_logger, *ds_logger.handlers):
         target.setLevel(logging.INFO if verbose() else logging.WARNING)
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     with held_output():  # "DeepSpeed ... built successfully", printed by its CPU communication op's loader
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        deepspeed.init_distributed(dist_backend=backend)
 
 
 def is_main_process() -> bool:

@@ -9,9 +9,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import random
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -110,6 +114,24 @@ def test_a_venv_builds_deepspeed_ops_into_itself_with_its_ninja_unless_told_othe
     assert op_build_env({}, prefix="/usr", base_prefix="/usr") == {}  # not a venv: torch's defaults
 
 
+def test_runs_not_launched_need_no_port_and_processes_they_start_are_worlds_of_their_own():
+    """A world of one rendezvouses inside its process. A TCP store on a port picked free and bound later lost
+    it to a sweep's other run starting on the same host (EADDRINUSE). Here MASTER_PORT, left in the shell by
+    some launcher, names a port another process holds, and the run then starts a second one (as a sweep's
+    driver or a Ray worker would), which must not join the first one's world."""
+    world = ("import torch; from train.engine import ensure_distributed; ensure_distributed(); "
+             "t = torch.ones(2); torch.distributed.all_reduce(t); print(torch.distributed.get_world_size(), t.tolist())")
+    script = f"{world}; import subprocess, sys; subprocess.run([sys.executable, '-c', {world!r}], check=True)"
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(held.getsockname()[1]))
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [line for line in done.stdout.splitlines() if line.startswith("1 ")] == ["1 [1.0, 1.0]"] * 2
+
+
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     factor = cosine_with_warmup(total_steps=10, warmup_steps=2)
     assert [round(factor(s), 6) for s in (0, 1, 2, 6, 10)] == [0.0, 0.5, 1.0, 0.5, 0.0]
@@ -135,9 +157,6 @@ def _board(logdir) -> dict[str, list[tuple[int, float]]]:
 
 def _wandb_records(run_dir) -> list[dict]:
     """The records of an offline wandb run as wandb's own reader prints them (`wandb leet inspect --json`)."""
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)], check=True,
                          capture_output=True, text=True, timeout=120).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
